@@ -1,0 +1,118 @@
+"""The ``lossgraph`` command line: parse, call the library, print. Nothing else."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import click
+from rich.console import Console
+
+from lossgraph import __version__
+from lossgraph.errors import LossgraphError
+
+EXIT_DIVERGED = 1
+EXIT_BAD_INPUT = 2
+
+
+class LossgraphGroup(click.Group):
+    """Turns LossgraphError into one line on stderr and exit code 2 (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LossgraphError as exc:
+            if ctx.meta.get("lossgraph.debug"):
+                traceback.print_exc()
+            message = " ".join(str(exc).split())
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=LossgraphGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lossgraph")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Check that a PyTorch <-> PaddlePaddle port trains the same, and find where it parts.
+
+    \b
+    lossgraph export discogan_torch.py:spec  -o torch.onnx
+    lossgraph export discogan_paddle.py:spec -o paddle.onnx
+    lossgraph verify torch.onnx paddle.onnx --tol 1e-6
+
+    Exit codes: 0 agree, 1 diverged, 2 bad usage or bad input.
+    """
+    ctx.meta["lossgraph.debug"] = debug
+
+
+@main.command()
+@click.argument("target", metavar="FILE.py[:NAME]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx graph.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the inputs used for the eager-vs-ONNX check.")
+def export(target: str, output: str, seed: int) -> None:
+    """Export the Spec returned by NAME() (default: spec) in FILE.py to one ONNX graph.
+
+    The graph's outputs are the named losses; parameters are initializers named by their
+    state-dict keys; the metadata records the framework, inputs, trainability, optimizers and
+    schedule. The summary compares each loss computed eagerly by the framework with ONNX Runtime.
+    """
+    from lossgraph.exporters import export as export_spec
+    from lossgraph.verify.report import render_export
+
+    graph = export_spec(target, output, seed=seed)
+    render_export(graph, output, Console())
+
+
+@main.command()
+@click.argument("reference", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance (see the rule below).")
+@click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated inputs.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones.")
+@click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true}} overriding the parameter pairing.')
+@click.option("--allow-unmapped", is_flag=True, help="Compare even if some parameters cannot be paired (they keep their own values).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+def verify(
+    reference: str,
+    candidate: str,
+    tol: float,
+    rtol: float,
+    seed: int,
+    inputs_file: str | None,
+    name_map: str | None,
+    allow_unmapped: bool,
+    device: str,
+    json_file: str | None,
+) -> None:
+    """Compare CANDIDATE against REFERENCE (two graphs from `lossgraph export`).
+
+    The reference's parameter values are copied into the candidate, both graphs run on ONNX
+    Runtime with the same inputs, and every named loss is compared.
+
+    Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
+    element-wise. Exit codes: 0 all within tolerance, 1 divergence, 2 bad usage or input.
+    """
+    from lossgraph.verify.pipeline import VerifyOptions, run_verify
+    from lossgraph.verify.report import render_verify, write_json
+
+    options = VerifyOptions(
+        tol=tol,
+        rtol=rtol,
+        seed=seed,
+        inputs=inputs_file,
+        name_map=name_map,
+        allow_unmapped=allow_unmapped,
+        device=device,
+    )
+    result = run_verify(reference, candidate, options)
+    render_verify(result, Console())
+    if json_file:
+        write_json(result, json_file)
+    click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The exceptions lossgraph raises.
+
+Every user-facing failure is a :class:`LossgraphError`; the CLI turns it into one line and exit
+code 2. :class:`InternalError` marks a broken invariant inside lossgraph itself and is deliberately
+*not* a ``LossgraphError``, so it surfaces as a bug rather than as bad input.
+"""
+
+from __future__ import annotations
+
+
+class LossgraphError(Exception):
+    """Base class of every error caused by the user's input or environment."""
+
+
+class SpecError(LossgraphError):
+    """A spec file, its function or the Spec it returns is not usable."""
+
+
+class ExportError(LossgraphError):
+    """A model and loss could not be exported to a faithful ONNX graph."""
+
+
+class UnsupportedOpError(LossgraphError):
+    """A graph contains an op that lossgraph cannot run or differentiate."""
+
+
+class VerificationError(LossgraphError):
+    """Two graphs cannot be compared (no shared parameters, NaN in outputs, bad inputs, ...)."""
+
+
+class InternalError(Exception):
+    """An invariant inside lossgraph does not hold: a bug, not bad input."""

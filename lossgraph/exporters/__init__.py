@@ -1,0 +1,36 @@
+"""Exporters: a :class:`~lossgraph.Spec` in, a :class:`~lossgraph.graph.LossGraph` out.
+
+The only place in lossgraph that imports torch or paddle, and only when an export asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lossgraph.graph import LossGraph
+from lossgraph.spec import Spec, load_spec
+
+DEFAULT_EXPORT_SEED = 0
+
+
+def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAULT_EXPORT_SEED) -> LossGraph:
+    """Export a spec (or ``FILE.py:NAME``) to a LossGraph and optionally save it.
+
+    The model's loss is also computed eagerly on the inputs drawn with ``seed``; the eager values
+    and their difference to ONNX Runtime are recorded in ``graph.meta.eager``.
+    """
+    if isinstance(spec, str):
+        spec = load_spec(spec)
+    else:
+        spec.validate()
+    if spec.framework == "torch":
+        from lossgraph.exporters.torch import export_torch
+
+        graph = export_torch(spec, seed)
+    else:
+        from lossgraph.exporters.paddle import export_paddle
+
+        graph = export_paddle(spec, seed)
+    if output is not None:
+        graph.save(output)
+    return graph

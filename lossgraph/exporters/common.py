@@ -1,0 +1,153 @@
+"""Framework-neutral pieces shared by the exporters."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import types
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lossgraph.errors import ExportError, SpecError
+from lossgraph.graph import LossGraph
+from lossgraph.spec import Spec, parse_target
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
+_LIBRARY_PARTS = ("site-packages", "dist-packages", "/lossgraph/")
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (and lossgraph, onnx)."""
+    out = {}
+    for name in ("lossgraph", "onnx", *names):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serializable copy of a hyper-parameter value, or None if it has none."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        items = [json_safe(v) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
+    item = getattr(value, "item", None)  # numpy scalars, one-element tensors
+    if callable(item):
+        try:
+            return json_safe(item())
+        except Exception:  # a tensor of several elements has no single value
+            return None
+    return None
+
+
+def json_safe_dict(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """JSON-safe entries of a hyper-parameter dict; entries without a JSON form are dropped."""
+    out = {}
+    for key, value in values.items():
+        if key in skip:
+            continue
+        safe = json_safe(value)
+        if safe is not None or value is None:
+            out[key] = safe
+    return out
+
+
+def spec_code_objects(spec: Spec) -> Iterator[types.CodeType]:
+    """Every code object defined in the spec's file (functions, methods, nested functions)."""
+    path, _ = parse_target(spec.source) if spec.source else (None, "")
+    if path is None or not path.exists():
+        return
+    try:
+        top = compile(path.read_text(), str(path.resolve()), "exec")
+    except (SyntaxError, ValueError, OSError):
+        return
+    stack = [top]
+    while stack:
+        code = stack.pop()
+        yield code
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+def innermost_user_frame(stack_trace: str) -> dict[str, Any] | None:
+    """The innermost frame of a Python stack trace that is user code (not a library)."""
+    frames = [m.groupdict() for m in _FRAME.finditer(stack_trace or "")]
+    user = [f for f in frames if not any(part in f["file"] for part in _LIBRARY_PARTS)]
+    if not user:
+        return None
+    frame = user[-1]
+    return {
+        "file": frame["file"],
+        "line": int(frame["line"]),
+        "function": frame["func"],
+        "code": frame["code"].strip(),
+    }
+
+
+def format_source(source: Mapping[str, Any]) -> str:
+    return json.dumps(dict(source), sort_keys=True)
+
+
+def check_schedule(spec: Spec, losses: list[str]) -> list[tuple[str, str]]:
+    """The spec's schedule with every loss name checked against the exported losses."""
+    schedule = [tuple(entry) for entry in spec.schedule or []]
+    for loss, _ in schedule:
+        if loss not in losses:
+            raise SpecError(
+                f"{spec.source}: schedule names loss {loss!r}, but the loss function returns "
+                f"{', '.join(losses)}."
+            )
+    return schedule  # type: ignore[return-value]
+
+
+#: An exported loss must match the framework's eager value within this relative bound; float32
+#: reordering stays orders of magnitude below it, a mistranslated op does not.
+EAGER_MISMATCH = 1e-4
+
+
+def record_eager_check(
+    graph: LossGraph, eager: Mapping[str, float], inputs: Mapping[str, np.ndarray], seed: int
+) -> None:
+    """Run the exported graph on ONNX Runtime and record its losses next to the eager ones.
+
+    Raises ExportError when they disagree: the graph would not be a faithful copy of the model.
+    """
+    from lossgraph.verify.runtime import OrtRunner
+
+    runner = OrtRunner(graph.model)
+    ort_values = runner.run(dict(inputs), outputs=graph.meta.losses)
+    ort = {name: float(np.asarray(ort_values[name]).reshape(())) for name in graph.meta.losses}
+    graph.meta.eager = {
+        "seed": seed,
+        "losses": {name: float(eager[name]) for name in graph.meta.losses},
+        "ort": ort,
+    }
+    for name in graph.meta.losses:
+        expected, got = float(eager[name]), ort[name]
+        if not math.isfinite(expected):
+            raise ExportError(
+                f"Loss {name!r} is {expected} when {graph.framework} computes it eagerly on the "
+                f"inputs drawn with seed {seed}; check the inputs' ranges (Input low/high)."
+            )
+        if not abs(expected - got) <= EAGER_MISMATCH * max(1.0, abs(expected)):
+            raise ExportError(
+                f"The exported graph computes loss {name!r} = {got:.9g} on ONNX Runtime, but "
+                f"{graph.framework} eager gives {expected:.9g}: the exporter mistranslated an op "
+                f"of this loss."
+            )
+
+
+def relative_to_cwd(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

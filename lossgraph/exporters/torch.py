@@ -1,0 +1,265 @@
+"""PyTorch exporter: model + loss -> one ONNX graph through torch.onnx's dynamo exporter.
+
+``optimize=False`` keeps BatchNorm as its own node (the optimizer folds it into Conv).
+Initializers keep their state-dict names; node metadata from torch is kept and lossgraph adds
+``lossgraph.scope`` (module path), ``lossgraph.source`` (innermost user frame) and marks
+``.detach()`` as ``lossgraph.stop_gradient``.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lossgraph.errors import ExportError, SpecError
+from lossgraph.exporters.common import (
+    check_schedule,
+    format_source,
+    innermost_user_frame,
+    json_safe_dict,
+    package_versions,
+    record_eager_check,
+    spec_code_objects,
+)
+from lossgraph.exporters.torch_ops import translation_table
+from lossgraph.graph import (
+    SCOPE_KEY,
+    SOURCE_KEY,
+    STOP_GRADIENT_KEY,
+    GraphMeta,
+    LossGraph,
+    OptimizerInfo,
+    ParamInfo,
+    node_meta,
+    rename_outputs,
+    rename_values,
+    set_node_meta,
+)
+from lossgraph.spec import Spec, normalize_losses
+from lossgraph.verify.inputs import make_inputs
+
+ROOT = "model"  # attribute under which the wrapper holds the user's model
+_STOP_GRADIENT_TARGETS = ("aten.detach.default", "aten.detach_.default")
+
+
+def export_torch(spec: Spec, seed: int) -> LossGraph:
+    """Export a torch Spec. Raises ExportError / SpecError with one-line messages."""
+    import torch
+
+    if spec.train:
+        raise ExportError(
+            f"{spec.source}: train=True is not supported by the torch exporter yet (torch.onnx "
+            f"exports BatchNorm with running statistics even in training mode)."
+        )
+    model = spec.model
+    arrays = make_inputs(spec.inputs, seed)
+    tensors = {name: torch.from_numpy(value) for name, value in arrays.items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.train(spec.train)
+    try:
+        losses = _eager_losses(spec, model, tensors)
+        eager = {name: float(value.detach().double()) for name, value in losses.items()}
+        wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses))
+        wrapper.train(spec.train)
+        _register_stack_anchors(spec)
+        proto = _run_exporter(spec, wrapper, tuple(tensors.values()), list(losses))
+    finally:
+        model.load_state_dict(state)  # eager and traced runs may have touched buffers
+    names = list(losses)
+    _strip_root_prefix(proto)
+    rename_outputs(proto.graph, names)
+    _annotate_nodes(proto)
+    params = _param_infos(model, {t.name for t in proto.graph.initializer})
+    meta = GraphMeta(
+        framework="torch",
+        losses=names,
+        inputs=dict(spec.inputs),
+        params=params,
+        versions=package_versions("torch", "onnxscript", "onnxruntime"),
+        source=spec.source,
+        train=spec.train,
+        optimizers=_optimizer_infos(spec, model),
+        schedule=check_schedule(spec, names),
+        lr_schedulers=_lr_scheduler_infos(spec),
+    )
+    graph = LossGraph(model=proto, meta=meta)
+    record_eager_check(graph, eager, arrays, seed)
+    return graph
+
+
+def _LossModule(model: Any, loss: Any, input_names: list[str], loss_names: list[str]) -> Any:
+    """A module holding the user's model as ``model`` and returning the losses as scalars."""
+    import torch
+
+    class LossModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.__dict__["_loss"] = loss  # never registered as a submodule, even if a Module
+
+        def forward(self, *args: Any) -> tuple[Any, ...]:
+            out = self._loss(self.model, **dict(zip(input_names, args)))
+            if torch.is_tensor(out):
+                out = {loss_names[0]: out}
+            return tuple(_scalar(out[name]) for name in loss_names)
+
+    return LossModule()
+
+
+def _scalar(value: Any) -> Any:
+    return value if value.dim() == 0 else value.reshape(())
+
+
+def _eager_losses(spec: Spec, model: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+
+    try:
+        out = spec.loss(model, **tensors)
+    except Exception as exc:
+        raise SpecError(
+            f"{spec.source}: the loss function raised {type(exc).__name__} when run eagerly: "
+            f"{_one_line(exc)}"
+        ) from exc
+    return normalize_losses(out, torch.is_tensor, lambda t: t.numel(), f"{spec.source}: ")
+
+
+def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], names: list[str]) -> Any:
+    import torch
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                optimize=False,
+                verbose=False,
+                input_names=list(spec.inputs),
+                external_data=False,
+                custom_translation_table=translation_table(),
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export failed for {spec.source or 'the spec'}: {type(exc).__name__}: "
+            f"{_one_line(exc)}"
+        ) from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program.")
+    return program.model_proto
+
+
+def _register_stack_anchors(spec: Spec) -> None:
+    """Make torch record stack frames of the spec file's own functions (the loss and helpers).
+
+    torch.export keeps only frames named ``forward`` unless a (file, function) pair is
+    registered as an anchor; without this, source lines inside the loss function are lost.
+    """
+    try:
+        from torch.fx import proxy
+    except ImportError:
+        return
+    anchors = getattr(proxy, "_STACK_TRACE_ANCHORS", None)
+    if isinstance(anchors, set):
+        anchors.update((code.co_filename, code.co_name) for code in spec_code_objects(spec))
+
+
+def _strip_root_prefix(proto: Any) -> None:
+    prefix = ROOT + "."
+    renames = {
+        t.name: t.name[len(prefix) :] for t in proto.graph.initializer if t.name.startswith(prefix)
+    }
+    rename_values(proto.graph, renames)
+
+
+def _annotate_nodes(proto: Any) -> None:
+    for node in proto.graph.node:
+        scopes = node_meta(node, "pkg.torch.onnx.name_scopes")
+        set_node_meta(node, SCOPE_KEY, _scope_from_name_scopes(scopes))
+        frame = innermost_user_frame(node_meta(node, "pkg.torch.onnx.stack_trace") or "")
+        if frame is not None:
+            set_node_meta(node, SOURCE_KEY, format_source(frame))
+        fx_node = node_meta(node, "pkg.torch.onnx.fx_node") or ""
+        if node.op_type == "Identity" and any(t in fx_node for t in _STOP_GRADIENT_TARGETS):
+            set_node_meta(node, STOP_GRADIENT_KEY, "1")
+
+
+def _scope_from_name_scopes(text: str | None) -> str:
+    """``['', 'model', 'model.G_A', 'model.G_A.main.0', 'conv2d']`` -> ``G_A.main.0``."""
+    try:
+        scopes = ast.literal_eval(text) if text else []
+    except (ValueError, SyntaxError):
+        return ""
+    modules = [s for s in scopes[1:-1] if isinstance(s, str)]
+    if not modules:
+        return ""
+    scope = modules[-1]
+    if scope == ROOT:
+        return ""
+    return scope[len(ROOT) + 1 :] if scope.startswith(ROOT + ".") else scope
+
+
+def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
+    infos: dict[str, ParamInfo] = {}
+    entries = [(n, p, "parameter") for n, p in model.named_parameters()]
+    entries += [(n, b, "buffer") for n, b in model.named_buffers()]
+    for name, tensor, kind in entries:
+        if name not in present:
+            continue  # not reached by any loss: no initializer in the graph
+        module_path, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_path) if module_path else model
+        infos[name] = ParamInfo(
+            shape=list(tensor.shape),
+            dtype=str(tensor.dtype).replace("torch.", ""),
+            trainable=kind == "parameter" and bool(tensor.requires_grad),
+            kind=kind,
+            module=module_path,
+            layer_type=type(module).__name__,
+            attribute=attribute,
+        )
+    return infos
+
+
+def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
+    import torch
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    infos = {}
+    for opt_name, optimizer in (spec.optimizers or {}).items():
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise SpecError(
+                f"{spec.source}: optimizer {opt_name!r} must be a torch.optim.Optimizer, got "
+                f"{type(optimizer).__name__}."
+            )
+        groups = []
+        for group in optimizer.param_groups:
+            unknown = [p for p in group["params"] if id(p) not in names]
+            if unknown:
+                raise SpecError(
+                    f"{spec.source}: optimizer {opt_name!r} holds {len(unknown)} tensor(s) that "
+                    f"are not parameters of Spec.model."
+                )
+            entry = json_safe_dict(group, skip=("params",))
+            entry["params"] = [names[id(p)] for p in group["params"]]
+            groups.append(entry)
+        infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="torch", groups=groups)
+    return infos
+
+
+def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:
+    infos = {}
+    for opt_name, scheduler in (spec.lr_schedulers or {}).items():
+        state = json_safe_dict(scheduler.state_dict(), skip=("_get_lr_called_within_step",))
+        infos[opt_name] = {"cls": type(scheduler).__name__, "framework": "torch", "state": state}
+    return infos
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+

@@ -1,0 +1,73 @@
+"""Translations that replace torch.onnx's own where it is not faithful to eager PyTorch.
+
+Passed to ``torch.onnx.export(custom_translation_table=...)``. Each entry says what the stock
+translation gets wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def translation_table() -> dict[Any, Any]:
+    """The custom translations lossgraph registers with the torch exporter."""
+    import torch
+
+    aten = torch.ops.aten
+    return {aten.cross_entropy_loss.default: cross_entropy_loss}
+
+
+def cross_entropy_loss(
+    self: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: int = 1,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """aten::cross_entropy_loss with label smoothing.
+
+    The stock translation drops ``label_smoothing`` (ONNX's SoftmaxCrossEntropyLoss has none), so
+    ``F.cross_entropy(..., label_smoothing=0.1)`` exported silently as the unsmoothed loss. This
+    follows ATen's ``cross_entropy_loss_label_smoothing``: (1 - e) * nll + e / C * smooth, where
+    smooth sums -w[c] * log p[c] over classes, ignored targets count zero, and the weighted mean
+    divides by the total weight of the non-ignored targets.
+    """
+    from onnxscript import opset18 as op
+
+    names = {0: "none", 1: "mean", 2: "sum"}
+    if label_smoothing == 0.0:
+        result, _ = op.SoftmaxCrossEntropyLoss(
+            self, target, weight, reduction=names[reduction], ignore_index=ignore_index
+        )
+        return result
+    log_p = op.LogSoftmax(self, axis=1)
+    nll = op.NegativeLogLikelihoodLoss(
+        log_p, target, weight, reduction=names[reduction], ignore_index=ignore_index
+    )
+    one_axis = op.Constant(value_ints=[1])
+    if weight is not None:
+        rank = len(self.shape) if self.shape is not None else 2
+        shape = op.Constant(value_ints=[1, -1] + [1] * (rank - 2))
+        weighted = op.Mul(log_p, op.Reshape(weight, shape))
+    else:
+        weighted = log_p
+    smooth = op.Neg(op.ReduceSum(weighted, one_axis, keepdims=0))
+    ignored = op.Equal(target, op.CastLike(op.Constant(value_int=ignore_index), target))
+    zero = op.CastLike(op.Constant(value_float=0.0), smooth)
+    smooth = op.Where(ignored, zero, smooth)
+    if reduction == 2:
+        smooth = op.ReduceSum(smooth, keepdims=0)
+    elif reduction == 1:
+        if weight is not None:
+            safe_target = op.Where(ignored, op.CastLike(op.Constant(value_int=0), target), target)
+            target_weight = op.Where(ignored, zero, op.Gather(weight, safe_target))
+            denominator = op.ReduceSum(target_weight, keepdims=0)
+        else:
+            kept = op.Cast(op.Not(ignored), to=1)
+            denominator = op.CastLike(op.ReduceSum(kept, keepdims=0), smooth)
+        smooth = op.Div(op.ReduceSum(smooth, keepdims=0), denominator)
+    classes = op.CastLike(op.Gather(op.Shape(self), op.Constant(value_int=1)), smooth)
+    keep = op.CastLike(op.Constant(value_float=1.0 - label_smoothing), nll)
+    eps = op.CastLike(op.Constant(value_float=label_smoothing), smooth)
+    return op.Add(op.Mul(keep, nll), op.Div(op.Mul(eps, smooth), classes))

@@ -1,0 +1,227 @@
+"""LossGraph: an ONNX model whose outputs are named losses, plus lossgraph's metadata.
+
+Everything downstream of the exporters needs only the .onnx file: the metadata (stored as JSON
+under the model's ``lossgraph`` metadata key) records the framework and versions, the input specs,
+every parameter and buffer (trainability, owning module, layer type), the optimizers and the
+schedule. Nodes carry ``lossgraph.scope`` (module path), ``lossgraph.source`` (file:line) and
+``lossgraph.stop_gradient`` metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from lossgraph.errors import LossgraphError, VerificationError
+from lossgraph.spec import Input
+
+META_KEY = "lossgraph"
+META_VERSION = 1
+SCOPE_KEY = "lossgraph.scope"
+SOURCE_KEY = "lossgraph.source"
+STOP_GRADIENT_KEY = "lossgraph.stop_gradient"
+
+
+@dataclass
+class ParamInfo:
+    """One parameter or buffer of the exported model, named by its state-dict key."""
+
+    shape: list[int]
+    dtype: str
+    trainable: bool
+    kind: str = "parameter"  # or "buffer"
+    module: str = ""  # owning module path, e.g. "G_A.main.0"
+    layer_type: str = ""  # owning module's class name, e.g. "Conv2d", "Linear"
+    attribute: str = ""  # attribute on the module, e.g. "weight", "running_mean", "_mean"
+    framework_name: str = ""  # paddle's param.name ("linear_0.w_0"); empty for torch
+
+
+@dataclass
+class OptimizerInfo:
+    """A framework optimizer as exported: its class and its parameter groups.
+
+    Each group is ``{"params": [state-dict names], <hyper-parameter>: value, ...}`` with the
+    framework's own hyper-parameter names (``lr``, ``betas``, ``weight_decay``, ``beta1``, ...).
+    """
+
+    cls: str
+    framework: str
+    groups: list[dict[str, Any]]
+
+    @property
+    def params(self) -> list[str]:
+        return [name for group in self.groups for name in group["params"]]
+
+
+@dataclass
+class GraphMeta:
+    """lossgraph's metadata of one exported graph."""
+
+    framework: str
+    losses: list[str]
+    inputs: dict[str, Input]
+    params: dict[str, ParamInfo]
+    versions: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    train: bool = False
+    optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
+    schedule: list[tuple[str, str]] = field(default_factory=list)
+    lr_schedulers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eager: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["inputs"] = {k: v.to_dict() for k, v in self.inputs.items()}
+        data["version"] = META_VERSION
+        return json.dumps(data)  # key order kept: parameters stay in definition order
+
+    @classmethod
+    def from_json(cls, text: str) -> GraphMeta:
+        data = json.loads(text)
+        if data.pop("version", None) != META_VERSION:
+            raise LossgraphError("the lossgraph metadata has an unknown version; re-export it.")
+        data["inputs"] = {k: Input.from_dict(v) for k, v in data["inputs"].items()}
+        data["params"] = {k: ParamInfo(**v) for k, v in data["params"].items()}
+        data["optimizers"] = {k: OptimizerInfo(**v) for k, v in data["optimizers"].items()}
+        data["schedule"] = [tuple(e) for e in data["schedule"]]
+        return cls(**data)
+
+
+@dataclass
+class LossGraph:
+    """An ONNX model with named loss outputs and lossgraph metadata."""
+
+    model: onnx.ModelProto
+    meta: GraphMeta
+    path: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> LossGraph:
+        """Load and check a .onnx file written by ``lossgraph export``."""
+        path = Path(path)
+        if not path.exists():
+            raise VerificationError(f"Graph file {path} does not exist.")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises a variety of errors
+            raise VerificationError(f"{path} is not a readable ONNX file ({type(exc).__name__}).") from None
+        props = {p.key: p.value for p in model.metadata_props}
+        if META_KEY not in props:
+            raise VerificationError(
+                f"{path} has no lossgraph metadata; create it with `lossgraph export SPEC.py`."
+            )
+        try:
+            meta = GraphMeta.from_json(props[META_KEY])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerificationError(f"{path} has broken lossgraph metadata ({exc}).") from None
+        return cls(model=model, meta=meta, path=str(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write the graph with its metadata."""
+        set_metadata(self.model, META_KEY, self.meta.to_json())
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(self.model, str(path))
+        self.path = str(path)
+
+    @property
+    def framework(self) -> str:
+        return self.meta.framework
+
+    def initializers(self) -> dict[str, np.ndarray]:
+        """Every initializer of the main graph as a numpy array."""
+        return {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer}
+
+    def param_values(self) -> dict[str, np.ndarray]:
+        """The values of the parameters and buffers listed in the metadata."""
+        values = self.initializers()
+        return {name: values[name] for name in self.meta.params if name in values}
+
+    def trainable_params(self) -> list[str]:
+        return [n for n, p in self.meta.params.items() if p.trainable and p.kind == "parameter"]
+
+    def op_histogram(self) -> Counter[str]:
+        return Counter(node.op_type for node in self.model.graph.node)
+
+
+def node_meta(node: onnx.NodeProto, key: str) -> str | None:
+    """The value of a node metadata entry, or None."""
+    for prop in node.metadata_props:
+        if prop.key == key:
+            return prop.value
+    return None
+
+
+def set_node_meta(node: onnx.NodeProto, key: str, value: str) -> None:
+    """Set (or replace) a node metadata entry."""
+    for prop in node.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    node.metadata_props.add(key=key, value=value)
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (or replace) a model-level metadata entry."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def rename_values(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Rename values (initializers, inputs, outputs, node edges) throughout a graph."""
+    if not renames:
+        return
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for collection in (graph.input, graph.output, graph.value_info):
+        for info in collection:
+            info.name = renames.get(info.name, info.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                rename_values(attr.g, renames)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    rename_values(sub, renames)
+
+
+def value_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name defined in a graph (inputs, initializers, node outputs)."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+    return names
+
+
+def rename_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Give the graph's outputs the given names, moving any other value that holds one aside."""
+    if len(names) != len(graph.output):
+        raise ValueError(f"{len(graph.output)} outputs cannot take {len(names)} names")
+    current = [o.name for o in graph.output]
+    taken = value_names(graph)
+    wanted = set(names)
+    renames: dict[str, str] = {}
+    for name in sorted(taken & wanted):
+        if name in current and names[current.index(name)] == name:
+            continue  # already the right output
+        new, i = f"{name}__value", 0
+        while new in taken or new in wanted:
+            i += 1
+            new = f"{name}__value{i}"
+        renames[name] = new
+        taken.add(new)
+    rename_values(graph, renames)
+    current = [renames.get(n, n) for n in current]
+    rename_values(graph, {old: new for old, new in zip(current, names) if old != new})

@@ -1,0 +1,179 @@
+"""Parameter correspondence between two LossGraphs.
+
+The map pairs each reference parameter/buffer with a candidate one and says how the value is
+carried across (``identity`` or ``transpose``). A ``--name-map`` JSON file overrides entries:
+``{"ref.name": "cand.name"}`` or ``{"ref.name": {"name": "cand.name", "transpose": true}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lossgraph.errors import VerificationError
+from lossgraph.graph import LossGraph
+
+TRANSFORMS = ("identity", "transpose")
+
+
+@dataclass(frozen=True)
+class ParamPair:
+    """One reference parameter carried to one candidate parameter."""
+
+    reference: str
+    candidate: str
+    transform: str = "identity"
+    how: str = "name"  # "name" (same name), "map" (--name-map), "structure" (automatic alignment)
+
+    def carry(self, value: np.ndarray) -> np.ndarray:
+        """The reference value as the candidate expects it."""
+        if self.transform == "transpose":
+            return np.ascontiguousarray(value.T)
+        return value
+
+    def carry_back(self, value: np.ndarray) -> np.ndarray:
+        """A candidate value (e.g. a gradient) in the reference's layout."""
+        return self.carry(value)  # both transforms are involutions
+
+
+@dataclass
+class ParamMap:
+    """The parameter correspondence used by a verification, and what it could not pair."""
+
+    pairs: list[ParamPair]
+    unmapped_reference: list[str] = field(default_factory=list)
+    unmapped_candidate: list[str] = field(default_factory=list)
+    shape_mismatch: list[dict[str, Any]] = field(default_factory=list)
+
+    def carry(self, reference_values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Candidate values for every paired parameter, from the reference's values."""
+        return {p.candidate: p.carry(reference_values[p.reference]) for p in self.pairs}
+
+    def by_reference(self) -> dict[str, ParamPair]:
+        return {p.reference: p for p in self.pairs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pairs": [asdict(p) for p in self.pairs],
+            "unmapped_reference": list(self.unmapped_reference),
+            "unmapped_candidate": list(self.unmapped_candidate),
+            "shape_mismatch": list(self.shape_mismatch),
+        }
+
+
+def load_name_map(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a ``--name-map`` JSON file into ``{ref: {"name": cand, "transpose": bool}}``."""
+    path = Path(path)
+    if not path.exists():
+        raise VerificationError(f"Name map file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VerificationError(f"Name map {path} is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise VerificationError(f"Name map {path} must be a JSON object of reference -> candidate names.")
+    out = {}
+    for ref, entry in data.items():
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+            raise VerificationError(
+                f"Name map {path}: entry {ref!r} must be a candidate name or "
+                f'{{"name": ..., "transpose": true|false}}, got {entry!r}.'
+            )
+        if not isinstance(entry.get("transpose", False), bool):
+            raise VerificationError(f"Name map {path}: 'transpose' of {ref!r} must be true or false.")
+        out[ref] = entry
+    return out
+
+
+def build_param_map(
+    reference: LossGraph,
+    candidate: LossGraph,
+    name_map: Mapping[str, Mapping[str, Any]] | None = None,
+    allow_unmapped: bool = False,
+) -> ParamMap:
+    """Pair the parameters of two graphs: the name map first, then equal names. Raises VerificationError on unpaired or
+    shape-mismatched parameters unless ``allow_unmapped``, and always when nothing is shared."""
+    ref_params = reference.meta.params
+    cand_params = candidate.meta.params
+    pairs: list[ParamPair] = []
+    for ref_name, entry in (name_map or {}).items():
+        if ref_name not in ref_params:
+            raise VerificationError(
+                f"Name map entry {ref_name!r} is not a parameter of the reference graph "
+                f"({reference.path or 'reference'})."
+            )
+        if entry["name"] not in cand_params:
+            raise VerificationError(
+                f"Name map maps {ref_name!r} to {entry['name']!r}, which is not a parameter of the "
+                f"candidate graph ({candidate.path or 'candidate'})."
+            )
+        transform = "transpose" if entry.get("transpose") else "identity"
+        pairs.append(ParamPair(ref_name, entry["name"], transform, "map"))
+    taken_ref = {p.reference for p in pairs}
+    taken_cand = {p.candidate for p in pairs}
+    for name in ref_params:
+        if name not in taken_ref and name in cand_params and name not in taken_cand:
+            pairs.append(ParamPair(name, name, "identity", "name"))
+            taken_ref.add(name)
+            taken_cand.add(name)
+    return _checked_map(reference, candidate, pairs, allow_unmapped)
+
+
+def _checked_map(
+    reference: LossGraph, candidate: LossGraph, pairs: list[ParamPair], allow_unmapped: bool
+) -> ParamMap:
+    ref_params = reference.meta.params
+    cand_params = candidate.meta.params
+    good, mismatch = [], []
+    for pair in pairs:
+        ref_shape = list(ref_params[pair.reference].shape)
+        carried = ref_shape[::-1] if pair.transform == "transpose" else ref_shape
+        cand_shape = list(cand_params[pair.candidate].shape)
+        if carried != cand_shape:
+            mismatch.append(
+                {"reference": pair.reference, "candidate": pair.candidate,
+                 "reference_shape": ref_shape, "candidate_shape": cand_shape,
+                 "transform": pair.transform}
+            )
+        else:
+            good.append(pair)
+    paired_ref = {p.reference for p in pairs}
+    paired_cand = {p.candidate for p in pairs}
+    result = ParamMap(
+        pairs=good,
+        unmapped_reference=[n for n in ref_params if n not in paired_ref],
+        unmapped_candidate=[n for n in cand_params if n not in paired_cand],
+        shape_mismatch=mismatch,
+    )
+    if not good and not mismatch:
+        raise VerificationError(
+            f"The two graphs share no parameters ({len(ref_params)} in the reference, "
+            f"{len(cand_params)} in the candidate, none paired by name or name map); "
+            f"give a --name-map."
+        )
+    problems = []
+    if result.shape_mismatch:
+        problems.append(
+            "shape mismatch: "
+            + ", ".join(
+                f"{m['reference']} {m['reference_shape']} vs {m['candidate']} {m['candidate_shape']}"
+                for m in result.shape_mismatch
+            )
+        )
+    if result.unmapped_reference:
+        problems.append("unmapped in reference: " + ", ".join(result.unmapped_reference))
+    if result.unmapped_candidate:
+        problems.append("unmapped in candidate: " + ", ".join(result.unmapped_candidate))
+    if problems and (not allow_unmapped or not good):
+        raise VerificationError(
+            "Parameters could not all be paired (" + "; ".join(problems) + "); fix the model, give "
+            "a --name-map, or pass --allow-unmapped to compare anyway."
+        )
+    return result

@@ -1,0 +1,87 @@
+"""Comparing values: the tolerance rule, per-value diffs and the NaN/Inf check.
+
+The tolerance rule (also in ``lossgraph verify --help``): a value passes when every element
+satisfies ``|candidate - reference| <= tol + rtol * |reference|``. For each diff lossgraph also
+reports the smallest ``tol`` that would have passed with the given ``rtol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from lossgraph.errors import VerificationError
+
+TOLERANCE_RULE = "|candidate - reference| <= tol + rtol * |reference|, element-wise"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute (``atol``, the CLI's ``--tol``) and relative (``rtol``) tolerance."""
+
+    atol: float = 1e-6
+    rtol: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.atol >= 0 and self.rtol >= 0 and np.isfinite(self.atol) and np.isfinite(self.rtol)):
+            raise VerificationError(
+                f"Tolerances must be finite and >= 0, got tol={self.atol}, rtol={self.rtol}."
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {"atol": self.atol, "rtol": self.rtol, "rule": TOLERANCE_RULE}
+
+
+@dataclass(frozen=True)
+class ValueDiff:
+    """How far a candidate value is from the reference value."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    required_tol: float  # the smallest atol that would pass with the same rtol
+    passed: bool
+    shape: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ValueDiff:
+    """Compare two arrays of one shape in float64 under the tolerance rule."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise VerificationError(
+            f"Cannot compare values of shapes {list(ref.shape)} and {list(cand.shape)}."
+        )
+    if ref.size == 0:
+        return ValueDiff(0.0, 0.0, 0.0, True, ref.shape)
+    diff = np.abs(cand - ref)
+    magnitude = np.abs(ref)
+    max_abs = float(diff.max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(magnitude > 0, diff / magnitude, np.where(diff > 0, np.inf, 0.0))
+    required = float(np.max(diff - tol.rtol * magnitude).clip(min=0.0))
+    passed = bool(np.all(diff <= tol.atol + tol.rtol * magnitude))
+    return ValueDiff(max_abs, float(rel.max()), required, passed, ref.shape)
+
+
+def find_non_finite(values: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the float arrays that hold NaN or Inf."""
+    return [
+        name
+        for name, value in values.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value))
+    ]
+
+
+def check_finite(values: Mapping[str, np.ndarray], side: str, what: str) -> None:
+    """Raise VerificationError if any float value holds NaN or Inf (checked before comparing)."""
+    bad = find_non_finite(values)
+    if bad:
+        raise VerificationError(
+            f"The {side} graph produced NaN or Inf in {what} {', '.join(bad)}; values with NaN/Inf "
+            f"cannot be compared (check the inputs' ranges, e.g. log of a non-positive value)."
+        )

@@ -1,0 +1,266 @@
+"""``lossgraph verify``: two LossGraphs, one runtime, the same inputs and weights, compared.
+
+The reference's parameter values are carried into the candidate through the parameter map, both
+graphs run on ONNX Runtime with the same seeded inputs, and every named loss is compared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lossgraph.errors import VerificationError
+from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
+from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
+from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays
+from lossgraph.verify.inputs import load_inputs, make_inputs
+from lossgraph.verify.runtime import OrtRunner
+
+
+@dataclass
+class VerifyOptions:
+    """What ``lossgraph verify`` was asked to do."""
+
+    tol: float = 1e-6
+    rtol: float = 0.0
+    seed: int = 0
+    inputs: str | None = None  # an .npz file overriding the seeded inputs
+    name_map: str | Mapping[str, Any] | None = None  # a JSON file, or its parsed form
+    allow_unmapped: bool = False
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Where a compared graph came from."""
+
+    path: str
+    framework: str
+    source: str
+    versions: dict[str, str]
+    eager: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LossDiff:
+    """One named loss on both sides."""
+
+    name: str
+    reference: float
+    candidate: float
+    diff: ValueDiff
+
+    @property
+    def passed(self) -> bool:
+        return self.diff.passed
+
+    @property
+    def abs_diff(self) -> float:
+        return self.diff.max_abs_diff
+
+
+@dataclass
+class StepResult:
+    """One comparison point: the forward check (``loss`` None) or one training step."""
+
+    step: int
+    losses: dict[str, LossDiff]
+    loss: str | None = None
+    optimizer: str | None = None
+    gradients: dict[str, ValueDiff] = field(default_factory=dict)
+    parameters: dict[str, ValueDiff] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        groups = (self.losses.values(), self.gradients.values(), self.parameters.values())
+        return all(d.passed for group in groups for d in group)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the two graphs part."""
+
+    step: int
+    phase: str  # forward | backward | update
+    scope: str
+    op_type: str
+    reference_node: str
+    candidate_node: str
+    max_abs_diff: float
+    hint: str | None = None
+    loss: str | None = None
+    localized: bool = False  # False: the point where the diff was observed, not its origin
+    source: dict[str, Any] | None = None
+
+
+@dataclass
+class VerifyResult:
+    """Everything a verification found; ``bool(result)`` is whether it passed."""
+
+    reference: GraphInfo
+    candidate: GraphInfo
+    tolerance: Tolerance
+    seed: int
+    inputs_source: str
+    param_map: ParamMap
+    steps: list[StepResult]
+    first_divergence: Divergence | None = None
+    noise_floor: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(step.passed for step in self.steps)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def run_verify(
+    reference: LossGraph | str | Path, candidate: LossGraph | str | Path, options: VerifyOptions
+) -> VerifyResult:
+    """Verify ``candidate`` against ``reference``. Raises VerificationError on bad input."""
+    ref = reference if isinstance(reference, LossGraph) else LossGraph.load(reference)
+    cand = candidate if isinstance(candidate, LossGraph) else LossGraph.load(candidate)
+    tol = Tolerance(options.tol, options.rtol)
+    warnings = check_compatible(ref, cand)
+    if options.inputs:
+        inputs = load_inputs(options.inputs, ref.meta.inputs)
+        inputs_source = str(options.inputs)
+    else:
+        inputs = make_inputs(ref.meta.inputs, options.seed)
+        inputs_source = f"seeded (seed {options.seed})"
+    name_map = options.name_map
+    if isinstance(name_map, (str, Path)):
+        name_map = load_name_map(name_map)
+    param_map = build_param_map(ref, cand, name_map, options.allow_unmapped)
+    if param_map.unmapped_reference or param_map.unmapped_candidate or param_map.shape_mismatch:
+        warnings.append(
+            "Some parameters are not paired (--allow-unmapped); unpaired candidate parameters keep "
+            "the candidate's own values."
+        )
+    ref_params = ref.param_values()
+    cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
+
+    ref_losses = _run_losses(ref, ref_params, inputs, options.device, "reference")
+    cand_losses = _run_losses(cand, cand_params, inputs, options.device, "candidate")
+    losses = {
+        name: LossDiff(
+            name,
+            float(ref_losses[name]),
+            float(cand_losses[name]),
+            compare_arrays(ref_losses[name], cand_losses[name], tol),
+        )
+        for name in ref.meta.losses
+    }
+    steps = [StepResult(step=0, losses=losses)]
+    result = VerifyResult(
+        reference=_graph_info(ref),
+        candidate=_graph_info(cand),
+        tolerance=tol,
+        seed=options.seed,
+        inputs_source=inputs_source,
+        param_map=param_map,
+        steps=steps,
+        warnings=warnings,
+    )
+    result.first_divergence = _loss_divergence(ref, cand, steps[0])
+    return result
+
+
+def check_compatible(ref: LossGraph, cand: LossGraph) -> list[str]:
+    """Check both graphs take the same inputs and return the same losses; return warnings."""
+    ref_inputs, cand_inputs = ref.meta.inputs, cand.meta.inputs
+    if set(ref_inputs) != set(cand_inputs):
+        raise VerificationError(
+            f"The graphs take different inputs: reference ({', '.join(ref_inputs)}), candidate "
+            f"({', '.join(cand_inputs)})."
+        )
+    warnings = []
+    for name, spec in ref_inputs.items():
+        other = cand_inputs[name]
+        if (spec.shape, spec.dtype) != (other.shape, other.dtype):
+            raise VerificationError(
+                f"Input {name!r} differs: reference {spec.dtype}{list(spec.shape)}, candidate "
+                f"{other.dtype}{list(other.shape)}."
+            )
+        if spec != other:
+            warnings.append(
+                f"Input {name!r} is drawn differently in the two specs ({spec.to_dict()} vs "
+                f"{other.to_dict()}); the reference's spec is used for both."
+            )
+    if set(ref.meta.losses) != set(cand.meta.losses):
+        raise VerificationError(
+            f"The graphs return different losses: reference ({', '.join(ref.meta.losses)}), "
+            f"candidate ({', '.join(cand.meta.losses)})."
+        )
+    return warnings
+
+
+def _run_losses(
+    graph: LossGraph,
+    params: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray],
+    device: str,
+    side: str,
+) -> dict[str, np.ndarray]:
+    runner = OrtRunner(graph.model, fed=params, device=device)
+    values = runner.run({**inputs, **params}, outputs=graph.meta.losses)
+    check_finite(values, side, "loss")
+    return values
+
+
+def _graph_info(graph: LossGraph) -> GraphInfo:
+    return GraphInfo(
+        path=graph.path,
+        framework=graph.framework,
+        source=graph.meta.source,
+        versions=dict(graph.meta.versions),
+        eager=dict(graph.meta.eager),
+    )
+
+
+#: Ops that only relabel or reshape a value; the report looks past them to the computing node.
+PASS_THROUGH_OPS = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def producer(graph: LossGraph, value: str) -> Any:
+    """The node that computes a value, looking past reshapes and Identity; None for inputs."""
+    producers = {out: node for node in graph.model.graph.node for out in node.output}
+    node = producers.get(value)
+    while node is not None and node.op_type in PASS_THROUGH_OPS and node.input[0] in producers:
+        node = producers[node.input[0]]
+    return node
+
+
+def _loss_divergence(ref: LossGraph, cand: LossGraph, step: StepResult) -> Divergence | None:
+    """The first diverging loss, pointed at the nodes that compute it (not yet localized)."""
+    failed = [d for d in step.losses.values() if not d.passed]
+    if not failed:
+        return None
+    worst = failed[0]
+    ref_node = producer(ref, worst.name)
+    cand_node = producer(cand, worst.name)
+    scope = _node_meta(ref_node, SCOPE_KEY) or _node_meta(cand_node, SCOPE_KEY) or ""
+    source = _node_meta(ref_node, SOURCE_KEY) or _node_meta(cand_node, SOURCE_KEY)
+    return Divergence(
+        step=step.step,
+        phase="forward",
+        scope=scope,
+        op_type=ref_node.op_type if ref_node is not None else "",
+        reference_node=ref_node.name if ref_node is not None else worst.name,
+        candidate_node=cand_node.name if cand_node is not None else worst.name,
+        max_abs_diff=worst.abs_diff,
+        loss=worst.name,
+        localized=False,
+        source=json.loads(source) if source else None,
+    )
+
+
+def _node_meta(node: Any, key: str) -> str | None:
+    return node_meta(node, key) if node is not None else None

@@ -1,0 +1,208 @@
+"""Every human- and machine-readable form of lossgraph's results.
+
+``report_dict`` is the stable JSON report (keys in DESIGN.md); ``render_verify`` and
+``render_export`` print rich terminal reports. Nothing else in lossgraph formats results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lossgraph.graph import LossGraph
+from lossgraph.verify.compare import ValueDiff
+from lossgraph.verify.pipeline import Divergence, LossDiff, StepResult, VerifyResult
+
+PASS = "[green]pass[/green]"
+FAIL = "[bold red]FAIL[/bold red]"
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def report_dict(result: VerifyResult) -> dict[str, Any]:
+    """The JSON report of a verification."""
+    return {
+        "passed": result.passed,
+        "tolerance": result.tolerance.to_dict(),
+        "reference": _graph_dict(result.reference),
+        "candidate": _graph_dict(result.candidate),
+        "seed": result.seed,
+        "inputs": result.inputs_source,
+        "parameter_map": result.param_map.to_dict(),
+        "steps": [_step_dict(step) for step in result.steps],
+        "first_divergence": _divergence_dict(result.first_divergence),
+        "noise_floor": result.noise_floor,
+        "warnings": list(result.warnings),
+    }
+
+
+def write_json(result: VerifyResult, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report_dict(result), indent=2, allow_nan=True) + "\n")
+
+
+def _graph_dict(info: Any) -> dict[str, Any]:
+    return {
+        "path": info.path,
+        "framework": info.framework,
+        "source": info.source,
+        "versions": info.versions,
+        "eager": info.eager,
+    }
+
+
+def _loss_dict(diff: LossDiff) -> dict[str, Any]:
+    return {
+        "reference": diff.reference,
+        "candidate": diff.candidate,
+        "abs_diff": diff.abs_diff,
+        "rel_diff": diff.diff.max_rel_diff,
+        "required_tol": diff.diff.required_tol,
+        "passed": diff.passed,
+    }
+
+
+def _value_dict(diff: ValueDiff) -> dict[str, Any]:
+    return {
+        "max_abs_diff": diff.max_abs_diff,
+        "max_rel_diff": diff.max_rel_diff,
+        "required_tol": diff.required_tol,
+        "passed": diff.passed,
+    }
+
+
+def _step_dict(step: StepResult) -> dict[str, Any]:
+    return {
+        "step": step.step,
+        "loss": step.loss,
+        "optimizer": step.optimizer,
+        "passed": step.passed,
+        "losses": {name: _loss_dict(d) for name, d in step.losses.items()},
+        "gradients": {name: _value_dict(d) for name, d in step.gradients.items()},
+        "parameters": {name: _value_dict(d) for name, d in step.parameters.items()},
+    }
+
+
+def _divergence_dict(div: Divergence | None) -> dict[str, Any] | None:
+    return None if div is None else asdict(div)
+
+
+# --- terminal ------------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.9g}"
+
+
+def _sci(value: float) -> str:
+    return f"{value:.2e}"
+
+
+def render_verify(result: VerifyResult, console: Console) -> None:
+    """Print a verification: the verdict and divergence first, then the per-loss table."""
+    ref, cand = result.reference, result.candidate
+    verdict = Text("PASSED", style="bold green") if result.passed else Text("DIVERGED", style="bold red")
+    console.print(Text("lossgraph verify: ").append(verdict))
+    console.print(f"  reference  {ref.path}  ({ref.framework})")
+    console.print(f"  candidate  {cand.path}  ({cand.framework})")
+    tol = result.tolerance
+    console.print(
+        f"  tolerance  |diff| <= {tol.atol:g} + {tol.rtol:g}*|ref|   inputs: {result.inputs_source}"
+    )
+    pmap = result.param_map
+    transposed = sum(p.transform == "transpose" for p in pmap.pairs)
+    mapped = f"  parameters {len(pmap.pairs)} paired"
+    if transposed:
+        mapped += f" ({transposed} transposed)"
+    unpaired = len(pmap.unmapped_reference) + len(pmap.unmapped_candidate) + len(pmap.shape_mismatch)
+    if unpaired:
+        mapped += f", [yellow]{unpaired} unpaired[/yellow]"
+    console.print(mapped)
+    if result.first_divergence is not None:
+        _render_divergence(result.first_divergence, console)
+    for step in result.steps:
+        console.print(_losses_table(step))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _render_divergence(div: Divergence, console: Console) -> None:
+    where = f"step {div.step}, {div.phase}"
+    what = f"loss {div.loss!r}" if div.loss else "value"
+    console.print(f"[bold red]First divergence[/bold red] ({where}): {what}, max |diff| {_sci(div.max_abs_diff)}")
+    console.print(
+        f"  {div.op_type or '?'} in scope {div.scope or '(top level)'}: reference node "
+        f"{div.reference_node}, candidate node {div.candidate_node}"
+    )
+    if div.source:
+        console.print(f"  source {div.source['file']}:{div.source['line']}  {div.source['code']}")
+    if not div.localized:
+        console.print("  (observed at the loss output; node-level localization not run)")
+    if div.hint:
+        console.print(f"  likely cause: {div.hint}")
+
+
+def _losses_table(step: StepResult) -> Table:
+    title = "Forward losses" if step.loss is None else f"Step {step.step}: {step.loss} / {step.optimizer}"
+    table = Table(title=title, title_justify="left")
+    for column in ("loss", "reference", "candidate", "|diff|", "rel diff", "min tol", ""):
+        table.add_column(column, justify="left" if column == "loss" else "right")
+    for name, diff in step.losses.items():
+        table.add_row(
+            name,
+            _fmt(diff.reference),
+            _fmt(diff.candidate),
+            _sci(diff.abs_diff),
+            _sci(diff.diff.max_rel_diff),
+            _sci(diff.diff.required_tol),
+            PASS if diff.passed else FAIL,
+        )
+    return table
+
+
+def render_export(graph: LossGraph, path: str, console: Console) -> None:
+    """Print the summary of an export: losses (eager vs ORT), inputs, parameters, op histogram."""
+    meta = graph.meta
+    console.print(f"[bold]lossgraph export[/bold]: {meta.source} ({meta.framework}) -> {path}")
+    eager: Mapping[str, Any] = meta.eager
+    table = Table(title="Losses", title_justify="left")
+    for column in ("loss", "eager", "ONNX Runtime", "|diff|"):
+        table.add_column(column, justify="left" if column == "loss" else "right")
+    for name in meta.losses:
+        e = eager.get("losses", {}).get(name)
+        o = eager.get("ort", {}).get(name)
+        diff = _sci(abs(e - o)) if e is not None and o is not None else "-"
+        table.add_row(name, _fmt(e) if e is not None else "-", _fmt(o) if o is not None else "-", diff)
+    console.print(table)
+    inputs = ", ".join(f"{n} {s.dtype}{list(s.shape)} ({s.distribution})" for n, s in meta.inputs.items())
+    console.print(f"inputs: {inputs}")
+    params = list(meta.params.values())
+    trainable = [p for p in params if p.trainable]
+    count = sum(_numel(p.shape) for p in trainable)
+    console.print(
+        f"parameters: {len(trainable)} trainable tensors ({count:,} values), "
+        f"{len(params) - len(trainable)} other (buffers, frozen)"
+    )
+    if meta.optimizers:
+        opts = ", ".join(f"{n}={o.cls}({len(o.params)} params)" for n, o in meta.optimizers.items())
+        console.print(f"optimizers: {opts}")
+    if meta.schedule:
+        console.print("schedule: " + " -> ".join(f"{loss}/{opt}" for loss, opt in meta.schedule))
+    histogram = graph.op_histogram().most_common()
+    console.print(
+        f"ops ({sum(c for _, c in histogram)} nodes): " + ", ".join(f"{op} {c}" for op, c in histogram)
+    )
+
+
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out

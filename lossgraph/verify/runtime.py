@@ -1,0 +1,154 @@
+"""Running LossGraphs on ONNX Runtime.
+
+Parameters and buffers are fed, not baked in: :func:`prepare_model` turns the initializers named
+by the caller into graph inputs, so the same session serves every training step and the
+candidate can receive the reference's weights. Extra outputs ("taps") expose intermediate values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from lossgraph.errors import UnsupportedOpError, VerificationError
+
+DEVICES = ("cpu", "cuda")
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def check_device(device: str) -> list[str]:
+    """Return the ORT providers for a device, or explain why it is not available."""
+    if device not in DEVICES:
+        raise VerificationError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise VerificationError(
+            f"--device cuda needs ONNX Runtime's CUDAExecutionProvider, but onnxruntime "
+            f"{ort.__version__} here offers only {', '.join(available)}; install onnxruntime-gpu "
+            f"on a machine with an NVIDIA GPU."
+        )
+    return PROVIDERS[device]
+
+
+def check_ops(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOpError naming every op ONNX does not define (custom domains included)."""
+    local = {(f.domain, f.name) for f in model.functions}
+    unknown = sorted(
+        {
+            f"{n.domain + '::' if n.domain else ''}{n.op_type}"
+            for n in model.graph.node
+            if (n.domain, n.op_type) not in local and not _is_known_op(n)
+        }
+    )
+    if unknown:
+        raise UnsupportedOpError(
+            f"The graph uses op(s) that ONNX Runtime cannot run: {', '.join(unknown)}."
+        )
+
+
+def _is_known_op(node: onnx.NodeProto) -> bool:
+    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    if domain == "com.microsoft":
+        return True  # ORT's contrib ops; a missing kernel surfaces when the session is built
+    return onnx.defs.has(node.op_type, domain)
+
+
+def prepare_model(
+    model: onnx.ModelProto, fed: Iterable[str] = (), extra_outputs: Sequence[str] = ()
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``fed`` are graph inputs and whose outputs
+    include ``extra_outputs``."""
+    fed = set(fed)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = []
+    moved = []
+    for tensor in graph.initializer:
+        if tensor.name in fed:
+            moved.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+        else:
+            keep.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    graph.input.extend(moved)
+    existing = {o.name for o in graph.output}
+    for name in extra_outputs:
+        if name not in existing:
+            graph.output.add(name=name)
+            existing.add(name)
+    return out
+
+
+class OrtRunner:
+    """One ONNX Runtime session over a prepared model.
+
+    ``fed`` names the initializers that become inputs (parameters, buffers, optimizer state).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        fed: Iterable[str] = (),
+        extra_outputs: Sequence[str] = (),
+        device: str = "cpu",
+        opt_level: str = "extended",
+    ) -> None:
+        providers = check_device(device)
+        check_ops(model)
+        prepared = prepare_model(model, fed, extra_outputs)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPT_LEVELS[opt_level]
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                prepared.SerializeToString(), options, providers=providers
+            )
+        except Exception as exc:
+            raise _session_error(exc) from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.device = device
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run with every graph input fed; return the requested outputs (all by default)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise VerificationError(f"No value given for graph input(s): {', '.join(missing)}.")
+        names = list(outputs) if outputs is not None else self.output_names
+        feed = {n: feeds[n] for n in self.input_names}
+        try:
+            values = self.session.run(names, feed)
+        except Exception as exc:
+            raise VerificationError(f"ONNX Runtime failed: {_first_line(exc)}") from None
+        return dict(zip(names, values))
+
+
+def _session_error(exc: Exception) -> Exception:
+    text = _first_line(exc)
+    match = re.search(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'", text)
+    if match:
+        return UnsupportedOpError(
+            f"ONNX Runtime has no kernel for op {match.group(1)} (opset {match.group(2)}) at node "
+            f"{match.group(3)!r} with these input types."
+        )
+    return VerificationError(f"ONNX Runtime could not load the graph: {text}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__

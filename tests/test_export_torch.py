@@ -1,0 +1,136 @@
+"""The torch exporter: faithful to eager PyTorch, with the metadata later stages need."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DISCOGAN, LOSSES
+from losses_torch import SPECS
+
+import lossgraph as lg
+from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, LossGraph, node_meta
+from lossgraph.spec import load_spec
+from lossgraph.verify.inputs import make_inputs
+from lossgraph.verify.runtime import OrtRunner
+
+
+def eager_and_ort(target: str, seed: int = 3):
+    """Loss values from torch eager and from the exported graph on ORT, same inputs."""
+    spec = load_spec(target)
+    graph = lg.export(spec)
+    inputs = make_inputs(spec.inputs, seed)
+    with torch.no_grad():
+        eager = spec.loss(spec.model, **{k: torch.from_numpy(v) for k, v in inputs.items()})
+    if torch.is_tensor(eager):
+        eager = {"loss": eager}
+    ort = OrtRunner(graph.model).run(inputs, outputs=graph.meta.losses)
+    return graph, {k: float(v) for k, v in eager.items()}, {k: float(v) for k, v in ort.items()}
+
+
+def test_discogan_ort_equals_torch_eager():
+    graph, eager, ort = eager_and_ort(f"{DISCOGAN}/discogan_torch.py")
+    assert list(ort) == ["gen_loss", "dis_loss"]
+    for name in ort:
+        assert abs(ort[name] - eager[name]) <= 1e-6, (name, ort[name], eager[name])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_loss_example_ort_equals_torch_eager(name):
+    graph, eager, ort = eager_and_ort(f"{LOSSES}/losses_torch.py:{name}")
+    assert set(ort) == set(eager)
+    for loss in ort:
+        assert abs(ort[loss] - eager[loss]) <= 1e-6, (loss, ort[loss], eager[loss])
+
+
+def test_discogan_metadata(exported):
+    graph = LossGraph.load(exported(f"{DISCOGAN}/discogan_torch.py"))
+    meta = graph.meta
+    assert meta.framework == "torch" and meta.versions["torch"].startswith("2.")
+    assert meta.losses == ["gen_loss", "dis_loss"]
+    assert meta.inputs["A"].shape == (4, 3, 64, 64) and meta.inputs["A"].distribution == "uniform"
+    # parameters keep state-dict names, in definition order, with their layer kinds
+    names = list(meta.params)
+    assert names[0] == "generator_A.main.0.weight"
+    conv = meta.params["discriminator_A.conv1.weight"]
+    assert conv.layer_type == "Conv2d" and conv.trainable and conv.kind == "parameter"
+    bn = meta.params["generator_A.main.3.running_mean"]
+    assert bn.kind == "buffer" and not bn.trainable and bn.layer_type == "BatchNorm2d"
+    assert {t.name for t in graph.model.graph.initializer} >= set(meta.params)
+    # optimizers and schedule travel in the metadata
+    dis = meta.optimizers["dis"]
+    assert dis.cls == "Adam" and dis.groups[0]["betas"] == [0.5, 0.999]
+    assert dis.groups[0]["weight_decay"] == 1e-5 and dis.groups[0]["lr"] == 2e-4
+    assert all(p.startswith("discriminator_") for p in dis.params)
+    assert meta.schedule == [("dis_loss", "dis"), ("gen_loss", "gen")]
+    # eager and ORT values recorded at export
+    for name in meta.losses:
+        assert abs(meta.eager["losses"][name] - meta.eager["ort"][name]) <= 1e-6
+
+
+def test_nodes_carry_scope_source_and_torch_metadata(exported):
+    graph = LossGraph.load(exported(f"{DISCOGAN}/discogan_torch.py"))
+    convs = [n for n in graph.model.graph.node if n.op_type == "Conv"]
+    scopes = {node_meta(n, SCOPE_KEY) for n in convs}
+    assert "discriminator_A.conv3" in scopes and "generator_B.main.0" in scopes
+    assert all(node_meta(n, "pkg.torch.onnx.name_scopes") for n in convs)
+    hinge = [n for n in graph.model.graph.node if node_meta(n, SCOPE_KEY) == "feat_criterion"]
+    assert hinge, "the criterion modules are scopes"
+    source = json.loads(node_meta(hinge[0], SOURCE_KEY))
+    assert source["function"] == "get_fm_loss" and source["file"].endswith("discogan_torch.py")
+    assert "criterion(l2" in source["code"]
+
+
+def test_detach_is_marked_as_stop_gradient(exported):
+    graph = LossGraph.load(exported(f"{LOSSES}/losses_torch.py:gan"))
+    marked = [n for n in graph.model.graph.node if node_meta(n, STOP_GRADIENT_KEY) == "1"]
+    assert len(marked) == 1 and marked[0].op_type == "Identity"
+
+
+def test_label_smoothing_is_not_dropped(exported):
+    # torch.onnx's own translation of cross_entropy ignores label_smoothing; lossgraph's does not.
+    graph = LossGraph.load(exported(f"{LOSSES}/losses_torch.py:cross_entropy"))
+    eager = graph.meta.eager
+    assert eager["losses"]["smoothing_mean"] != pytest.approx(eager["losses"]["mean"], abs=1e-3)
+    assert eager["ort"]["smoothing_mean"] == pytest.approx(eager["losses"]["smoothing_mean"], abs=1e-6)
+
+
+def test_export_leaves_the_model_untouched():
+    spec = load_spec(f"{LOSSES}/losses_torch.py:mse")
+    before = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    lg.export(spec)
+    for key, value in spec.model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_export_summary(cli, tmp_path):
+    out = tmp_path / "mse.onnx"
+    result = cli("export", f"{LOSSES}/losses_torch.py:mse", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    for text in ("Losses", "mean", "inputs: x float32[2, 4] (uniform)", "parameters: 2 trainable",
+                 "Gemm"):
+        assert text in result.stdout
+    assert out.exists()
+
+
+def test_mistranslation_is_caught(monkeypatch, tmp_path):
+    """If the exported graph disagrees with eager (a mistranslated op), export fails."""
+    from lossgraph.exporters import common
+
+    spec = load_spec(f"{LOSSES}/losses_torch.py:mse")
+    real = common.record_eager_check
+
+    def skewed(graph, eager, inputs, seed):
+        real(graph, {k: v + 1.0 for k, v in eager.items()}, inputs, seed)
+
+    monkeypatch.setattr("lossgraph.exporters.torch.record_eager_check", skewed)
+    with pytest.raises(lg.ExportError, match="mistranslated"):
+        lg.export(spec)
+
+
+def test_seeded_inputs_reach_the_graph():
+    spec = load_spec(f"{LOSSES}/losses_torch.py:mse")
+    graph = lg.export(spec, seed=5)
+    assert graph.meta.eager["seed"] == 5
+    other = lg.export(load_spec(f"{LOSSES}/losses_torch.py:mse"), seed=6)
+    assert not np.isclose(graph.meta.eager["losses"]["mean"], other.meta.eager["losses"]["mean"])
