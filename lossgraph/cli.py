@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import traceback
+import warnings
 from typing import Any
 
 import click
@@ -44,6 +46,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     Exit codes: 0 agree, 1 diverged, 2 bad usage or bad input.
     """
     ctx.meta["lossgraph.debug"] = debug
+    # Paddle prints a ccache warning and glog lines at import; neither concerns lossgraph users.
+    warnings.filterwarnings("ignore", message="No ccache found")
+    os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 @main.command()

@@ -30,3 +30,9 @@ class VerificationError(LossgraphError):
 
 class InternalError(Exception):
     """An invariant inside lossgraph does not hold: a bug, not bad input."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lossgraph.errors import SpecError
+from lossgraph.errors import SpecError, one_line
 
 #: Input dtypes lossgraph can generate and feed to ONNX Runtime.
 INPUT_DTYPES = ("float32", "float64", "int32", "int64", "bool")
@@ -284,7 +284,7 @@ def load_spec(target: str) -> Spec:
     try:
         spec = fn()
     except Exception as exc:  # the user's code: report it in one line
-        raise SpecError(f"{path}:{name}() raised {type(exc).__name__}: {_one_line(exc)}") from exc
+        raise SpecError(f"{path}:{name}() raised {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(spec, Spec):
         raise SpecError(
             f"{path}:{name}() must return a lossgraph.Spec, got {type(spec).__name__}."
@@ -316,14 +316,10 @@ def import_spec_file(path: Path) -> Any:
     except Exception as exc:
         del sys.modules[mod_name]
         raise SpecError(
-            f"Importing spec file {path} failed: {type(exc).__name__}: {_one_line(exc)}"
+            f"Importing spec file {path} failed: {type(exc).__name__}: {one_line(exc)}"
         ) from exc
     return module
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _is_int(value: Any) -> bool:

@@ -65,6 +65,21 @@ def exported(tmp_path_factory):
     return get
 
 
+def eager_and_ort(target: str, run_eager, seed: int = 3):
+    """Loss values from the framework's eager run and from the exported graph on ORT, same
+    inputs. ``run_eager(spec, inputs)`` returns the loss function's result as ``{name: float}``."""
+    from lossgraph.spec import load_spec
+    from lossgraph.verify.inputs import make_inputs
+    from lossgraph.verify.runtime import OrtRunner
+
+    spec = load_spec(target)
+    graph = lg.export(spec)
+    inputs = make_inputs(spec.inputs, seed)
+    eager = run_eager(spec, inputs)
+    ort = OrtRunner(graph.model).run(inputs, outputs=graph.meta.losses)
+    return graph, eager, {k: float(v) for k, v in ort.items()}
+
+
 def one_line_error(result) -> str:
     """Assert a CLI result is a one-line error with exit code 2 and return the line."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)

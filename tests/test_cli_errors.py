@@ -48,7 +48,7 @@ def other_names():
     class Other(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.proj = torch.nn.Linear(3, 2)
+            self.proj = torch.nn.Linear(3, 5)  # nothing to pair: other names, other shapes
     model = Other()
     return lg.Spec(model=model, loss=lambda model, x: model.proj(x).pow(2).mean(),
                    inputs={"x": lg.Input([4, 3])})

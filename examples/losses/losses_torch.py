@@ -90,6 +90,20 @@ def hinge_embedding():
     return lg.Spec(model=_head(), loss=loss, inputs={"x": X, "y": SIGN})
 
 
+def hinge_embedding_handwritten():
+    """The counterpart of the Paddle port's hand-written HingeEmbeddingLoss (mean and sum)."""
+
+    def loss(model, x, y):
+        out = model(x)
+        return {
+            "mean": F.hinge_embedding_loss(out, y),
+            "sum": F.hinge_embedding_loss(out, y, reduction="sum"),
+            "margin2_mean": F.hinge_embedding_loss(out, y, margin=2.0),
+        }
+
+    return lg.Spec(model=_head(), loss=loss, inputs={"x": X, "y": SIGN})
+
+
 def margin_ranking():
     def loss(model, a, b, y):
         x1, x2 = model(a), model(b)
@@ -329,7 +343,7 @@ def feature_matching():
 
 #: Every spec in this file, for tests and scripts.
 SPECS = [
-    "bce", "mse", "l1", "hinge_embedding", "margin_ranking", "triplet_margin", "kl_div",
-    "bce_with_logits", "smooth_l1", "cross_entropy", "nll", "cosine_embedding", "charbonnier",
-    "gan", "disc_shift", "total_variation", "feature_matching",
+    "bce", "mse", "l1", "hinge_embedding", "hinge_embedding_handwritten", "margin_ranking",
+    "triplet_margin", "kl_div", "bce_with_logits", "smooth_l1", "cross_entropy", "nll",
+    "cosine_embedding", "charbonnier", "gan", "disc_shift", "total_variation", "feature_matching",
 ]

@@ -5,6 +5,7 @@ The only place in lossgraph that imports torch or paddle, and only when an expor
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from lossgraph.graph import LossGraph
@@ -28,6 +29,7 @@ def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAU
 
         graph = export_torch(spec, seed)
     else:
+        warnings.filterwarnings("ignore", message="No ccache found")  # printed at paddle import
         from lossgraph.exporters.paddle import export_paddle
 
         graph = export_paddle(spec, seed)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lossgraph.errors import ExportError, SpecError
-from lossgraph.graph import LossGraph
-from lossgraph.spec import Spec, parse_target
+from lossgraph.errors import ExportError, SpecError, one_line
+from lossgraph.graph import GraphMeta, LossGraph, OptimizerInfo, ParamInfo
+from lossgraph.spec import Spec, normalize_losses, parse_target
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
 _LIBRARY_PARTS = ("site-packages", "dist-packages", "/lossgraph/")
@@ -151,3 +151,65 @@ def relative_to_cwd(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+def eager_losses(
+    spec: Spec,
+    model: Any,
+    tensors: Mapping[str, Any],
+    is_tensor: Any,
+    numel: Any,
+) -> tuple[dict[str, Any], bool]:
+    """Run the spec's loss eagerly: ``({name: scalar tensor}, returned a single tensor)``."""
+    try:
+        out = spec.loss(model, **tensors)
+    except Exception as exc:  # the user's code: one line
+        raise SpecError(
+            f"{spec.source}: the loss function raised {type(exc).__name__} when run eagerly: "
+            f"{one_line(exc)}"
+        ) from exc
+    return normalize_losses(out, is_tensor, numel, f"{spec.source}: "), is_tensor(out)
+
+
+def finish_export(
+    spec: Spec,
+    proto: Any,
+    framework: str,
+    versions: dict[str, str],
+    params: dict[str, ParamInfo],
+    optimizers: dict[str, OptimizerInfo],
+    lr_schedulers: dict[str, dict[str, Any]],
+    eager: Mapping[str, float],
+    inputs: Mapping[str, np.ndarray],
+    seed: int,
+) -> LossGraph:
+    """The LossGraph of an export, its metadata filled and its losses checked against eager."""
+    names = list(eager)
+    meta = GraphMeta(
+        framework=framework,
+        losses=names,
+        inputs=dict(spec.inputs),
+        params=params,
+        versions=versions,
+        source=spec.source,
+        train=spec.train,
+        optimizers=optimizers,
+        schedule=check_schedule(spec, names),
+        lr_schedulers=lr_schedulers,
+    )
+    graph = LossGraph(model=proto, meta=meta)
+    record_eager_check(graph, eager, inputs, seed)
+    return graph
+
+
+def optimizer_param_names(
+    spec: Spec, opt_name: str, params: list[Any], names: Mapping[int, str]
+) -> list[str]:
+    """State-dict names of an optimizer group's tensors; SpecError for foreign tensors."""
+    unknown = [p for p in params if id(p) not in names]
+    if unknown:
+        raise SpecError(
+            f"{spec.source}: optimizer {opt_name!r} holds {len(unknown)} tensor(s) that are not "
+            f"parameters of Spec.model."
+        )
+    return [names[id(p)] for p in params]

@@ -12,17 +12,17 @@ import ast
 import contextlib
 import io
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-from lossgraph.errors import ExportError, SpecError
+from lossgraph.errors import ExportError, SpecError, one_line
 from lossgraph.exporters.common import (
-    check_schedule,
+    eager_losses,
+    finish_export,
     format_source,
     innermost_user_frame,
     json_safe_dict,
+    optimizer_param_names,
     package_versions,
-    record_eager_check,
     spec_code_objects,
 )
 from lossgraph.exporters.torch_ops import translation_table
@@ -30,7 +30,6 @@ from lossgraph.graph import (
     SCOPE_KEY,
     SOURCE_KEY,
     STOP_GRADIENT_KEY,
-    GraphMeta,
     LossGraph,
     OptimizerInfo,
     ParamInfo,
@@ -39,7 +38,7 @@ from lossgraph.graph import (
     rename_values,
     set_node_meta,
 )
-from lossgraph.spec import Spec, normalize_losses
+from lossgraph.spec import Spec
 from lossgraph.verify.inputs import make_inputs
 
 ROOT = "model"  # attribute under which the wrapper holds the user's model
@@ -61,7 +60,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train(spec.train)
     try:
-        losses = _eager_losses(spec, model, tensors)
+        losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
         eager = {name: float(value.detach().double()) for name, value in losses.items()}
         wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses))
         wrapper.train(spec.train)
@@ -73,22 +72,18 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     _strip_root_prefix(proto)
     rename_outputs(proto.graph, names)
     _annotate_nodes(proto)
-    params = _param_infos(model, {t.name for t in proto.graph.initializer})
-    meta = GraphMeta(
+    return finish_export(
+        spec,
+        proto,
         framework="torch",
-        losses=names,
-        inputs=dict(spec.inputs),
-        params=params,
         versions=package_versions("torch", "onnxscript", "onnxruntime"),
-        source=spec.source,
-        train=spec.train,
+        params=_param_infos(model, {t.name for t in proto.graph.initializer}),
         optimizers=_optimizer_infos(spec, model),
-        schedule=check_schedule(spec, names),
         lr_schedulers=_lr_scheduler_infos(spec),
+        eager=eager,
+        inputs=arrays,
+        seed=seed,
     )
-    graph = LossGraph(model=proto, meta=meta)
-    record_eager_check(graph, eager, arrays, seed)
-    return graph
 
 
 def _LossModule(model: Any, loss: Any, input_names: list[str], loss_names: list[str]) -> Any:
@@ -114,23 +109,11 @@ def _scalar(value: Any) -> Any:
     return value if value.dim() == 0 else value.reshape(())
 
 
-def _eager_losses(spec: Spec, model: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:
-    import torch
-
-    try:
-        out = spec.loss(model, **tensors)
-    except Exception as exc:
-        raise SpecError(
-            f"{spec.source}: the loss function raised {type(exc).__name__} when run eagerly: "
-            f"{_one_line(exc)}"
-        ) from exc
-    return normalize_losses(out, torch.is_tensor, lambda t: t.numel(), f"{spec.source}: ")
-
-
 def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], names: list[str]) -> Any:
     import torch
 
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for logger in ("torch.onnx", "onnxscript", "onnx_ir"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
@@ -147,7 +130,7 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], names: list[s
     except Exception as exc:
         raise ExportError(
             f"torch.onnx.export failed for {spec.source or 'the spec'}: {type(exc).__name__}: "
-            f"{_one_line(exc)}"
+            f"{one_line(exc)}"
         ) from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program.")
@@ -238,14 +221,8 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
             )
         groups = []
         for group in optimizer.param_groups:
-            unknown = [p for p in group["params"] if id(p) not in names]
-            if unknown:
-                raise SpecError(
-                    f"{spec.source}: optimizer {opt_name!r} holds {len(unknown)} tensor(s) that "
-                    f"are not parameters of Spec.model."
-                )
             entry = json_safe_dict(group, skip=("params",))
-            entry["params"] = [names[id(p)] for p in group["params"]]
+            entry["params"] = optimizer_param_names(spec, opt_name, group["params"], names)
             groups.append(entry)
         infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="torch", groups=groups)
     return infos
@@ -258,8 +235,4 @@ def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:
         infos[opt_name] = {"cls": type(scheduler).__name__, "framework": "torch", "state": state}
     return infos
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 

@@ -1,8 +1,17 @@
 """Parameter correspondence between two LossGraphs.
 
 The map pairs each reference parameter/buffer with a candidate one and says how the value is
-carried across (``identity`` or ``transpose``). A ``--name-map`` JSON file overrides entries:
-``{"ref.name": "cand.name"}`` or ``{"ref.name": {"name": "cand.name", "transpose": true}}``.
+carried across (``identity`` or ``transpose``). It is built in this order:
+
+1. ``--name-map`` entries: ``{"ref.name": "cand.name"}`` or
+   ``{"ref.name": {"name": "cand.name", "transpose": true}}``;
+2. equal names, after the known renames between frameworks (BatchNorm ``running_mean`` /
+   ``running_var`` <-> ``_mean`` / ``_variance``);
+3. structure: what is left is paired in definition order within each kind of layer and attribute
+   (``conv2d.weight``, ``batchnorm2d.running_var``, ...), if the counts and shapes agree.
+
+Across frameworks a Linear weight is transposed ([out, in] in torch, [in, out] in Paddle) because
+of its layer kind, never because of its shape, so square weights are handled too.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lossgraph.errors import VerificationError
-from lossgraph.graph import LossGraph
+from lossgraph.graph import LossGraph, ParamInfo
 
 TRANSFORMS = ("identity", "transpose")
 
@@ -98,10 +107,11 @@ def build_param_map(
     name_map: Mapping[str, Mapping[str, Any]] | None = None,
     allow_unmapped: bool = False,
 ) -> ParamMap:
-    """Pair the parameters of two graphs: the name map first, then equal names. Raises VerificationError on unpaired or
+    """Pair the parameters of two graphs (name map, equal names, structure). Raises VerificationError on unpaired or
     shape-mismatched parameters unless ``allow_unmapped``, and always when nothing is shared."""
     ref_params = reference.meta.params
     cand_params = candidate.meta.params
+    cross = reference.framework != candidate.framework
     pairs: list[ParamPair] = []
     for ref_name, entry in (name_map or {}).items():
         if ref_name not in ref_params:
@@ -114,16 +124,102 @@ def build_param_map(
                 f"Name map maps {ref_name!r} to {entry['name']!r}, which is not a parameter of the "
                 f"candidate graph ({candidate.path or 'candidate'})."
             )
-        transform = "transpose" if entry.get("transpose") else "identity"
+        if "transpose" in entry:
+            transform = "transpose" if entry["transpose"] else "identity"
+        else:
+            transform = layout_transform(ref_params[ref_name], cand_params[entry["name"]], cross)
         pairs.append(ParamPair(ref_name, entry["name"], transform, "map"))
     taken_ref = {p.reference for p in pairs}
     taken_cand = {p.candidate for p in pairs}
-    for name in ref_params:
-        if name not in taken_ref and name in cand_params and name not in taken_cand:
-            pairs.append(ParamPair(name, name, "identity", "name"))
-            taken_ref.add(name)
-            taken_cand.add(name)
+    cand_by_key = {canonical_name(n, p): n for n, p in cand_params.items() if n not in taken_cand}
+    for name, info in ref_params.items():
+        other = cand_by_key.get(canonical_name(name, info))
+        if name in taken_ref or other is None or other in taken_cand:
+            continue
+        pairs.append(ParamPair(name, other, layout_transform(info, cand_params[other], cross), "name"))
+        taken_ref.add(name)
+        taken_cand.add(other)
+    pairs.extend(_pair_by_structure(reference, candidate, taken_ref, taken_cand, cross))
     return _checked_map(reference, candidate, pairs, allow_unmapped)
+
+
+#: Attribute spellings that mean the same thing in torch and Paddle.
+ATTRIBUTE_ALIASES = {"_mean": "running_mean", "_variance": "running_var"}
+#: Layer class names that differ between the frameworks, lower-cased, Paddle -> torch.
+LAYER_ALIASES = {
+    "conv1dtranspose": "convtranspose1d",
+    "conv2dtranspose": "convtranspose2d",
+    "conv3dtranspose": "convtranspose3d",
+    "batchnorm": "batchnorm2d",
+}
+#: Layer kinds whose weight is stored transposed in Paddle relative to torch.
+TRANSPOSED_WEIGHT_LAYERS = ("linear",)
+
+
+def canonical_layer(info: ParamInfo) -> str:
+    name = info.layer_type.lower()
+    return LAYER_ALIASES.get(name, name)
+
+
+def canonical_attribute(info: ParamInfo, name: str) -> str:
+    attribute = info.attribute or name.rpartition(".")[2]
+    return ATTRIBUTE_ALIASES.get(attribute, attribute)
+
+
+def canonical_name(name: str, info: ParamInfo) -> str:
+    """The name with the framework-specific attribute spelling replaced (``bn._mean`` ->
+    ``bn.running_mean``)."""
+    module = info.module if info.attribute else name.rpartition(".")[0]
+    attribute = canonical_attribute(info, name)
+    return f"{module}.{attribute}" if module else attribute
+
+
+def layout_transform(ref: ParamInfo, cand: ParamInfo, cross_framework: bool) -> str:
+    """``transpose`` for a Linear weight crossing frameworks, by layer kind (not by shape)."""
+    if not cross_framework:
+        return "identity"
+    if (
+        canonical_layer(ref) in TRANSPOSED_WEIGHT_LAYERS
+        and canonical_layer(cand) in TRANSPOSED_WEIGHT_LAYERS
+        and ref.attribute == "weight"
+        and cand.attribute == "weight"
+        and len(ref.shape) == 2
+    ):
+        return "transpose"
+    return "identity"
+
+
+def _pair_by_structure(
+    reference: LossGraph, candidate: LossGraph, taken_ref: set[str], taken_cand: set[str], cross: bool
+) -> list[ParamPair]:
+    """Pair what names could not, in definition order within each (layer kind, attribute)."""
+    def groups(params: Mapping[str, ParamInfo], taken: set[str]) -> dict[tuple[str, str], list[str]]:
+        out: dict[tuple[str, str], list[str]] = {}
+        for name, info in params.items():
+            if name not in taken:
+                out.setdefault((canonical_layer(info), canonical_attribute(info, name)), []).append(name)
+        return out
+
+    ref_params, cand_params = reference.meta.params, candidate.meta.params
+    ref_groups = groups(ref_params, taken_ref)
+    cand_groups = groups(cand_params, taken_cand)
+    pairs = []
+    for key, ref_names in ref_groups.items():
+        cand_names = cand_groups.get(key, [])
+        if len(cand_names) != len(ref_names):
+            continue  # ambiguous: reported as unmapped
+        candidate_pairs = []
+        for ref_name, cand_name in zip(ref_names, cand_names):
+            transform = layout_transform(ref_params[ref_name], cand_params[cand_name], cross)
+            shape = list(ref_params[ref_name].shape)
+            if transform == "transpose":
+                shape = shape[::-1]
+            if shape != list(cand_params[cand_name].shape):
+                break
+            candidate_pairs.append(ParamPair(ref_name, cand_name, transform, "structure"))
+        else:
+            pairs.extend(candidate_pairs)
+    return pairs
 
 
 def _checked_map(
@@ -155,7 +251,7 @@ def _checked_map(
     if not good and not mismatch:
         raise VerificationError(
             f"The two graphs share no parameters ({len(ref_params)} in the reference, "
-            f"{len(cand_params)} in the candidate, none paired by name or name map); "
+            f"{len(cand_params)} in the candidate, none paired by name, name map or structure); "
             f"give a --name-map."
         )
     problems = []

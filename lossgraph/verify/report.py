@@ -118,9 +118,12 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     )
     pmap = result.param_map
     transposed = sum(p.transform == "transpose" for p in pmap.pairs)
+    renamed = sum(p.reference != p.candidate for p in pmap.pairs)
+    details = [f"{renamed} renamed"] if renamed else []
+    details += [f"{transposed} transposed"] if transposed else []
     mapped = f"  parameters {len(pmap.pairs)} paired"
-    if transposed:
-        mapped += f" ({transposed} transposed)"
+    if details:
+        mapped += f" ({', '.join(details)})"
     unpaired = len(pmap.unmapped_reference) + len(pmap.unmapped_candidate) + len(pmap.shape_mismatch)
     if unpaired:
         mapped += f", [yellow]{unpaired} unpaired[/yellow]"

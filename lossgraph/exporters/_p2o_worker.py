@@ -1,0 +1,90 @@
+"""Runs paddle2onnx in its own process: ``python -m lossgraph.exporters._p2o_worker JSON PARAMS OUT``.
+
+paddle2onnx aborts the whole process (SIGABRT) on an op it cannot convert, and the list of such
+ops it means to print is lost with it. So the worker first decomposes the program as paddle2onnx
+does (``dist_prim_all``), checks every op against paddle2onnx's registry itself, and reports the
+unsupported ones on a line the parent reads (``UNSUPPORTED_PREFIX``, exit code 3) before paddle2onnx
+gets a chance to abort. Any other failure still happens here, not in the caller's process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+UNSUPPORTED_PREFIX = "LOSSGRAPH-UNSUPPORTED-OPS: "
+EXIT_UNSUPPORTED = 3
+
+#: paddle2onnx's ``convert_pir_op_name``: PIR op names registered under their legacy names.
+LEGACY_NAMES = {
+    "matmul": "matmul_v2", "batch_norm_": "batch_norm", "topk": "top_k_v2",
+    "repeat_interleave_with_tensor_index": "repeat_interleave", "expand": "expand_v2",
+    "assign_value_": "assign_value", "flatten": "flatten_contiguous_range",
+    "unsqueeze": "unsqueeze2", "arange": "range", "argmax": "arg_max",
+    "floor_divide": "elementwise_floordiv", "subtract": "elementwise_sub",
+    "multiply": "elementwise_mul", "divide": "elementwise_div", "remainder": "elementwise_mod",
+    "minimum": "elementwise_min", "maximum": "elementwise_max", "min": "reduce_min",
+    "max": "reduce_max", "mean": "reduce_mean", "sum": "reduce_sum", "prod": "reduce_prod",
+    "any": "reduce_any", "all": "reduce_all", "numel": "size", "hardswish": "hard_swish",
+    "hardsigmoid": "hard_sigmoid", "add": "elementwise_add", "add_n": "sum",
+    "grid_sample": "grid_sampler", "nonzero": "where_index",
+}
+#: The saved program's dialect prefix of ``pd_op`` ops ("1.matmul"); builtin ops are "0.*".
+PD_OP_DIALECT = "1"
+#: Ops paddle2onnx handles outside its registry.
+STRUCTURAL_OPS = {"data", "fetch", "if", "while", "parameter", "combine", "slice", "split",
+                  "constant", "yield"}
+
+
+def program_ops(model_json: str) -> list[str]:
+    """The op names (``pd_op.matmul``, ...) of a saved PIR program, in order."""
+    with open(model_json) as f:
+        program = json.load(f)
+    names = []
+    for block in program["program"]["regions"][0]["blocks"]:
+        for op in block["ops"]:
+            names.append(str(op.get("#", "")))
+    return names
+
+
+def unsupported_ops(model_json: str) -> list[str]:
+    """Ops of the program that paddle2onnx has no converter for."""
+    from paddle2onnx import paddle2onnx_cpp2py_export as c_p2o
+
+    registered = set(c_p2o.get_all_supported_operators_pir())
+    missing = []
+    for raw in program_ops(model_json):
+        dialect, _, name = raw.partition(".")
+        if dialect != PD_OP_DIALECT or name in STRUCTURAL_OPS:
+            continue  # parameters ("p") and builtin ops need no converter
+        legacy = LEGACY_NAMES.get(name, name)
+        if legacy not in registered and f"pd_op.{name}" not in missing:
+            missing.append(f"pd_op.{name}")
+    return missing
+
+
+def main(argv: list[str]) -> int:
+    model_json, params, out, opset = argv
+    import paddle2onnx
+    from paddle2onnx.convert import decompose_program
+
+    missing = unsupported_ops(decompose_program(model_json))
+    if missing:
+        print(UNSUPPORTED_PREFIX + ",".join(missing), flush=True)
+        return EXIT_UNSUPPORTED
+    paddle2onnx.export(
+        model_json,
+        params,
+        out,
+        opset_version=int(opset),
+        auto_upgrade_opset=True,
+        dist_prim_all=True,
+        enable_onnx_checker=True,
+        enable_optimize=False,
+        optimize_tool="none",  # the default (Polygraphy) folds parameters into derived constants
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

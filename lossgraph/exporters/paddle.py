@@ -1,0 +1,401 @@
+"""PaddlePaddle exporter: ``paddle.jit.to_static`` + ``paddle2onnx`` (``dist_prim_all=True``).
+
+paddle2onnx writes parameters as Constant nodes (outputs named ``<param.name>_<k>``) and
+scatters Identity nodes; this module turns the constants back into initializers named by their
+state-dict keys, removes the Identity noise (keeping ``.detach()`` as a stop-gradient marker),
+and names the outputs after the losses. paddle2onnx runs in a subprocess: it aborts the process
+on ops it cannot convert.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from lossgraph.errors import ExportError, SpecError, one_line
+from lossgraph.exporters._p2o_worker import UNSUPPORTED_PREFIX
+from lossgraph.exporters.common import (
+    eager_losses,
+    finish_export,
+    json_safe,
+    optimizer_param_names,
+    package_versions,
+)
+from lossgraph.exporters.paddle_ops import convertible_ops
+from lossgraph.graph import (
+    STOP_GRADIENT_KEY,
+    LossGraph,
+    OptimizerInfo,
+    ParamInfo,
+    rename_outputs,
+    rename_values,
+    set_node_meta,
+)
+from lossgraph.spec import Spec
+from lossgraph.verify.inputs import make_inputs
+
+OPSET = 17
+P2O_TIMEOUT_S = 900
+#: BatchNorm running statistics are parameters in Paddle; lossgraph treats them as buffers.
+BUFFER_ATTRIBUTES = ("_mean", "_variance")
+_P2O_ERROR = re.compile(r"\[ERROR\]\[Paddle2ONNX\]\s*(?:\[OP: (?P<op>[\w.]+)\])?\s*(?P<msg>.*)")
+_CRASH_CLUE = re.compile(r"Error|error|free\(\)|Abort|Segmentation")
+_STOP_GRADIENT_VALUE = re.compile(r"^p2o\.pd_op\.share_data_?\.\d+\.\d+$")
+
+
+def export_paddle(spec: Spec, seed: int) -> LossGraph:
+    """Export a Paddle Spec. Raises ExportError / SpecError with one-line messages."""
+    import paddle
+
+    if spec.train:
+        raise ExportError(
+            f"{spec.source}: train=True is not supported by the Paddle exporter yet (paddle2onnx "
+            f"converts batch_norm in inference form only)."
+        )
+    model = spec.model
+    model.eval()
+    arrays = make_inputs(spec.inputs, seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        # eager values from Paddle's own kernels; the convertible replacements only for tracing
+        tensors = {name: paddle.to_tensor(value) for name, value in arrays.items()}
+        losses, single = eager_losses(
+            spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
+            lambda t: int(np.prod(t.shape)),
+        )
+        eager = {name: float(np.asarray(value.numpy(), np.float64)) for name, value in losses.items()}
+        with convertible_ops(), tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp:
+            proto = _convert(spec, model, list(losses), single, Path(tmp))
+    finally:
+        model.set_state_dict(state)
+    names = list(losses)
+    param_names = _param_name_map(model)
+    _constants_to_initializers(proto, param_names)
+    _remove_identities(proto)
+    rename_outputs(proto.graph, names)
+    return finish_export(
+        spec,
+        proto,
+        framework="paddle",
+        versions=package_versions("paddlepaddle", "paddle2onnx", "onnxruntime"),
+        params=_param_infos(model, {t.name for t in proto.graph.initializer}),
+        optimizers=_optimizer_infos(spec, model),
+        lr_schedulers={},
+        eager=eager,
+        inputs=arrays,
+        seed=seed,
+    )
+
+
+_LOSS_LAYER_SOURCE = """\
+import paddle
+
+
+class LossLayer(paddle.nn.Layer):
+    \"\"\"Holds the user's model as ``model`` and returns the losses as scalars.\"\"\"
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model = model
+        self.__dict__["_loss"] = loss  # never registered as a sublayer
+
+    def forward(self, {args}):
+        out = self._loss(self.model, {kwargs})
+        return ({outputs},)
+"""
+
+
+def _loss_layer(
+    model: Any, loss: Any, input_names: list[str], loss_names: list[str], single: bool, tmp: Path
+) -> Any:
+    """A Layer whose forward takes the named inputs and returns the losses as scalars.
+
+    dy2static reads the forward's source, so it is written to a file with the input names as
+    explicit arguments (to_static rejects ``*args``) and the loss lookups spelled out."""
+    import importlib.util
+
+    if single:
+        outputs = "out.reshape([])"
+    else:
+        outputs = ", ".join(f'out["{n}"].reshape([])' for n in loss_names)
+    source = _LOSS_LAYER_SOURCE.format(
+        args=", ".join(input_names),
+        kwargs=", ".join(f"{n}={n}" for n in input_names),
+        outputs=outputs,
+    )
+    path = tmp / "lossgraph_loss_layer.py"
+    path.write_text(source)
+    module_spec = importlib.util.spec_from_file_location(f"lossgraph_loss_layer_{id(path)}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    module_spec.loader.exec_module(module)
+    return module.LossLayer(model, loss)
+
+
+def _convert(
+    spec: Spec, model: Any, names: list[str], single: bool, tmp: Path
+) -> onnx.ModelProto:
+    import paddle
+
+    layer = _loss_layer(model, spec.loss, list(spec.inputs), names, single, tmp)
+    layer.eval()
+    input_spec = [
+        paddle.static.InputSpec(list(inp.shape), inp.dtype, name) for name, inp in spec.inputs.items()
+    ]
+    prefix = tmp / "model"
+    try:
+        static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
+        paddle.jit.save(static, str(prefix), skip_prune_program=True)
+    except Exception as exc:
+        raise ExportError(
+            f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "
+            f"{type(exc).__name__}: {one_line(exc)}"
+        ) from exc
+    out = tmp / "model.onnx"
+    env = dict(os.environ, GLOG_minloglevel="2", FLAGS_print_ir="0")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lossgraph.exporters._p2o_worker", f"{prefix}.json",
+             f"{prefix}.pdiparams", str(out), str(OPSET)],
+            capture_output=True, text=True, timeout=P2O_TIMEOUT_S, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"paddle2onnx did not finish within {P2O_TIMEOUT_S} s.") from None
+    log = proc.stdout + proc.stderr
+    if not out.exists() or out.stat().st_size == 0 or proc.returncode != 0:
+        raise ExportError(_conversion_failure(log, Path(f"{prefix}.json"), spec))
+    proto = onnx.load(str(out))
+    if len(proto.graph.output) != len(names) or not proto.graph.node:
+        raise ExportError(
+            f"paddle2onnx produced a graph with {len(proto.graph.output)} output(s) for "
+            f"{len(names)} loss(es); the conversion is incomplete."
+        )
+    return proto
+
+
+def _conversion_failure(log: str, program_json: Path, spec: Spec) -> str:
+    """One line naming the Paddle ops paddle2onnx rejected and the layers they belong to."""
+    failures: dict[str, str] = {}
+    for line in log.splitlines():
+        if line.startswith(UNSUPPORTED_PREFIX):
+            for op in line[len(UNSUPPORTED_PREFIX):].split(","):
+                failures.setdefault(op.strip(), "no converter")
+    for match in _P2O_ERROR.finditer(log):
+        if match.group("op"):
+            failures.setdefault(match.group("op"), match.group("msg").strip().rstrip("."))
+    if not failures:
+        clues = [
+            line.strip()
+            for line in log.splitlines()
+            if _CRASH_CLUE.search(line) and "Warning" not in line
+        ]
+        return (
+            f"paddle2onnx crashed converting {spec.source or 'the spec'} although every op has a "
+            f"converter ({'; '.join(clues[-2:])[-300:] or 'no message'}); simplify the loss or "
+            f"report it to paddle2onnx."
+        )
+    layers = _layers_of_ops(program_json, {op.split(".", 1)[-1] for op in failures})
+    parts = []
+    for op, message in failures.items():
+        where = layers.get(op.split(".", 1)[-1])
+        parts.append(f"{op} ({message})" + (f" in {', '.join(where)}" if where else ""))
+    return (
+        f"paddle2onnx cannot convert Paddle op(s) of {spec.source or 'the spec'}: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _layers_of_ops(program_json: Path, op_types: set[str]) -> dict[str, list[str]]:
+    """Paddle's struct names (``/DiscoGAN/Generator/...``) of the ops of the given types."""
+    try:
+        program = json.loads(program_json.read_text())
+        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
+    except (OSError, KeyError, IndexError, json.JSONDecodeError):
+        return {}
+    found: dict[str, list[str]] = defaultdict(list)
+    for op in ops:
+        op_type = str(op.get("#", "")).split(".", 1)[-1]
+        if op_type not in op_types:
+            continue
+        struct = "(loss function)"
+        for attr in op.get("A", []) if isinstance(op.get("A"), list) else []:
+            if isinstance(attr, dict) and attr.get("N") == "struct_name":
+                struct = str(attr["AT"]["D"]).strip("/") or struct
+        if struct not in found[op_type]:
+            found[op_type].append(struct)
+    return dict(found)
+
+
+def _param_name_map(model: Any) -> dict[str, str]:
+    """Paddle's ``param.name`` (``linear_0.w_0``) -> state-dict key (``fc.weight``)."""
+    out = {}
+    for key, tensor in model.state_dict().items():
+        out.setdefault(tensor.name, key)
+    return out
+
+
+def _constants_to_initializers(proto: onnx.ModelProto, param_names: Mapping[str, str]) -> None:
+    """Replace the Constant nodes holding parameters by initializers named by state-dict keys.
+
+    paddle2onnx names a parameter constant's output ``<param.name>_<k>``; the name, not the
+    value, identifies the parameter, so equal-valued parameters (BatchNorm scales of ones) stay
+    apart. Every copy of one parameter is checked to hold the same value and merged.
+    """
+    graph = proto.graph
+    renames: dict[str, str] = {}
+    values: dict[str, np.ndarray] = {}
+    keep = []
+    for node in graph.node:
+        key = _param_of_constant(node, param_names)
+        if key is None:
+            keep.append(node)
+            continue
+        value = numpy_helper.to_array(node.attribute[0].t)
+        if key in values and not np.array_equal(values[key], value):
+            raise ExportError(
+                f"paddle2onnx wrote two different values for parameter {key!r}; cannot tell "
+                f"which one the model uses."
+            )
+        values[key] = value
+        renames[node.output[0]] = key
+    del graph.node[:]
+    graph.node.extend(keep)
+    rename_values(graph, renames)
+    for key, value in values.items():
+        graph.initializer.append(numpy_helper.from_array(value, key))
+
+
+def _param_of_constant(node: onnx.NodeProto, param_names: Mapping[str, str]) -> str | None:
+    if node.op_type != "Constant" or len(node.output) != 1 or not node.attribute:
+        return None
+    if node.attribute[0].name != "value":
+        return None
+    base, sep, suffix = node.output[0].rpartition("_")
+    if sep and suffix.isdigit() and base in param_names:
+        return param_names[base]
+    return None
+
+
+def _remove_identities(proto: onnx.ModelProto) -> None:
+    """Drop Identity nodes, keeping those from ``.detach()`` (share_data_) as stop-gradients."""
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    renames: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and _STOP_GRADIENT_VALUE.match(node.output[0]):
+            set_node_meta(node, STOP_GRADIENT_KEY, "1")
+            keep.append(node)
+        elif node.op_type == "Identity" and node.output[0] not in outputs:
+            renames[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    # resolve chains: a -> b -> c
+    for name in list(renames):
+        target = renames[name]
+        while target in renames:
+            target = renames[target]
+        renames[name] = target
+    del graph.node[:]
+    graph.node.extend(keep)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+
+
+def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
+    infos: dict[str, ParamInfo] = {}
+    layers = dict(model.named_sublayers(include_self=True))
+    buffers = {name for name, _ in model.named_buffers()}
+    for key, tensor in model.state_dict().items():
+        if key not in present:
+            continue
+        module_path, _, attribute = key.rpartition(".")
+        layer = layers.get(module_path, model)
+        is_buffer = attribute in BUFFER_ATTRIBUTES or key in buffers
+        infos[key] = ParamInfo(
+            shape=list(tensor.shape),
+            dtype=str(tensor.dtype).replace("paddle.", ""),
+            trainable=not is_buffer and not tensor.stop_gradient,
+            kind="buffer" if is_buffer else "parameter",
+            module=module_path,
+            layer_type=type(layer).__name__,
+            attribute=attribute,
+            framework_name=tensor.name,
+        )
+    return infos
+
+
+#: Paddle optimizer attributes recorded as hyper-parameters (framework spelling, no underscore).
+_OPTIMIZER_ATTRIBUTES = (
+    "_beta1", "_beta2", "_epsilon", "_momentum", "_use_nesterov", "_coeff", "_lr_ratio",
+    "_amsgrad", "_lazy_mode", "_multi_precision", "_rescale_grad", "_dampening",
+)
+
+
+def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
+    import paddle
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    infos = {}
+    for opt_name, optimizer in (spec.optimizers or {}).items():
+        if not isinstance(optimizer, paddle.optimizer.Optimizer):
+            raise SpecError(
+                f"{spec.source}: optimizer {opt_name!r} must be a paddle.optimizer.Optimizer, got "
+                f"{type(optimizer).__name__}."
+            )
+        groups = optimizer._param_groups
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        entries = []
+        for group in groups:
+            params = list(group["params"])
+            optimizer_param_names(spec, opt_name, params, names)  # all must be the model's
+            entry = _optimizer_hyper(optimizer, group)
+            # BatchNorm statistics are Paddle parameters without gradients: never updated
+            params = [p for p in params if names[id(p)].rpartition(".")[2] not in BUFFER_ATTRIBUTES]
+            entry["params"] = [names[id(p)] for p in params]
+            decay_fun = getattr(optimizer, "_apply_decay_param_fun", None)
+            if decay_fun is not None:
+                entry["decay_params"] = [names[id(p)] for p in params if decay_fun(p.name)]
+            entries.append(entry)
+        infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="paddle", groups=entries)
+    return infos
+
+
+def _optimizer_hyper(optimizer: Any, group: Mapping[str, Any]) -> dict[str, Any]:
+    lr = optimizer._learning_rate
+    hyper: dict[str, Any] = {
+        "learning_rate": json_safe(lr) if not hasattr(lr, "step") else json_safe(lr.last_lr),
+    }
+    for attr in _OPTIMIZER_ATTRIBUTES:
+        if hasattr(optimizer, attr):
+            value = json_safe(getattr(optimizer, attr))
+            if value is not None:
+                hyper[attr.lstrip("_")] = value
+    hyper["weight_decay"] = _regularization(group.get("weight_decay", getattr(optimizer, "regularization", None)))
+    if getattr(optimizer, "_grad_clip", None) is not None:
+        hyper["grad_clip"] = type(optimizer._grad_clip).__name__
+    return hyper
+
+
+def _regularization(reg: Any) -> Any:
+    """Paddle weight decay as exported: a float, ``{"L2Decay": c}``, ``{"L1Decay": c}`` or None."""
+    if reg is None or isinstance(reg, (int, float)):
+        return reg
+    coeff = json_safe(getattr(reg, "_coeff", getattr(reg, "_regularization_coeff", None)))
+    return {type(reg).__name__: coeff}
+
