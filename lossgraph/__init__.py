@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
+def grad(outputs: Any, inputs: Any) -> Any:
+    """d(sum(outputs))/d(inputs) inside a loss (gradient penalties): torch/Paddle autograd
+    eagerly, a subgraph lossgraph builds in the exported graph. ``inputs`` must require grad."""
+    from lossgraph.exporters.grad_marker import grad as _grad
+
+    return _grad(outputs, inputs)
+
+
 def export(spec: Spec | str, output: Any = None, seed: int = 0) -> LossGraph:
     """Export a :class:`Spec` (or ``"FILE.py:NAME"``) to a LossGraph; save it if ``output``."""
     from lossgraph.exporters import export as _export
@@ -42,6 +50,7 @@ __all__ = [
     "UnsupportedOpError",
     "VerificationError",
     "export",
+    "grad",
     "load_spec",
     "verify",
 ]

@@ -79,6 +79,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true}} overriding the parameter pairing.')
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some parameters cannot be paired (they keep their own values).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
+@click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 def verify(
     reference: str,
@@ -90,12 +91,15 @@ def verify(
     name_map: str | None,
     allow_unmapped: bool,
     device: str,
+    grads: bool,
     json_file: str | None,
 ) -> None:
     """Compare CANDIDATE against REFERENCE (two graphs from `lossgraph export`).
 
     The reference's parameter values are copied into the candidate, both graphs run on ONNX
-    Runtime with the same inputs, and every named loss is compared.
+    Runtime with the same inputs, and every named loss is compared; with --grads, also the
+    gradient of every loss w.r.t. every paired trainable parameter (lossgraph builds the
+    backward graphs in ONNX).
 
     Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
     element-wise. Exit codes: 0 all within tolerance, 1 divergence, 2 bad usage or input.
@@ -111,6 +115,7 @@ def verify(
         name_map=name_map,
         allow_unmapped=allow_unmapped,
         device=device,
+        grads=grads,
     )
     result = run_verify(reference, candidate, options)
     render_verify(result, Console())

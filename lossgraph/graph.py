@@ -27,6 +27,8 @@ META_VERSION = 1
 SCOPE_KEY = "lossgraph.scope"
 SOURCE_KEY = "lossgraph.source"
 STOP_GRADIENT_KEY = "lossgraph.stop_gradient"
+#: The tag value of a ``lossgraph.grad`` marker (exporters emit it, the autodiff expands it).
+GRAD_MARKER_TAG = -2.718281e38
 
 
 @dataclass
@@ -225,3 +227,31 @@ def rename_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
     rename_values(graph, renames)
     current = [renames.get(n, n) for n in current]
     rename_values(graph, {old: new for old, new in zip(current, names) if old != new})
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder a graph's nodes so that every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    consumers: dict[str, list[int]] = {}
+    missing: dict[int, int] = {}
+    for index, node in enumerate(pending):
+        needs = {name for name in node.input if name not in available}
+        missing[index] = len(needs)
+        for name in needs:
+            consumers.setdefault(name, []).append(index)
+    ready = [i for i, count in missing.items() if count == 0]
+    while ready:
+        index = ready.pop(0)
+        node = pending[index]
+        ordered.append(node)
+        for name in node.output:
+            for consumer in consumers.pop(name, []):
+                missing[consumer] -= 1
+                if missing[consumer] == 0:
+                    ready.append(consumer)
+    if len(ordered) != len(pending):
+        raise ValueError("the graph has a cycle or an input nobody produces")
+    del graph.node[:]
+    graph.node.extend(ordered)

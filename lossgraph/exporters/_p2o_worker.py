@@ -13,6 +13,7 @@ import json
 import sys
 
 UNSUPPORTED_PREFIX = "LOSSGRAPH-UNSUPPORTED-OPS: "
+STOP_GRADIENT_PREFIX = "LOSSGRAPH-STOP-GRADIENT: "
 EXIT_UNSUPPORTED = 3
 
 #: paddle2onnx's ``convert_pir_op_name``: PIR op names registered under their legacy names.
@@ -63,15 +64,56 @@ def unsupported_ops(model_json: str) -> list[str]:
     return missing
 
 
+def _stop_gradient_flags(op: dict) -> list[bool]:
+    for attr in op.get("OA", []) if isinstance(op.get("OA"), list) else []:
+        if isinstance(attr, dict) and attr.get("N") == "stop_gradient":
+            return [bool(item.get("D")) for item in attr["AT"]["D"]]
+    return []
+
+
+def stop_gradient_points(model_json: str) -> list[str]:
+    """paddle2onnx's names (``p2o.pd_op.<op>.<k>.<j>``) of the values where the program stops
+    gradients: outputs marked stop_gradient although an input of their op is not (a
+    ``.detach()`` or ``x.stop_gradient = True`` in the loss)."""
+    with open(model_json) as f:
+        program = json.load(f)
+    flags: dict[int, bool] = {}
+    counters: dict[str, int] = {}
+    points = []
+    for block in program["program"]["regions"][0]["blocks"]:
+        for op in block["ops"]:
+            kind = str(op.get("#", ""))
+            outs = op.get("O", [])
+            outs = outs if isinstance(outs, list) else [outs]
+            stops = _stop_gradient_flags(op)
+            for index, out in enumerate(outs):
+                if isinstance(out, dict) and "%" in out:
+                    flags[out["%"]] = stops[index] if index < len(stops) else kind == "p"
+            dialect, _, name = kind.partition(".")
+            if dialect != PD_OP_DIALECT or name in STRUCTURAL_OPS:
+                continue
+            counter = counters.get(name, 0)
+            counters[name] = counter + 1
+            inputs = [i["%"] for i in op.get("I", []) if isinstance(i, dict) and "%" in i]
+            if not any(flags.get(i) is False for i in inputs):
+                continue
+            for index, stop in enumerate(stops):
+                if stop:
+                    points.append(f"p2o.pd_op.{name}.{counter}.{index}")
+    return points
+
+
 def main(argv: list[str]) -> int:
     model_json, params, out, opset = argv
     import paddle2onnx
     from paddle2onnx.convert import decompose_program
 
-    missing = unsupported_ops(decompose_program(model_json))
+    decomposed = decompose_program(model_json)
+    missing = unsupported_ops(decomposed)
     if missing:
         print(UNSUPPORTED_PREFIX + ",".join(missing), flush=True)
         return EXIT_UNSUPPORTED
+    print(STOP_GRADIENT_PREFIX + ",".join(stop_gradient_points(decomposed)), flush=True)
     paddle2onnx.export(
         model_json,
         params,

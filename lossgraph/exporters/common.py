@@ -183,7 +183,11 @@ def finish_export(
     inputs: Mapping[str, np.ndarray],
     seed: int,
 ) -> LossGraph:
-    """The LossGraph of an export, its metadata filled and its losses checked against eager."""
+    """The LossGraph of an export, its metadata filled, its ``lossgraph.grad`` markers expanded
+    into gradient subgraphs, and its losses checked against eager."""
+    from lossgraph.autodiff.markers import expand_grad_markers
+
+    proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
     meta = GraphMeta(
         framework=framework,

@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from lossgraph.errors import ExportError, SpecError, one_line
-from lossgraph.exporters._p2o_worker import UNSUPPORTED_PREFIX
+from lossgraph.exporters._p2o_worker import STOP_GRADIENT_PREFIX, UNSUPPORTED_PREFIX
 from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
@@ -33,15 +33,18 @@ from lossgraph.exporters.common import (
     optimizer_param_names,
     package_versions,
 )
+from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.paddle_ops import convertible_ops
 from lossgraph.graph import (
     STOP_GRADIENT_KEY,
     LossGraph,
     OptimizerInfo,
     ParamInfo,
+    node_meta,
     rename_outputs,
     rename_values,
     set_node_meta,
+    topological_sort,
 )
 from lossgraph.spec import Spec
 from lossgraph.verify.inputs import make_inputs
@@ -76,7 +79,11 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
             lambda t: int(np.prod(t.shape)),
         )
         eager = {name: float(np.asarray(value.numpy(), np.float64)) for name, value in losses.items()}
-        with convertible_ops(), tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp:
+        with (
+            convertible_ops(),
+            exporting("paddle"),
+            tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp,
+        ):
             proto = _convert(spec, model, list(losses), single, Path(tmp))
     finally:
         model.set_state_dict(state)
@@ -178,6 +185,14 @@ def _convert(
     if not out.exists() or out.stat().st_size == 0 or proc.returncode != 0:
         raise ExportError(_conversion_failure(log, Path(f"{prefix}.json"), spec))
     proto = onnx.load(str(out))
+    stops = [
+        name
+        for line in log.splitlines()
+        if line.startswith(STOP_GRADIENT_PREFIX)
+        for name in line[len(STOP_GRADIENT_PREFIX) :].split(",")
+        if name
+    ]
+    _mark_stop_gradients(proto, stops)
     if len(proto.graph.output) != len(names) or not proto.graph.node:
         raise ExportError(
             f"paddle2onnx produced a graph with {len(proto.graph.output)} output(s) for "
@@ -290,8 +305,26 @@ def _param_of_constant(node: onnx.NodeProto, param_names: Mapping[str, str]) -> 
     return None
 
 
+def _mark_stop_gradients(proto: onnx.ModelProto, values: list[str]) -> None:
+    """Make each value where Paddle stops gradients the output of an Identity marked
+    ``lossgraph.stop_gradient`` (paddle2onnx writes most values through an Identity already)."""
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    for value in values:
+        node = producers.get(value)
+        if node is None:
+            continue
+        if node.op_type != "Identity":
+            inner = f"{value}/before_stop_gradient"
+            node.output[:] = [inner if o == value else o for o in node.output]
+            node = onnx.helper.make_node("Identity", [inner], [value], name=f"{value}/stop_gradient")
+            graph.node.append(node)
+        set_node_meta(node, STOP_GRADIENT_KEY, "1")
+    topological_sort(graph)
+
+
 def _remove_identities(proto: onnx.ModelProto) -> None:
-    """Drop Identity nodes, keeping those from ``.detach()`` (share_data_) as stop-gradients."""
+    """Drop Identity nodes, keeping the stop-gradient markers (``.detach()`` is share_data_)."""
     graph = proto.graph
     outputs = {o.name for o in graph.output}
     renames: dict[str, str] = {}
@@ -299,6 +332,7 @@ def _remove_identities(proto: onnx.ModelProto) -> None:
     for node in graph.node:
         if node.op_type == "Identity" and _STOP_GRADIENT_VALUE.match(node.output[0]):
             set_node_meta(node, STOP_GRADIENT_KEY, "1")
+        if node.op_type == "Identity" and node_meta(node, STOP_GRADIENT_KEY) == "1":
             keep.append(node)
         elif node.op_type == "Identity" and node.output[0] not in outputs:
             renames[node.output[0]] = node.input[0]

@@ -25,6 +25,7 @@ from lossgraph.exporters.common import (
     package_versions,
     spec_code_objects,
 )
+from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.torch_ops import translation_table
 from lossgraph.graph import (
     SCOPE_KEY,
@@ -65,7 +66,8 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses))
         wrapper.train(spec.train)
         _register_stack_anchors(spec)
-        proto = _run_exporter(spec, wrapper, tuple(tensors.values()), list(losses))
+        with exporting("torch"):
+            proto = _run_exporter(spec, wrapper, tuple(tensors.values()), list(losses))
     finally:
         model.load_state_dict(state)  # eager and traced runs may have touched buffers
     names = list(losses)

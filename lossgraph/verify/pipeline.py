@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
@@ -33,6 +34,7 @@ class VerifyOptions:
     name_map: str | Mapping[str, Any] | None = None  # a JSON file, or its parsed form
     allow_unmapped: bool = False
     device: str = "cpu"
+    grads: bool = False  # also compare d(loss)/d(parameter) for every loss and mapped parameter
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,25 @@ class LossDiff:
         return self.diff.max_abs_diff
 
 
+@dataclass(frozen=True)
+class GradDiff:
+    """The gradient of one parameter on both sides, for each loss that was differentiated."""
+
+    losses: dict[str, ValueDiff]
+
+    @property
+    def passed(self) -> bool:
+        return all(d.passed for d in self.losses.values())
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((d.max_abs_diff for d in self.losses.values()), default=0.0)
+
+    @property
+    def required_tol(self) -> float:
+        return max((d.required_tol for d in self.losses.values()), default=0.0)
+
+
 @dataclass
 class StepResult:
     """One comparison point: the forward check (``loss`` None) or one training step."""
@@ -72,7 +93,7 @@ class StepResult:
     losses: dict[str, LossDiff]
     loss: str | None = None
     optimizer: str | None = None
-    gradients: dict[str, ValueDiff] = field(default_factory=dict)
+    gradients: dict[str, GradDiff] = field(default_factory=dict)
     parameters: dict[str, ValueDiff] = field(default_factory=dict)
 
     @property
@@ -159,6 +180,10 @@ def run_verify(
         for name in ref.meta.losses
     }
     steps = [StepResult(step=0, losses=losses)]
+    if options.grads:
+        steps[0].gradients = compare_gradients(
+            ref, cand, param_map, inputs, ref_params, cand_params, tol, options.device
+        )
     result = VerifyResult(
         reference=_graph_info(ref),
         candidate=_graph_info(cand),
@@ -169,8 +194,81 @@ def run_verify(
         steps=steps,
         warnings=warnings,
     )
-    result.first_divergence = _loss_divergence(ref, cand, steps[0])
+    result.first_divergence = _loss_divergence(ref, cand, steps[0]) or _gradient_divergence(steps[0])
     return result
+
+
+def loss_gradients(
+    graph: LossGraph,
+    loss: str,
+    wrt: list[str],
+    inputs: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray],
+    device: str,
+    side: str,
+) -> dict[str, np.ndarray]:
+    """d(loss)/d(w) for every ``w`` (zeros where the loss does not depend on it)."""
+    result = build_gradients(graph.model, loss, wrt, feeds={**inputs, **params})
+    outputs = [g for g in result.grads.values() if g]
+    values = OrtRunner(result.model, fed=params, device=device).run(
+        {**inputs, **params}, outputs=outputs
+    )
+    check_finite(values, side, f"gradient(s) of {loss}:")
+    return {
+        w: values[g] if g else np.zeros_like(params[w]) for w, g in result.grads.items()
+    }
+
+
+def compare_gradients(
+    ref: LossGraph,
+    cand: LossGraph,
+    param_map: ParamMap,
+    inputs: Mapping[str, np.ndarray],
+    ref_params: Mapping[str, np.ndarray],
+    cand_params: Mapping[str, np.ndarray],
+    tol: Tolerance,
+    device: str,
+) -> dict[str, GradDiff]:
+    """Gradients of every loss w.r.t. every paired trainable parameter, the candidate's carried
+    back into the reference's layout, compared under the tolerance rule."""
+    pairs = [
+        p
+        for p in param_map.pairs
+        if ref.meta.params[p.reference].trainable or cand.meta.params[p.candidate].trainable
+    ]
+    per_param: dict[str, dict[str, ValueDiff]] = {p.reference: {} for p in pairs}
+    for loss in ref.meta.losses:
+        ref_grads = loss_gradients(
+            ref, loss, [p.reference for p in pairs], inputs, ref_params, device, "reference"
+        )
+        cand_grads = loss_gradients(
+            cand, loss, [p.candidate for p in pairs], inputs, cand_params, device, "candidate"
+        )
+        for pair in pairs:
+            per_param[pair.reference][loss] = compare_arrays(
+                ref_grads[pair.reference], pair.carry_back(cand_grads[pair.candidate]), tol
+            )
+    return {name: GradDiff(diffs) for name, diffs in per_param.items()}
+
+
+def _gradient_divergence(step: StepResult) -> Divergence | None:
+    """The parameter whose gradient parts most, where the losses themselves agree."""
+    failed = [(name, d) for name, d in step.gradients.items() if not d.passed]
+    if not failed:
+        return None
+    name, worst = max(failed, key=lambda item: item[1].max_abs_diff)
+    loss = max(worst.losses, key=lambda k: worst.losses[k].max_abs_diff)
+    return Divergence(
+        step=step.step,
+        phase="backward",
+        scope=name.rpartition(".")[0],
+        op_type="",
+        reference_node=f"grad:{name}",
+        candidate_node=f"grad:{name}",
+        max_abs_diff=worst.max_abs_diff,
+        loss=loss,
+        localized=False,
+    )
 
 
 def check_compatible(ref: LossGraph, cand: LossGraph) -> list[str]:

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from lossgraph.graph import LossGraph
 from lossgraph.verify.compare import ValueDiff
-from lossgraph.verify.pipeline import Divergence, LossDiff, StepResult, VerifyResult
+from lossgraph.verify.pipeline import Divergence, GradDiff, LossDiff, StepResult, VerifyResult
 
 PASS = "[green]pass[/green]"
 FAIL = "[bold red]FAIL[/bold red]"
@@ -78,6 +78,15 @@ def _value_dict(diff: ValueDiff) -> dict[str, Any]:
     }
 
 
+def _grad_dict(diff: GradDiff) -> dict[str, Any]:
+    return {
+        "max_abs_diff": diff.max_abs_diff,
+        "required_tol": diff.required_tol,
+        "passed": diff.passed,
+        "losses": {loss: _value_dict(d) for loss, d in diff.losses.items()},
+    }
+
+
 def _step_dict(step: StepResult) -> dict[str, Any]:
     return {
         "step": step.step,
@@ -85,7 +94,7 @@ def _step_dict(step: StepResult) -> dict[str, Any]:
         "optimizer": step.optimizer,
         "passed": step.passed,
         "losses": {name: _loss_dict(d) for name, d in step.losses.items()},
-        "gradients": {name: _value_dict(d) for name, d in step.gradients.items()},
+        "gradients": {name: _grad_dict(d) for name, d in step.gradients.items()},
         "parameters": {name: _value_dict(d) for name, d in step.parameters.items()},
     }
 
@@ -132,6 +141,8 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         _render_divergence(result.first_divergence, console)
     for step in result.steps:
         console.print(_losses_table(step))
+        if step.gradients:
+            console.print(_gradients_table(step))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
@@ -146,8 +157,10 @@ def _render_divergence(div: Divergence, console: Console) -> None:
     )
     if div.source:
         console.print(f"  source {div.source['file']}:{div.source['line']}  {div.source['code']}")
-    if not div.localized:
+    if not div.localized and div.phase == "forward":
         console.print("  (observed at the loss output; node-level localization not run)")
+    elif not div.localized:
+        console.print("  (observed at the parameter's gradient; node-level localization not run)")
     if div.hint:
         console.print(f"  likely cause: {div.hint}")
 
@@ -167,6 +180,27 @@ def _losses_table(step: StepResult) -> Table:
             _sci(diff.diff.required_tol),
             PASS if diff.passed else FAIL,
         )
+    return table
+
+
+#: Rows of the gradient table shown on a terminal; the JSON report has every parameter.
+GRADIENT_ROWS = 12
+
+
+def _gradients_table(step: StepResult) -> Table:
+    """The parameters whose gradients differ most (all of them in the JSON report)."""
+    rows = sorted(step.gradients.items(), key=lambda item: -item[1].max_abs_diff)
+    failed = sum(not d.passed for _, d in rows)
+    title = f"Gradients: {len(rows) - failed}/{len(rows)} parameters within tolerance"
+    if len(rows) > GRADIENT_ROWS:
+        title += f" (largest {GRADIENT_ROWS} differences shown)"
+    table = Table(title=title, title_justify="left")
+    for column in ("parameter", "worst loss", "max |diff|", "min tol", ""):
+        table.add_column(column, justify="left" if column in ("parameter", "worst loss") else "right")
+    for name, diff in rows[:GRADIENT_ROWS]:
+        loss = max(diff.losses, key=lambda k: diff.losses[k].max_abs_diff)
+        table.add_row(name, loss, _sci(diff.max_abs_diff), _sci(diff.required_tol),
+                      PASS if diff.passed else FAIL)
     return table
 
 

@@ -1,0 +1,185 @@
+"""Static shapes and element types of every value in a graph.
+
+Gradient rules need static shapes (to un-broadcast, to reshape back). ONNX shape inference with
+data propagation gives them for the graphs lossgraph exports; values it cannot type are measured
+by running the graph once on ONNX Runtime with zero-free seeded inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from lossgraph.errors import UnsupportedOpError
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """Element type (``TensorProto`` enum) and static shape of one value."""
+
+    elem_type: int
+    shape: tuple[int, ...]
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+
+def _from_value_info(info: onnx.ValueInfoProto) -> ValueType | None:
+    if not info.type.HasField("tensor_type"):
+        return None
+    tensor = info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    dims = []
+    for dim in tensor.shape.dim:
+        if not dim.HasField("dim_value"):
+            return None
+        dims.append(dim.dim_value)
+    return ValueType(tensor.elem_type, tuple(dims))
+
+
+def infer_types(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None
+) -> dict[str, ValueType]:
+    """Element type and static shape of every value of the main graph.
+
+    ``feeds`` (inputs by name) lets lossgraph measure shapes that inference leaves open."""
+    types: dict[str, ValueType] = {}
+    for tensor in model.graph.initializer:
+        types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference can fail on unusual graphs; fall back to measuring
+        inferred = model
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        value_type = _from_value_info(info)
+        if value_type is not None:
+            types.setdefault(info.name, value_type)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                types[node.output[0]] = ValueType(attr.t.data_type, tuple(attr.t.dims))
+    missing = [o for n in model.graph.node for o in n.output if o and o not in types]
+    if missing:
+        types.update(_measure(model, missing, feeds))
+    return types
+
+
+def _measure(
+    model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray] | None
+) -> dict[str, ValueType]:
+    from lossgraph.verify.runtime import OrtRunner
+
+    if feeds is None:
+        raise UnsupportedOpError(
+            f"Static shapes of {len(names)} value(s) are unknown (e.g. {names[0]!r}) and no "
+            f"inputs were given to measure them."
+        )
+    runner = OrtRunner(model, extra_outputs=names, opt_level="disable")
+    values = runner.run(feeds, outputs=names)
+    return {
+        name: ValueType(
+            onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), tuple(np.shape(v))
+        )
+        for name, v in values.items()
+    }
+
+
+#: Constant folding stops at values this large: it exists for shapes, axes and indices.
+FOLD_LIMIT = 4096
+_UNFOLDABLE = ("RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike",
+               "Bernoulli", "Multinomial", "Dropout")
+
+
+def constant_values(
+    model: onnx.ModelProto, types: Mapping[str, ValueType] | None = None
+) -> dict[str, np.ndarray]:
+    """Values known before running: initializers, Constant nodes, and small computations on
+    them (Shape of a statically shaped value, Gather/Concat/Slice of shapes, ...), so that axes,
+    shapes and indices computed by the exporters are known to the gradient rules."""
+    out = _literal_constants(model)
+    for node in model.graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in ("Shape", "Size") and types is not None and node.input[0] in types:
+            shape = np.array(types[node.input[0]].shape, dtype=np.int64)
+            if node.op_type == "Size":
+                out[node.output[0]] = np.array(shape.prod(), dtype=np.int64)
+            else:
+                start = _int_attr(node, "start", 0)
+                end = _int_attr(node, "end", None)
+                out[node.output[0]] = shape[start:end]
+            continue
+        if node.op_type in _UNFOLDABLE or not node.input:
+            continue
+        inputs = [out.get(name) if name else None for name in node.input]
+        if any(name and value is None for name, value in zip(node.input, inputs)):
+            continue
+        if sum(v.size for v in inputs if v is not None) > FOLD_LIMIT:
+            continue
+        values = _evaluate(model, node, inputs)
+        if values is not None:
+            for name, value in zip(node.output, values):
+                if name and value is not None and np.asarray(value).size <= FOLD_LIMIT:
+                    out[name] = np.asarray(value)
+    return out
+
+
+def _int_attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return attr.i
+    return default
+
+
+def _evaluate(model: onnx.ModelProto, node: onnx.NodeProto, inputs) -> list | None:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
+    single = onnx.helper.make_node(
+        node.op_type, names, [f"out{i}" for i in range(len(node.output))], domain=node.domain
+    )
+    single.attribute.extend(node.attribute)
+    graph = onnx.helper.make_graph(
+        [single],
+        "fold",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for n, v in zip(names, inputs) if n],
+        [onnx.helper.make_tensor_value_info(f"out{i}", 0, None) for i in range(len(node.output))],
+    )
+    folded = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+    try:
+        return ReferenceEvaluator(folded).run(None, {n: v for n, v in zip(names, inputs) if n})
+    except Exception:  # not foldable here: the rule will say what it needs
+        return None
+
+
+def _literal_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                out[node.output[0]] = numpy_helper.to_array(attr.t)
+            elif attr.name == "value_float":
+                out[node.output[0]] = np.array(attr.f, np.float32)
+            elif attr.name == "value_floats":
+                out[node.output[0]] = np.array(list(attr.floats), np.float32)
+            elif attr.name == "value_int":
+                out[node.output[0]] = np.array(attr.i, np.int64)
+            elif attr.name == "value_ints":
+                out[node.output[0]] = np.array(list(attr.ints), np.int64)
+    return out
