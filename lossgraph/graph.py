@@ -29,6 +29,9 @@ SOURCE_KEY = "lossgraph.source"
 STOP_GRADIENT_KEY = "lossgraph.stop_gradient"
 #: The tag value of a ``lossgraph.grad`` marker (exporters emit it, the autodiff expands it).
 GRAD_MARKER_TAG = -2.718281e38
+#: The tag value of a module-output tap marker, and the node metadata naming a tap.
+TAP_TAG = -3.141592e38
+TAP_KEY = "lossgraph.tap"
 
 
 @dataclass
@@ -77,6 +80,10 @@ class GraphMeta:
     schedule: list[tuple[str, str]] = field(default_factory=list)
     lr_schedulers: dict[str, dict[str, Any]] = field(default_factory=dict)
     eager: dict[str, Any] = field(default_factory=dict)
+    #: training mode: graph output name -> buffer it updates (BatchNorm running statistics)
+    state_outputs: dict[str, str] = field(default_factory=dict)
+    #: training mode: one entry per dropout, fed as graph input ``dropout:<k>``
+    dropout: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -133,13 +133,34 @@ class Input:
 
 
 @dataclass
+class LRSchedule:
+    """When a learning-rate scheduler steps, relative to its optimizer's steps.
+
+    ``every``: optimizer steps per scheduler step; ``when``: ``"after"`` (the usual
+    ``optimizer.step(); scheduler.step()``) or ``"before"`` the optimizer step. A bare scheduler
+    in ``Spec.lr_schedulers`` means ``LRSchedule(scheduler)``.
+    """
+
+    scheduler: Any
+    every: int = 1
+    when: str = "after"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise SpecError(f"LRSchedule.every must be a positive integer, got {self.every!r}.")
+        if self.when not in ("after", "before"):
+            raise SpecError(f"LRSchedule.when must be 'after' or 'before', got {self.when!r}.")
+
+
+@dataclass
 class Spec:
     """One side of a comparison: a model with its loss, its inputs and (optionally) its training.
 
     ``loss(model, **inputs)`` returns a scalar tensor (named ``loss``) or a dict of named scalars.
     ``optimizers`` maps names to framework optimizers over the model's parameters; ``schedule``
     lists ``(loss name, optimizer name)`` pairs that training steps cycle through.
-    ``lr_schedulers`` maps optimizer names to the framework's learning-rate scheduler for it.
+    ``lr_schedulers`` maps optimizer names to the framework's learning-rate scheduler for it
+    (or an :class:`LRSchedule` saying when it steps).
     ``train=True`` exports the model in training mode (batch statistics, dropout).
     """
 

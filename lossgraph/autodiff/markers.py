@@ -31,7 +31,7 @@ def _is_marker(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
     return tag is not None and tag.size == 1 and np.float32(tag.reshape(-1)[0]) == MAGIC
 
 
-def _source(value: str, producers: Mapping[str, onnx.NodeProto]) -> str:
+def source_value(value: str, producers: Mapping[str, onnx.NodeProto]) -> str:
     """The value before any reshaping (what the user passed to lossgraph.grad)."""
     node = producers.get(value)
     while node is not None and node.op_type in _RELABEL_OPS:
@@ -58,8 +58,8 @@ def _expand_one(
     builder = GradBuilder(model, feeds)
     graph = builder.graph
     marker = next(n for n in graph.node if n.name == marker.name and list(n.output) == list(marker.output))
-    outputs = _source(marker.input[1], builder.producers)
-    inputs = _source(marker.input[2], builder.producers)
+    outputs = source_value(marker.input[1], builder.producers)
+    inputs = source_value(marker.input[2], builder.producers)
     result = _picked_value(graph, marker.output[0], builder.types[inputs].shape, builder)
     out_type = builder.types[outputs]
     seed = builder.constant(np.ones(out_type.shape, dtype=out_type.numpy_dtype), None)
@@ -73,7 +73,7 @@ def _expand_one(
     for output in graph.output:
         if output.name == result:
             raise ExportError("A loss is exactly a lossgraph.grad(...) result; reduce it first.")
-    _remove_dead_nodes(graph)
+    remove_dead_nodes(graph)
     topological_sort(graph)
     return builder.model
 
@@ -96,7 +96,7 @@ def _picked_value(graph: onnx.GraphProto, start: str, shape, builder: GradBuilde
     )
 
 
-def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
+def remove_dead_nodes(graph: onnx.GraphProto) -> None:
     """Drop nodes none of whose outputs is used (by another node or as a graph output)."""
     while True:
         used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}

@@ -14,8 +14,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lossgraph.errors import UnsupportedOpError
-
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
@@ -52,9 +50,10 @@ def _from_value_info(info: onnx.ValueInfoProto) -> ValueType | None:
 def infer_types(
     model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, ValueType]:
-    """Element type and static shape of every value of the main graph.
+    """Element type and static shape of the values of the main graph.
 
-    ``feeds`` (inputs by name) lets lossgraph measure shapes that inference leaves open."""
+    ``feeds`` (inputs by name) lets lossgraph measure shapes that inference leaves open;
+    without them such values are left out (a rule that needs one says so)."""
     types: dict[str, ValueType] = {}
     for tensor in model.graph.initializer:
         types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
@@ -73,7 +72,7 @@ def infer_types(
             if attr.name == "value":
                 types[node.output[0]] = ValueType(attr.t.data_type, tuple(attr.t.dims))
     missing = [o for n in model.graph.node for o in n.output if o and o not in types]
-    if missing:
+    if missing and feeds is not None:
         types.update(_measure(model, missing, feeds))
     return types
 
@@ -83,11 +82,6 @@ def _measure(
 ) -> dict[str, ValueType]:
     from lossgraph.verify.runtime import OrtRunner
 
-    if feeds is None:
-        raise UnsupportedOpError(
-            f"Static shapes of {len(names)} value(s) are unknown (e.g. {names[0]!r}) and no "
-            f"inputs were given to measure them."
-        )
     runner = OrtRunner(model, extra_outputs=names, opt_level="disable")
     values = runner.run(feeds, outputs=names)
     return {

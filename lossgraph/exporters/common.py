@@ -115,16 +115,32 @@ EAGER_MISMATCH = 1e-4
 
 
 def record_eager_check(
-    graph: LossGraph, eager: Mapping[str, float], inputs: Mapping[str, np.ndarray], seed: int
+    graph: LossGraph,
+    eager: Mapping[str, float],
+    inputs: Mapping[str, np.ndarray],
+    seed: int,
+    eager_state: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Run the exported graph on ONNX Runtime and record its losses next to the eager ones.
+    """Run the exported graph on ONNX Runtime and record its losses next to the eager ones
+    (and, in training mode, its updated buffers next to the eager ones).
 
     Raises ExportError when they disagree: the graph would not be a faithful copy of the model.
     """
+    from lossgraph.verify.inputs import dropout_feeds
     from lossgraph.verify.runtime import OrtRunner
 
     runner = OrtRunner(graph.model)
-    ort_values = runner.run(dict(inputs), outputs=graph.meta.losses)
+    feeds = {**inputs, **dropout_feeds(graph.meta.dropout, seed, 0)}
+    outputs = [*graph.meta.losses, *graph.meta.state_outputs]
+    ort_values = runner.run(feeds, outputs=outputs)
+    for output, buffer in graph.meta.state_outputs.items():
+        expected = np.asarray((eager_state or {})[buffer], dtype=np.float64)
+        got = np.asarray(ort_values[output], dtype=np.float64)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=EAGER_MISMATCH, atol=EAGER_MISMATCH):
+            raise ExportError(
+                f"The exported graph updates buffer {buffer!r} differently from "
+                f"{graph.framework} eager (max |diff| {np.abs(got - expected).max():.3g})."
+            )
     ort = {name: float(np.asarray(ort_values[name]).reshape(())) for name in graph.meta.losses}
     graph.meta.eager = {
         "seed": seed,
@@ -182,9 +198,11 @@ def finish_export(
     eager: Mapping[str, float],
     inputs: Mapping[str, np.ndarray],
     seed: int,
+    training: Any = None,
 ) -> LossGraph:
     """The LossGraph of an export, its metadata filled, its ``lossgraph.grad`` markers expanded
-    into gradient subgraphs, and its losses checked against eager."""
+    into gradient subgraphs, and its losses checked against eager. ``training`` is the
+    :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export."""
     from lossgraph.autodiff.markers import expand_grad_markers
 
     proto = expand_grad_markers(proto, feeds=inputs)
@@ -200,9 +218,11 @@ def finish_export(
         optimizers=optimizers,
         schedule=check_schedule(spec, names),
         lr_schedulers=lr_schedulers,
+        state_outputs={f"state:{b}": b for b in training.state} if training else {},
+        dropout=[c.to_dict() for c in training.dropouts] if training else [],
     )
     graph = LossGraph(model=proto, meta=meta)
-    record_eager_check(graph, eager, inputs, seed)
+    record_eager_check(graph, eager, inputs, seed, training.state if training else None)
     return graph
 
 

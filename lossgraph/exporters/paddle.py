@@ -9,6 +9,7 @@ on ops it cannot convert.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,6 +36,13 @@ from lossgraph.exporters.common import (
 )
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.paddle_ops import convertible_ops
+from lossgraph.exporters.taps import TapRecorder, mark_taps, paddle_taps
+from lossgraph.exporters.training import (
+    StepRecorder,
+    TrainingTrace,
+    draw_call_mask,
+    paddle_training,
+)
 from lossgraph.graph import (
     STOP_GRADIENT_KEY,
     LossGraph,
@@ -62,36 +70,48 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
     """Export a Paddle Spec. Raises ExportError / SpecError with one-line messages."""
     import paddle
 
-    if spec.train:
-        raise ExportError(
-            f"{spec.source}: train=True is not supported by the Paddle exporter yet (paddle2onnx "
-            f"converts batch_norm in inference form only)."
-        )
     model = spec.model
-    model.eval()
+    model.train() if spec.train else model.eval()
     arrays = make_inputs(spec.inputs, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    recorder = StepRecorder(
+        module_paths={id(layer): path for path, layer in model.named_sublayers(include_self=True)},
+        draw=lambda call, k: paddle.to_tensor(draw_call_mask(call, seed, 0, k)),
+    )
+    modes = paddle_training(recorder) if spec.train else contextlib.nullcontext()
     try:
-        # eager values from Paddle's own kernels; the convertible replacements only for tracing
-        tensors = {name: paddle.to_tensor(value) for name, value in arrays.items()}
-        losses, single = eager_losses(
-            spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
-            lambda t: int(np.prod(t.shape)),
-        )
-        eager = {name: float(np.asarray(value.numpy(), np.float64)) for name, value in losses.items()}
-        with (
-            convertible_ops(),
-            exporting("paddle"),
-            tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp,
-        ):
-            proto = _convert(spec, model, list(losses), single, Path(tmp))
+        with modes:
+            # eager values from Paddle's own kernels; the convertible replacements only for tracing
+            tensors = {name: paddle.to_tensor(value) for name, value in arrays.items()}
+            losses, single = eager_losses(
+                spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
+                lambda t: int(np.prod(t.shape)),
+            )
+            eager = {n: float(np.asarray(v.numpy(), np.float64)) for n, v in losses.items()}
+            trace = TrainingTrace(
+                list(recorder.dropouts), {k: v.numpy().copy() for k, v in recorder.state.items()}
+            )
+            recorder.taps = TapRecorder(
+                {id(layer): p for p, layer in model.named_sublayers() if p}
+            )
+            with (
+                convertible_ops(),
+                exporting("paddle"),
+                paddle_taps(model, recorder.taps),
+                tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp,
+            ):
+                proto = _convert(spec, model, list(losses), single, trace, recorder, Path(tmp))
     finally:
         model.set_state_dict(state)
     names = list(losses)
     param_names = _param_name_map(model)
     _constants_to_initializers(proto, param_names)
     _remove_identities(proto)
-    rename_outputs(proto.graph, names)
+    rename_outputs(proto.graph, names + trace.output_names)
+    mark_taps(proto, recorder.taps.names)
+    rename_values(
+        proto.graph, dict(zip(_mask_arguments(len(trace.dropouts)), trace.input_names))
+    )
     return finish_export(
         spec,
         proto,
@@ -103,7 +123,13 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         eager=eager,
         inputs=arrays,
         seed=seed,
+        training=trace if spec.train else None,
     )
+
+
+def _mask_arguments(count: int) -> list[str]:
+    """Argument names of the dropout masks in the generated forward (renamed after export)."""
+    return [f"lossgraph_dropout_{k}" for k in range(count)]
 
 
 _LOSS_LAYER_SOURCE = """\
@@ -113,34 +139,47 @@ import paddle
 class LossLayer(paddle.nn.Layer):
     \"\"\"Holds the user's model as ``model`` and returns the losses as scalars.\"\"\"
 
-    def __init__(self, model, loss):
+    def __init__(self, model, loss, recorder):
         super().__init__()
         self.model = model
         self.__dict__["_loss"] = loss  # never registered as a sublayer
+        self.__dict__["_recorder"] = recorder
 
     def forward(self, {args}):
+        self._recorder.reset([{masks}])
         out = self._loss(self.model, {kwargs})
         return ({outputs},)
 """
 
 
 def _loss_layer(
-    model: Any, loss: Any, input_names: list[str], loss_names: list[str], single: bool, tmp: Path
+    model: Any,
+    loss: Any,
+    input_names: list[str],
+    loss_names: list[str],
+    single: bool,
+    trace: TrainingTrace,
+    recorder: StepRecorder,
+    tmp: Path,
 ) -> Any:
-    """A Layer whose forward takes the named inputs and returns the losses as scalars.
+    """A Layer whose forward takes the named inputs (then the dropout masks) and returns the
+    losses as scalars (then the updated buffers).
 
     dy2static reads the forward's source, so it is written to a file with the input names as
     explicit arguments (to_static rejects ``*args``) and the loss lookups spelled out."""
     import importlib.util
 
     if single:
-        outputs = "out.reshape([])"
+        outputs = ["out.reshape([])"]
     else:
-        outputs = ", ".join(f'out["{n}"].reshape([])' for n in loss_names)
+        outputs = [f'out["{n}"].reshape([])' for n in loss_names]
+    outputs += [f'self._recorder.state["{name}"]' for name in trace.state]
+    masks = _mask_arguments(len(trace.dropouts))
     source = _LOSS_LAYER_SOURCE.format(
-        args=", ".join(input_names),
+        args=", ".join([*input_names, *masks]),
+        masks=", ".join(masks),
         kwargs=", ".join(f"{n}={n}" for n in input_names),
-        outputs=outputs,
+        outputs=", ".join(outputs),
     )
     path = tmp / "lossgraph_loss_layer.py"
     path.write_text(source)
@@ -149,18 +188,28 @@ def _loss_layer(
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module
     module_spec.loader.exec_module(module)
-    return module.LossLayer(model, loss)
+    return module.LossLayer(model, loss, recorder)
 
 
 def _convert(
-    spec: Spec, model: Any, names: list[str], single: bool, tmp: Path
+    spec: Spec,
+    model: Any,
+    names: list[str],
+    single: bool,
+    trace: TrainingTrace,
+    recorder: StepRecorder,
+    tmp: Path,
 ) -> onnx.ModelProto:
     import paddle
 
-    layer = _loss_layer(model, spec.loss, list(spec.inputs), names, single, tmp)
-    layer.eval()
+    layer = _loss_layer(model, spec.loss, list(spec.inputs), names, single, trace, recorder, tmp)
+    layer.train() if spec.train else layer.eval()
     input_spec = [
         paddle.static.InputSpec(list(inp.shape), inp.dtype, name) for name, inp in spec.inputs.items()
+    ]
+    input_spec += [
+        paddle.static.InputSpec(call.shape, "float32", name)
+        for call, name in zip(trace.dropouts, _mask_arguments(len(trace.dropouts)))
     ]
     prefix = tmp / "model"
     try:
@@ -193,10 +242,11 @@ def _convert(
         if name
     ]
     _mark_stop_gradients(proto, stops)
-    if len(proto.graph.output) != len(names) or not proto.graph.node:
+    expected = len(names) + len(trace.state)
+    if len(proto.graph.output) != expected or not proto.graph.node:
         raise ExportError(
             f"paddle2onnx produced a graph with {len(proto.graph.output)} output(s) for "
-            f"{len(names)} loss(es); the conversion is incomplete."
+            f"{expected} loss(es) and buffer update(s); the conversion is incomplete."
         )
     return proto
 

@@ -26,7 +26,14 @@ from lossgraph.exporters.common import (
     spec_code_objects,
 )
 from lossgraph.exporters.grad_marker import exporting
+from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
 from lossgraph.exporters.torch_ops import translation_table
+from lossgraph.exporters.training import (
+    StepRecorder,
+    TrainingTrace,
+    draw_call_mask,
+    torch_training,
+)
 from lossgraph.graph import (
     SCOPE_KEY,
     SOURCE_KEY,
@@ -50,29 +57,40 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     """Export a torch Spec. Raises ExportError / SpecError with one-line messages."""
     import torch
 
-    if spec.train:
-        raise ExportError(
-            f"{spec.source}: train=True is not supported by the torch exporter yet (torch.onnx "
-            f"exports BatchNorm with running statistics even in training mode)."
-        )
     model = spec.model
     arrays = make_inputs(spec.inputs, seed)
     tensors = {name: torch.from_numpy(value) for name, value in arrays.items()}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train(spec.train)
+    recorder = StepRecorder(
+        module_paths={id(m): path for path, m in model.named_modules()},
+        draw=lambda call, k: torch.from_numpy(draw_call_mask(call, seed, 0, k)),
+    )
+    modes = torch_training(recorder) if spec.train else contextlib.nullcontext()
     try:
-        losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
-        eager = {name: float(value.detach().double()) for name, value in losses.items()}
-        wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses))
-        wrapper.train(spec.train)
-        _register_stack_anchors(spec)
-        with exporting("torch"):
-            proto = _run_exporter(spec, wrapper, tuple(tensors.values()), list(losses))
+        with modes:
+            losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
+            eager = {name: float(value.detach().double()) for name, value in losses.items()}
+            trace = TrainingTrace(
+                list(recorder.dropouts),
+                {k: v.detach().numpy().copy() for k, v in recorder.state.items()},
+            )
+            masks = tuple(recorder.masks[: len(trace.dropouts)])
+            wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses), recorder, trace)
+            wrapper.train(spec.train)
+            _register_stack_anchors(spec)
+            recorder.taps = TapRecorder({id(m): p for p, m in model.named_modules() if p})
+            with exporting("torch"), torch_taps(model, recorder.taps):
+                proto = _run_exporter(
+                    spec, wrapper, tuple(tensors.values()) + masks,
+                    [*spec.inputs, *trace.input_names],
+                )
     finally:
         model.load_state_dict(state)  # eager and traced runs may have touched buffers
     names = list(losses)
     _strip_root_prefix(proto)
-    rename_outputs(proto.graph, names)
+    rename_outputs(proto.graph, names + trace.output_names)
+    mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
     return finish_export(
         spec,
@@ -85,12 +103,23 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         eager=eager,
         inputs=arrays,
         seed=seed,
+        training=trace if spec.train else None,
     )
 
 
-def _LossModule(model: Any, loss: Any, input_names: list[str], loss_names: list[str]) -> Any:
-    """A module holding the user's model as ``model`` and returning the losses as scalars."""
+def _LossModule(
+    model: Any,
+    loss: Any,
+    input_names: list[str],
+    loss_names: list[str],
+    recorder: StepRecorder,
+    trace: TrainingTrace,
+) -> Any:
+    """A module holding the user's model as ``model``; its forward takes the inputs (then the
+    dropout masks) and returns the losses as scalars (then the updated buffers)."""
     import torch
+
+    n_inputs = len(input_names)
 
     class LossModule(torch.nn.Module):
         def __init__(self) -> None:
@@ -99,10 +128,17 @@ def _LossModule(model: Any, loss: Any, input_names: list[str], loss_names: list[
             self.__dict__["_loss"] = loss  # never registered as a submodule, even if a Module
 
         def forward(self, *args: Any) -> tuple[Any, ...]:
-            out = self._loss(self.model, **dict(zip(input_names, args)))
+            recorder.reset(list(args[n_inputs:]))
+            out = self._loss(self.model, **dict(zip(input_names, args[:n_inputs])))
             if torch.is_tensor(out):
                 out = {loss_names[0]: out}
-            return tuple(_scalar(out[name]) for name in loss_names)
+            if list(recorder.state) != list(trace.state):
+                raise ExportError(
+                    "The traced forward updates other buffers than the eager one "
+                    f"({', '.join(recorder.state)} vs {', '.join(trace.state)})."
+                )
+            losses = tuple(_scalar(out[name]) for name in loss_names)
+            return losses + tuple(recorder.state.values())
 
     return LossModule()
 
@@ -111,7 +147,7 @@ def _scalar(value: Any) -> Any:
     return value if value.dim() == 0 else value.reshape(())
 
 
-def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], names: list[str]) -> Any:
+def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: list[str]) -> Any:
     import torch
 
     for logger in ("torch.onnx", "onnxscript", "onnx_ir"):
@@ -125,7 +161,7 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], names: list[s
                 dynamo=True,
                 optimize=False,
                 verbose=False,
-                input_names=list(spec.inputs),
+                input_names=input_names,
                 external_data=False,
                 custom_translation_table=translation_table(),
             )

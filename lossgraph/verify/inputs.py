@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +70,23 @@ def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.nd
             )
         out[name] = value
     return out
+
+
+def draw_mask(
+    p: float, scale: float, shape: list[int], seed: int, step: int, index: int,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """The dropout mask of dropout ``index`` at training step ``step``: each element kept with
+    probability 1 - p; kept elements hold ``scale`` (the framework's 1/(1-p) or 1), dropped 0.
+    Both graphs of a comparison, and the native runs, get the same masks."""
+    rng = np.random.default_rng([seed, step, index, 0x44524F50])  # "DROP"
+    keep = rng.random(shape) >= p
+    return (keep * scale).astype(dtype)
+
+
+def dropout_feeds(calls: list[Mapping[str, Any]], seed: int, step: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Graph inputs ``dropout:<k>`` for one step, from a graph's recorded dropout calls."""
+    return {
+        f"dropout:{k}": draw_mask(c["p"], c["scale"], c["shape"], seed, step, k, dtype)
+        for k, c in enumerate(calls)
+    }

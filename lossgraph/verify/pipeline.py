@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,14 @@ from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
 from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays
 from lossgraph.verify.inputs import load_inputs, make_inputs
+from lossgraph.verify.results import (
+    Divergence,
+    GradDiff,
+    GraphInfo,
+    LossDiff,
+    StepResult,
+    VerifyResult,
+)
 from lossgraph.verify.runtime import OrtRunner
 
 
@@ -35,111 +43,6 @@ class VerifyOptions:
     allow_unmapped: bool = False
     device: str = "cpu"
     grads: bool = False  # also compare d(loss)/d(parameter) for every loss and mapped parameter
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    """Where a compared graph came from."""
-
-    path: str
-    framework: str
-    source: str
-    versions: dict[str, str]
-    eager: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class LossDiff:
-    """One named loss on both sides."""
-
-    name: str
-    reference: float
-    candidate: float
-    diff: ValueDiff
-
-    @property
-    def passed(self) -> bool:
-        return self.diff.passed
-
-    @property
-    def abs_diff(self) -> float:
-        return self.diff.max_abs_diff
-
-
-@dataclass(frozen=True)
-class GradDiff:
-    """The gradient of one parameter on both sides, for each loss that was differentiated."""
-
-    losses: dict[str, ValueDiff]
-
-    @property
-    def passed(self) -> bool:
-        return all(d.passed for d in self.losses.values())
-
-    @property
-    def max_abs_diff(self) -> float:
-        return max((d.max_abs_diff for d in self.losses.values()), default=0.0)
-
-    @property
-    def required_tol(self) -> float:
-        return max((d.required_tol for d in self.losses.values()), default=0.0)
-
-
-@dataclass
-class StepResult:
-    """One comparison point: the forward check (``loss`` None) or one training step."""
-
-    step: int
-    losses: dict[str, LossDiff]
-    loss: str | None = None
-    optimizer: str | None = None
-    gradients: dict[str, GradDiff] = field(default_factory=dict)
-    parameters: dict[str, ValueDiff] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        groups = (self.losses.values(), self.gradients.values(), self.parameters.values())
-        return all(d.passed for group in groups for d in group)
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """Where the two graphs part."""
-
-    step: int
-    phase: str  # forward | backward | update
-    scope: str
-    op_type: str
-    reference_node: str
-    candidate_node: str
-    max_abs_diff: float
-    hint: str | None = None
-    loss: str | None = None
-    localized: bool = False  # False: the point where the diff was observed, not its origin
-    source: dict[str, Any] | None = None
-
-
-@dataclass
-class VerifyResult:
-    """Everything a verification found; ``bool(result)`` is whether it passed."""
-
-    reference: GraphInfo
-    candidate: GraphInfo
-    tolerance: Tolerance
-    seed: int
-    inputs_source: str
-    param_map: ParamMap
-    steps: list[StepResult]
-    first_divergence: Divergence | None = None
-    noise_floor: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(step.passed for step in self.steps)
-
-    def __bool__(self) -> bool:
-        return self.passed
 
 
 def run_verify(

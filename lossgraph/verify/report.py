@@ -18,7 +18,7 @@ from rich.text import Text
 
 from lossgraph.graph import LossGraph
 from lossgraph.verify.compare import ValueDiff
-from lossgraph.verify.pipeline import Divergence, GradDiff, LossDiff, StepResult, VerifyResult
+from lossgraph.verify.results import Divergence, GradDiff, LossDiff, StepResult, VerifyResult
 
 PASS = "[green]pass[/green]"
 FAIL = "[bold red]FAIL[/bold red]"

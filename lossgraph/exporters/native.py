@@ -1,0 +1,166 @@
+"""``verify --native``: the same training steps in the framework itself, eagerly.
+
+The spec file recorded in a graph's metadata is loaded again, its model is given the values
+the ONNX Runtime run started from, and the spec's own optimizers and schedulers run the same
+schedule on the same inputs. Dropout uses the masks lossgraph feeds the graphs (the frameworks'
+RNGs would draw others); everything else — BatchNorm, the optimizers, ``zero_grad`` and
+``clear_grad`` — is the framework's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lossgraph.errors import VerificationError
+from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
+from lossgraph.graph import GraphMeta
+from lossgraph.spec import LRSchedule, Spec, load_spec, parse_target
+from lossgraph.verify.inputs import draw_mask
+
+DEFAULT_LR = 1e-3
+
+
+@dataclass
+class NativeStep:
+    """One eager training step: the losses before the update, the values after it."""
+
+    losses: dict[str, float]
+    params: dict[str, np.ndarray]
+
+
+def run_native(
+    meta: GraphMeta,
+    start: Mapping[str, np.ndarray],
+    steps: int,
+    inputs: Mapping[str, np.ndarray],
+    seed: int,
+) -> list[NativeStep]:
+    """Train the graph's spec eagerly for ``steps`` steps from the values ``start``."""
+    path, _ = parse_target(meta.source) if meta.source else (None, "")
+    if path is None or not Path(path).exists():
+        raise VerificationError(
+            f"--native needs the spec file the graph was exported from ({meta.source or 'unknown'}); "
+            f"it is not there."
+        )
+    spec = load_spec(meta.source)
+    if meta.framework == "torch":
+        return _run_torch(spec, meta, start, steps, inputs, seed)
+    return _run_paddle(spec, meta, start, steps, inputs, seed)
+
+
+def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
+    """The training loop both frameworks share; the callables do the framework's part."""
+    schedule = [tuple(e) for e in spec.schedule or []] or [(meta.losses[0], "sgd")]
+    counts: dict[str, int] = {}
+    out = []
+    for index in range(steps):
+        loss, optimizer = schedule[index % len(schedule)]
+        count = counts.get(optimizer, 0)
+        planned = _as_schedule(schedulers.get(optimizer))
+        if planned and planned.when == "before" and count % planned.every == 0:
+            planned.scheduler.step()
+        values = forward(masks_for(index))
+        losses = {name: float(np.asarray(values[name])) for name in meta.losses}
+        backward(values[loss])
+        step_optimizer(optimizer)
+        counts[optimizer] = count + 1
+        if planned and planned.when == "after" and (count + 1) % planned.every == 0:
+            planned.scheduler.step()
+        out.append(NativeStep(losses, state_dict()))
+    return out
+
+
+def _as_schedule(value: Any) -> LRSchedule | None:
+    if value is None:
+        return None
+    return value if isinstance(value, LRSchedule) else LRSchedule(value)
+
+
+def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+    import torch
+
+    model = spec.model
+    model.train(spec.train)
+    own = model.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.array(start[k])) if k in start else v for k, v in own.items()})
+    optimizers = dict(spec.optimizers or {}) or {
+        "sgd": torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=DEFAULT_LR)
+    }
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
+
+    def masks_for(index):
+        return [
+            torch.from_numpy(draw_mask(c["p"], c["scale"], c["shape"], seed, index, k))
+            for k, c in enumerate(meta.dropout)
+        ]
+
+    def forward(masks):
+        recorder.reset(masks)
+        with torch_training(recorder, batch_norm=False) if spec.train else contextlib.nullcontext():
+            out = spec.loss(model, **tensors)
+        return out if isinstance(out, dict) else {"loss": out}
+
+    def step_optimizer(name):
+        optimizers[name].step()
+        optimizers[name].zero_grad()
+
+    def state_dict():
+        return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    return _loop(spec, meta, steps, masks_for, forward, lambda t: t.backward(),
+                 step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
+
+
+def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+    import paddle
+
+    model = spec.model
+    model.train() if spec.train else model.eval()
+    own = model.state_dict()
+    model.set_state_dict({k: paddle.to_tensor(np.array(start[k])) if k in start else v for k, v in own.items()})
+    optimizers = dict(spec.optimizers or {}) or {
+        "sgd": paddle.optimizer.SGD(DEFAULT_LR, parameters=[p for p in model.parameters() if not p.stop_gradient])
+    }
+    tensors = {k: paddle.to_tensor(v) for k, v in inputs.items()}
+    recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
+
+    def masks_for(index):
+        return [
+            paddle.to_tensor(draw_mask(c["p"], c["scale"], c["shape"], seed, index, k))
+            for k, c in enumerate(meta.dropout)
+        ]
+
+    def forward(masks):
+        recorder.reset(masks)
+        with paddle_training(recorder, batch_norm=False) if spec.train else contextlib.nullcontext():
+            out = spec.loss(model, **tensors)
+        return out if isinstance(out, dict) else {"loss": out}
+
+    def step_optimizer(name):
+        optimizers[name].step()
+        optimizers[name].clear_grad()
+
+    def state_dict():
+        return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+    return _loop(spec, meta, steps, masks_for, forward, lambda t: t.backward(),
+                 step_optimizer, state_dict, _paddle_schedulers(spec, optimizers))
+
+
+def _paddle_schedulers(spec: Spec, optimizers: Mapping[str, Any]) -> dict[str, Any]:
+    """Paddle schedulers: those of the spec, and any optimizer whose learning_rate is one."""
+    import paddle
+
+    out = dict(spec.lr_schedulers or {})
+    for name, optimizer in optimizers.items():
+        lr = getattr(optimizer, "_learning_rate", None)
+        if name not in out and isinstance(lr, paddle.optimizer.lr.LRScheduler):
+            out[name] = lr
+    return out

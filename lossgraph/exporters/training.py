@@ -1,0 +1,251 @@
+"""Training mode for the exporters: BatchNorm with batch statistics and running-stat updates,
+and dropout with masks lossgraph draws, identically in both frameworks.
+
+Neither exporter keeps these faithfully (torch.onnx hard-codes BatchNorm's inference form and
+drops buffer updates; paddle2onnx converts batch_norm in inference form only; dropout draws
+from each runtime's own RNG). So while a training-mode model runs, eagerly and while traced,
+BatchNorm layers and dropout functions are replaced by explicit computations, each in its own
+framework's formula, that report to a :class:`StepRecorder`:
+
+- a BatchNorm in training mode normalizes with the batch statistics and records its updated
+  running statistics (torch: ``(1-m) r + m s`` with the unbiased variance, ``num_batches_tracked
+  + 1``; Paddle: ``m r + (1-m) s`` with the biased variance). Each update becomes a graph output
+  ``state:<buffer>``; a layer called twice chains its updates, as the frameworks do.
+- a dropout multiplies by a mask that becomes a graph input ``dropout:<k>`` (values 0 or the
+  framework's scale). lossgraph feeds both graphs the same seeded masks, matched by position.
+
+The eager run, with the same masks, tells how many dropouts and state updates a forward has;
+the traced run then takes the masks as extra inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lossgraph.errors import ExportError
+from lossgraph.verify.inputs import draw_mask
+
+STATE_PREFIX = "state:"
+DROPOUT_PREFIX = "dropout:"
+
+
+@dataclass
+class DropoutCall:
+    """One dropout of a forward pass, as the eager run saw it."""
+
+    p: float
+    scale: float  # the value kept elements are multiplied by (1/(1-p) when upscaling)
+    shape: list[int]  # the mask's shape (size-1 axes broadcast, e.g. dropout2d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p": self.p, "scale": self.scale, "shape": list(self.shape)}
+
+
+@dataclass
+class StepRecorder:
+    """What one forward pass in training mode did besides computing the losses."""
+
+    module_paths: dict[int, str]
+    masks: list[Any] = field(default_factory=list)  # the masks to apply, in call order
+    #: draws the mask of a call the eager discovery run has not seen yet: (call, index) -> tensor
+    draw: Any = None
+    dropouts: list[DropoutCall] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # buffer name -> updated value
+
+    def reset(self, masks: list[Any]) -> None:
+        self.masks = list(masks)
+        self.dropouts = []
+        self.state = {}
+
+    def path(self, module: Any) -> str:
+        path = self.module_paths.get(id(module))
+        if path is None:
+            raise ExportError(f"A {type(module).__name__} layer is used that is not part of Spec.model.")
+        return path
+
+    def current(self, name: str, default: Any) -> Any:
+        """The latest value of a buffer in this forward pass (a layer may run twice)."""
+        return self.state.get(name, default)
+
+    def next_mask(self, p: float, scale: float, shape: list[int]) -> Any:
+        index = len(self.dropouts)
+        call = DropoutCall(p, scale, list(shape))
+        self.dropouts.append(call)
+        if index >= len(self.masks) and self.draw is not None:
+            self.masks.append(self.draw(call, index))
+        if index >= len(self.masks):
+            raise ExportError(
+                "The model calls dropout more often when traced than when run eagerly; "
+                "lossgraph needs the same dropouts in every forward pass."
+            )
+        return self.masks[index]
+
+
+@dataclass
+class TrainingTrace:
+    """What the eager training-mode forward did: its dropouts and its buffer updates (eager
+    values, by buffer name, in the order the graph outputs them)."""
+
+    dropouts: list[DropoutCall]
+    state: dict[str, np.ndarray]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"{STATE_PREFIX}{name}" for name in self.state]
+
+    @property
+    def input_names(self) -> list[str]:
+        return dropout_input_names(len(self.dropouts))
+
+
+def dropout_input_names(count: int) -> list[str]:
+    return [f"{DROPOUT_PREFIX}{k}" for k in range(count)]
+
+
+def draw_call_mask(call: DropoutCall, seed: int, step: int, index: int) -> np.ndarray:
+    return draw_mask(call.p, call.scale, call.shape, seed, step, index)
+
+
+# --- torch ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator[None]:
+    """Replace torch's BatchNorm forward (unless ``batch_norm`` is False: the native runs keep
+    torch's own) and dropout functions while a training forward runs."""
+    import torch.nn.functional as F
+    from torch.nn.modules import batchnorm
+
+    original_forward = batchnorm._BatchNorm.forward
+    originals = {name: getattr(F, name) for name in ("dropout", "dropout1d", "dropout2d", "dropout3d")}
+
+    def batch_norm_forward(module: Any, input: Any) -> Any:
+        if not module.training:
+            return original_forward(module, input)
+        return _torch_batch_norm_train(module, input, recorder)
+
+    def make_dropout(channelwise: bool):
+        def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+            if not training or p == 0.0:
+                return input
+            shape = list(input.shape)
+            if channelwise:
+                shape = shape[:2] + [1] * (len(shape) - 2)
+            scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+            return input * recorder.next_mask(p, scale, shape)
+
+        return dropout
+
+    if batch_norm:
+        batchnorm._BatchNorm.forward = batch_norm_forward
+    F.dropout = make_dropout(False)
+    for name in ("dropout1d", "dropout2d", "dropout3d"):
+        setattr(F, name, make_dropout(True))
+    try:
+        yield
+    finally:
+        batchnorm._BatchNorm.forward = original_forward
+        for name, fn in originals.items():
+            setattr(F, name, fn)
+
+
+def _torch_batch_norm_train(module: Any, x: Any, recorder: StepRecorder) -> Any:
+    """torch's training-mode BatchNorm: batch statistics, (1-m) r + m s updates, unbiased
+    variance in the running estimate, ``num_batches_tracked`` counted."""
+    import torch
+
+    axes = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = x.mean(axes)
+    var = x.var(axes, unbiased=False)
+    y = (x - mean.reshape(shape)) * torch.rsqrt(var + module.eps).reshape(shape)
+    if module.affine:
+        y = y * module.weight.reshape(shape) + module.bias.reshape(shape)
+    if module.track_running_stats and module.running_mean is not None:
+        path = recorder.path(module)
+        count = x.numel() // x.shape[1]
+        tracked = recorder.current(f"{path}.num_batches_tracked", module.num_batches_tracked) + 1
+        factor = 1.0 / tracked.to(x.dtype) if module.momentum is None else module.momentum
+        running_mean = recorder.current(f"{path}.running_mean", module.running_mean)
+        running_var = recorder.current(f"{path}.running_var", module.running_var)
+        recorder.state[f"{path}.running_mean"] = factor * mean + (1 - factor) * running_mean
+        unbiased = var * (count / max(count - 1, 1))
+        recorder.state[f"{path}.running_var"] = factor * unbiased + (1 - factor) * running_var
+        recorder.state[f"{path}.num_batches_tracked"] = tracked
+    return y
+
+
+# --- Paddle ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator[None]:
+    """Replace Paddle's BatchNorm forward (unless ``batch_norm`` is False) and dropout while a
+    training forward runs."""
+    import paddle.nn.functional as F
+    from paddle.nn.layer import norm
+
+    original_forward = norm._BatchNormBase.forward
+    original_dropout = F.dropout
+    import paddle.nn.functional.common as common
+
+    def batch_norm_forward(layer: Any, input: Any) -> Any:
+        if not layer.training or layer._use_global_stats:
+            return original_forward(layer, input)
+        return _paddle_batch_norm_train(layer, input, recorder)
+
+    def dropout(x: Any, p: float = 0.5, axis: Any = None, training: bool = True,
+                mode: str = "upscale_in_train", name: Any = None, **kwargs: Any) -> Any:
+        if not training or p == 0.0:
+            return original_dropout(x, p=p, axis=axis, training=training, mode=mode, **kwargs)
+        shape = list(x.shape)
+        if axis is not None:
+            axes = [axis] if isinstance(axis, int) else list(axis)
+            axes = [a % len(shape) for a in axes]
+            shape = [d if i in axes else 1 for i, d in enumerate(shape)]
+        scale = (1.0 / (1.0 - p) if p < 1.0 else 0.0) if mode == "upscale_in_train" else 1.0
+        return x * recorder.next_mask(p, scale, shape)
+
+    if batch_norm:
+        norm._BatchNormBase.forward = batch_norm_forward
+    F.dropout = dropout
+    common.dropout = dropout
+    try:
+        yield
+    finally:
+        norm._BatchNormBase.forward = original_forward
+        F.dropout = original_dropout
+        common.dropout = original_dropout
+
+
+def _paddle_batch_norm_train(layer: Any, x: Any, recorder: StepRecorder) -> Any:
+    """Paddle's training-mode BatchNorm: batch statistics, m r + (1-m) s updates with the
+    biased variance (Paddle's kernel; torch uses the unbiased one)."""
+    import paddle
+
+    if layer._data_format not in ("NCHW", "NCL", "NC", "NCDHW"):
+        raise ExportError(
+            f"lossgraph exports training-mode BatchNorm in channels-first layout only, got "
+            f"{layer._data_format!r}."
+        )
+    axes = [0, *range(2, len(x.shape))]
+    shape = [1, -1] + [1] * (len(x.shape) - 2)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    y = (x - mean.reshape(shape)) * paddle.rsqrt(var + layer._epsilon).reshape(shape)
+    if layer.weight is not None:
+        y = y * layer.weight.reshape(shape)
+    if layer.bias is not None:
+        y = y + layer.bias.reshape(shape)
+    path = recorder.path(layer)
+    momentum = layer._momentum
+    running_mean = recorder.current(f"{path}._mean", layer._mean)
+    running_var = recorder.current(f"{path}._variance", layer._variance)
+    recorder.state[f"{path}._mean"] = running_mean * momentum + mean * (1.0 - momentum)
+    recorder.state[f"{path}._variance"] = running_var * momentum + var * (1.0 - momentum)
+    return y

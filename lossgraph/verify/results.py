@@ -1,0 +1,143 @@
+"""The results of a verification, as data. Formatting lives in ``verify/report.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lossgraph.verify.align import ParamMap
+from lossgraph.verify.compare import Tolerance, ValueDiff
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Where a compared graph came from."""
+
+    path: str
+    framework: str
+    source: str
+    versions: dict[str, str]
+    eager: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LossDiff:
+    """One named loss on both sides."""
+
+    name: str
+    reference: float
+    candidate: float
+    diff: ValueDiff
+
+    @property
+    def passed(self) -> bool:
+        return self.diff.passed
+
+    @property
+    def abs_diff(self) -> float:
+        return self.diff.max_abs_diff
+
+
+@dataclass(frozen=True)
+class GradDiff:
+    """The gradient of one parameter on both sides, for each loss that was differentiated."""
+
+    losses: dict[str, ValueDiff]
+
+    @property
+    def passed(self) -> bool:
+        return all(d.passed for d in self.losses.values())
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((d.max_abs_diff for d in self.losses.values()), default=0.0)
+
+    @property
+    def required_tol(self) -> float:
+        return max((d.required_tol for d in self.losses.values()), default=0.0)
+
+
+@dataclass
+class StepResult:
+    """One comparison point: the forward check (``loss`` None) or one training step."""
+
+    step: int
+    losses: dict[str, LossDiff]
+    loss: str | None = None
+    optimizer: str | None = None
+    gradients: dict[str, GradDiff] = field(default_factory=dict)
+    parameters: dict[str, ValueDiff] = field(default_factory=dict)  # after the update
+    optimizer_state: dict[str, ValueDiff] = field(default_factory=dict)  # "<param>:<slot>"
+    lr: ValueDiff | None = None
+
+    @property
+    def passed(self) -> bool:
+        groups = (
+            self.losses.values(), self.gradients.values(), self.parameters.values(),
+            self.optimizer_state.values(), [self.lr] if self.lr is not None else [],
+        )
+        return all(d.passed for group in groups for d in group)
+
+    def phase_failed(self) -> str | None:
+        """The first phase of this step that diverged: forward, backward or update."""
+        if not all(d.passed for d in self.losses.values()):
+            return "forward"
+        if not all(d.passed for d in self.gradients.values()):
+            return "backward"
+        rest = [*self.parameters.values(), *self.optimizer_state.values()]
+        if self.lr is not None:
+            rest.append(self.lr)
+        if not all(d.passed for d in rest):
+            return "update"
+        return None
+
+
+@dataclass(frozen=True)
+class NativeDiff:
+    """One side's ONNX Runtime training step against the framework's own eager step."""
+
+    step: int
+    losses: dict[str, ValueDiff]
+    parameters: ValueDiff  # the worst parameter/buffer after the step
+    worst_parameter: str
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the two graphs part."""
+
+    step: int
+    phase: str  # forward | backward | update
+    scope: str
+    op_type: str
+    reference_node: str
+    candidate_node: str
+    max_abs_diff: float
+    hint: str | None = None
+    loss: str | None = None
+    localized: bool = False  # False: the point where the diff was observed, not its origin
+    source: dict[str, Any] | None = None
+
+
+@dataclass
+class VerifyResult:
+    """Everything a verification found; ``bool(result)`` is whether it passed."""
+
+    reference: GraphInfo
+    candidate: GraphInfo
+    tolerance: Tolerance
+    seed: int
+    inputs_source: str
+    param_map: ParamMap
+    steps: list[StepResult]
+    first_divergence: Divergence | None = None
+    noise_floor: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    native: dict[str, list[NativeDiff]] = field(default_factory=dict)  # "reference"/"candidate"
+
+    @property
+    def passed(self) -> bool:
+        return all(step.passed for step in self.steps)
+
+    def __bool__(self) -> bool:
+        return self.passed
