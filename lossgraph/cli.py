@@ -80,6 +80,11 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some parameters cannot be paired (they keep their own values).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
+@click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step.")
+@click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and report ONNX Runtime vs native per step (needs the spec files).")
+@click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
+@click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
+@click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 def verify(
     reference: str,
@@ -92,6 +97,11 @@ def verify(
     allow_unmapped: bool,
     device: str,
     grads: bool,
+    steps: int,
+    native: bool,
+    no_localize: bool,
+    no_noise_floor: bool,
+    strict: bool,
     json_file: str | None,
 ) -> None:
     """Compare CANDIDATE against REFERENCE (two graphs from `lossgraph export`).
@@ -102,7 +112,9 @@ def verify(
     backward graphs in ONNX).
 
     Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
-    element-wise. Exit codes: 0 all within tolerance, 1 divergence, 2 bad usage or input.
+    element-wise. A diff above it is re-run in float64: if it shrinks by orders of magnitude it is
+    float32 rounding noise and does not count (unless --strict). Exit codes: 0 all within
+    tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """
     from lossgraph.verify.pipeline import VerifyOptions, run_verify
     from lossgraph.verify.report import render_verify, write_json
@@ -116,12 +128,25 @@ def verify(
         allow_unmapped=allow_unmapped,
         device=device,
         grads=grads,
+        steps=steps,
+        native=native,
+        native_runner=native_runner() if native else None,
+        localize=not no_localize,
+        noise_floor=not no_noise_floor,
+        strict=strict,
     )
     result = run_verify(reference, candidate, options)
     render_verify(result, Console())
     if json_file:
         write_json(result, json_file)
     click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
+
+
+def native_runner():
+    """The eager training runner (imports torch/paddle only when --native asks for them)."""
+    from lossgraph.exporters.native import run_native
+
+    return run_native
 
 
 if __name__ == "__main__":

@@ -423,7 +423,8 @@ def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
     return infos
 
 
-#: Paddle optimizer attributes recorded as hyper-parameters (framework spelling, no underscore).
+#: Paddle optimizer attributes recorded as hyper-parameters (framework spelling, no underscore);
+#: a dict parameter group's own value (same name) takes precedence.
 _OPTIMIZER_ATTRIBUTES = (
     "_beta1", "_beta2", "_epsilon", "_momentum", "_use_nesterov", "_coeff", "_lr_ratio",
     "_amsgrad", "_lazy_mode", "_multi_precision", "_rescale_grad", "_dampening",
@@ -455,24 +456,47 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
             decay_fun = getattr(optimizer, "_apply_decay_param_fun", None)
             if decay_fun is not None:
                 entry["decay_params"] = [names[id(p)] for p in params if decay_fun(p.name)]
+            # per-parameter settings (ParamAttr, or a group's): a learning-rate multiplier and a
+            # regularizer, which replaces the optimizer's weight_decay for that parameter
+            scales = {names[id(p)]: json_safe(p.optimize_attr.get("learning_rate", 1.0)) for p in params}
+            if any(s != 1.0 for s in scales.values()):
+                entry["param_learning_rate"] = {n: s for n, s in scales.items() if s != 1.0}
+            decays = {
+                names[id(p)]: _regularization(p.regularizer)
+                for p in params if getattr(p, "regularizer", None) is not None
+            }
+            if any(d != entry["weight_decay"] for d in decays.values()):
+                entry["param_weight_decay"] = {n: d for n, d in decays.items() if d != entry["weight_decay"]}
             entries.append(entry)
         infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="paddle", groups=entries)
     return infos
 
 
 def _optimizer_hyper(optimizer: Any, group: Mapping[str, Any]) -> dict[str, Any]:
+    import paddle
+
     lr = optimizer._learning_rate
     hyper: dict[str, Any] = {
         "learning_rate": json_safe(lr) if not hasattr(lr, "step") else json_safe(lr.last_lr),
     }
     for attr in _OPTIMIZER_ATTRIBUTES:
-        if hasattr(optimizer, attr):
-            value = json_safe(getattr(optimizer, attr))
+        key = attr.lstrip("_")
+        if key in group or hasattr(optimizer, attr):
+            value = json_safe(group.get(key, getattr(optimizer, attr, None)))
             if value is not None:
-                hyper[attr.lstrip("_")] = value
+                hyper[key] = value
     hyper["weight_decay"] = _regularization(group.get("weight_decay", getattr(optimizer, "regularization", None)))
-    if getattr(optimizer, "_grad_clip", None) is not None:
-        hyper["grad_clip"] = type(optimizer._grad_clip).__name__
+    if isinstance(optimizer, paddle.optimizer.AdamW):
+        # AdamW's weight_decay is its decoupled coefficient, not a regularizer
+        hyper["coeff"] = json_safe(group.get("weight_decay", optimizer._weight_decay))
+        hyper["weight_decay"] = None
+    if group.get("regularization_method", getattr(optimizer, "_regularization_method", "")) == "l2_decay":
+        # Momentum takes L2 decay out of `regularization` and applies it inside its kernel
+        coeff = group.get("regularization_coeff", getattr(optimizer, "_regularization_coeff", 0.0))
+        hyper["weight_decay"] = {"L2Decay": json_safe(coeff)}
+    clip = group.get("grad_clip", getattr(optimizer, "_grad_clip", None))
+    if clip is not None:
+        hyper["grad_clip"] = type(clip).__name__
     return hyper
 
 

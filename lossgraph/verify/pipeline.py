@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,18 @@ from lossgraph.errors import VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
 from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays
-from lossgraph.verify.inputs import load_inputs, make_inputs
+from lossgraph.verify.inputs import dropout_feeds, load_inputs, make_inputs
 from lossgraph.verify.results import (
     Divergence,
     GradDiff,
     GraphInfo,
     LossDiff,
+    NativeDiff,
     StepResult,
     VerifyResult,
 )
 from lossgraph.verify.runtime import OrtRunner
+from lossgraph.verify.steps import run_steps
 
 
 @dataclass
@@ -43,12 +45,34 @@ class VerifyOptions:
     allow_unmapped: bool = False
     device: str = "cpu"
     grads: bool = False  # also compare d(loss)/d(parameter) for every loss and mapped parameter
+    steps: int = 0  # training steps to run and compare (0: the forward check only)
+    localize: bool = True  # find the node where a divergence starts
+    noise_floor: bool = True  # re-run in float64 to tell rounding noise from semantic diffs
+    strict: bool = False  # count float32 noise above the tolerance as divergence
+    native: bool = False  # also train each side in its framework, eagerly (needs native_runner)
+    native_runner: Any = None  # (meta, start values, steps, inputs, seed) -> list[NativeStep]
 
 
-def run_verify(
+@dataclass
+class Setup:
+    """The two graphs, prepared for comparison: inputs, parameter map, starting values."""
+
+    ref: LossGraph
+    cand: LossGraph
+    tol: Tolerance
+    inputs: dict[str, np.ndarray]
+    inputs_source: str
+    param_map: ParamMap
+    ref_params: dict[str, np.ndarray]
+    cand_params: dict[str, np.ndarray]
+    warnings: list[str]
+    dtype: str = "float32"
+
+
+def prepare(
     reference: LossGraph | str | Path, candidate: LossGraph | str | Path, options: VerifyOptions
-) -> VerifyResult:
-    """Verify ``candidate`` against ``reference``. Raises VerificationError on bad input."""
+) -> Setup:
+    """Load and check both graphs, draw the inputs, pair the parameters and carry the values."""
     ref = reference if isinstance(reference, LossGraph) else LossGraph.load(reference)
     cand = candidate if isinstance(candidate, LossGraph) else LossGraph.load(candidate)
     tol = Tolerance(options.tol, options.rtol)
@@ -70,35 +94,174 @@ def run_verify(
         )
     ref_params = ref.param_values()
     cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
+    return Setup(ref, cand, tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings)
 
-    ref_losses = _run_losses(ref, ref_params, inputs, options.device, "reference")
-    cand_losses = _run_losses(cand, cand_params, inputs, options.device, "candidate")
+
+def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
+    """The step results (the forward check, or ``options.steps`` training steps) and, for
+    training, both sides' trajectories."""
+    if options.steps:
+        return run_steps(
+            setup.ref, setup.cand, setup.param_map, setup.inputs, setup.ref_params,
+            setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
+        )
+    ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
+    cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
     losses = {
         name: LossDiff(
             name,
             float(ref_losses[name]),
             float(cand_losses[name]),
-            compare_arrays(ref_losses[name], cand_losses[name], tol),
+            compare_arrays(ref_losses[name], cand_losses[name], setup.tol),
         )
-        for name in ref.meta.losses
+        for name in setup.ref.meta.losses
     }
-    steps = [StepResult(step=0, losses=losses)]
+    step = StepResult(step=0, losses=losses)
     if options.grads:
-        steps[0].gradients = compare_gradients(
-            ref, cand, param_map, inputs, ref_params, cand_params, tol, options.device
+        step.gradients = compare_gradients(
+            setup.ref, setup.cand, setup.param_map,
+            _with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
+            setup.ref_params, setup.cand_params, setup.tol, options.device,
         )
+    return [step], None, None
+
+
+def run_verify(
+    reference: LossGraph | str | Path, candidate: LossGraph | str | Path, options: VerifyOptions
+) -> VerifyResult:
+    """Verify ``candidate`` against ``reference``. Raises VerificationError on bad input."""
+    setup = prepare(reference, candidate, options)
+    ref, cand = setup.ref, setup.cand
+    steps, ref_run, cand_run = compare(setup, options)
     result = VerifyResult(
         reference=_graph_info(ref),
         candidate=_graph_info(cand),
-        tolerance=tol,
+        tolerance=setup.tol,
         seed=options.seed,
-        inputs_source=inputs_source,
-        param_map=param_map,
+        inputs_source=setup.inputs_source,
+        param_map=setup.param_map,
         steps=steps,
-        warnings=warnings,
+        warnings=setup.warnings,
+        strict=options.strict,
     )
-    result.first_divergence = _loss_divergence(ref, cand, steps[0]) or _gradient_divergence(steps[0])
+    failing = next((step for step in steps if not step.passed), None)
+    if failing is not None and options.noise_floor:
+        from lossgraph.verify.noise import noise_floor
+
+        result.noise_floor = noise_floor(setup, options, steps)
+    if failing is not None:
+        result.first_divergence = locate(setup, options, failing, ref_run, cand_run)
+    if options.native and options.native_runner is not None and options.steps:
+        result.native = {
+            "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),
+            "candidate": native_diffs(cand, setup.cand_params, cand_run, options, setup.tol),
+        }
     return result
+
+
+def _with_masks(
+    inputs: Mapping[str, np.ndarray], graph: LossGraph, seed: int, step: int = 0, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
+    return {**inputs, **dropout_feeds(graph.meta.dropout, seed, step, np.dtype(dtype))}
+
+
+def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand_run) -> Divergence:
+    """The origin of the first failing step's divergence, with the likely cause."""
+    from lossgraph.verify.hints import HintContext, hints_for
+    from lossgraph.verify.localize import Side, localize_backward, localize_forward
+
+    phase = step.phase_failed() or "forward"
+    ref_before = ref_run.before[step.step] if ref_run else setup.ref_params
+    cand_before = cand_run.before[step.step] if cand_run else setup.cand_params
+    ref_side = Side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, step.step), **ref_before}, options.device)
+    cand_side = Side(setup.cand, {**_with_masks(setup.inputs, setup.cand, options.seed, step.step), **cand_before}, options.device)
+    loss = step.loss or next(iter(d.name for d in step.losses.values() if not d.passed), None)
+    found = None
+    values: dict[str, Any] = {}
+    if options.localize and phase in ("forward", "backward"):
+        found = localize_forward(ref_side, cand_side, setup.param_map, setup.tol, step.step, loss)
+        if found is None and phase == "backward":
+            grad_loss = step.loss or _worst_gradient_loss(step)
+            found, grads = localize_backward(
+                ref_side, cand_side, setup.param_map, setup.tol, step.step, grad_loss
+            )
+            values.update(grads)
+    if found is None and phase == "update":
+        found, values = _update_divergence(setup, step, ref_run, cand_run)
+    if found is None:
+        found = _loss_divergence(setup.ref, setup.cand, step) or _gradient_divergence(step)
+    if phase == "forward" and step.losses:
+        worst = max(step.losses.values(), key=lambda d: d.abs_diff)
+        values.update(ref_loss=worst.reference, cand_loss=worst.candidate)
+    context = HintContext(setup.ref, setup.cand, found, values)
+    return replace(found, hint=hints_for(context))
+
+
+def _worst_gradient_loss(step: StepResult) -> str:
+    worst = max(step.gradients.values(), key=lambda d: d.max_abs_diff)
+    return max(worst.losses, key=lambda k: worst.losses[k].max_abs_diff)
+
+
+def _update_divergence(setup: Setup, step: StepResult, ref_run, cand_run):
+    """The parameter, buffer or optimizer state that parts first in an update."""
+    failed = [(n, d) for n, d in step.parameters.items() if not d.passed]
+    failed += [(n, d) for n, d in step.optimizer_state.items() if not d.passed]
+    values: dict[str, Any] = {}
+    if step.lr is not None and not step.lr.passed:
+        values.update(ref_lr=ref_run.outcomes[step.step].lr, cand_lr=cand_run.outcomes[step.step].lr)
+        name, diff = "lr", step.lr
+    elif failed:
+        name, diff = max(failed, key=lambda item: item[1].max_abs_diff)
+    else:
+        return None, values
+    param = name.partition(":")[0]
+    pair = setup.param_map.by_reference().get(param)
+    if pair is not None and ref_run is not None:
+        values.update(
+            ref_before=ref_run.before[step.step][param],
+            ref_after=ref_run.outcomes[step.step].params[param],
+            cand_after=pair.carry_back(cand_run.outcomes[step.step].params[pair.candidate]),
+        )
+    info = setup.ref.meta.params.get(param)
+    is_state = info is not None and info.kind == "buffer"
+    divergence = Divergence(
+        step=step.step,
+        phase="update",
+        scope=info.module if info is not None else "",
+        op_type="running statistics" if is_state else (step.optimizer or "optimizer"),
+        reference_node=name,
+        candidate_node=pair.candidate + name[len(param):] if pair else name,
+        max_abs_diff=diff.max_abs_diff,
+        loss=step.loss,
+        localized=True,
+    )
+    return divergence, values
+
+
+def native_diffs(graph, start, run, options: VerifyOptions, tol: Tolerance) -> list[NativeDiff]:
+    """One side's ONNX Runtime trajectory against the framework's own eager training."""
+    native = options.native_runner(graph.meta, start, options.steps, dict(_base_inputs(options, graph)), options.seed)
+    out = []
+    for index, (eager, ours) in enumerate(zip(native, run.outcomes)):
+        losses = {
+            name: compare_arrays(np.asarray(ours.losses[name]), np.asarray(value), tol)
+            for name, value in eager.losses.items()
+        }
+        worst_name, worst = "", None
+        for name, value in eager.params.items():
+            if name not in ours.params or np.shape(ours.params[name]) != np.shape(value):
+                continue
+            diff = compare_arrays(ours.params[name], value, tol)
+            if worst is None or diff.max_abs_diff > worst.max_abs_diff:
+                worst_name, worst = name, diff
+        out.append(NativeDiff(index, losses, worst or compare_arrays(np.zeros(1), np.zeros(1), tol), worst_name))
+    return out
+
+
+def _base_inputs(options: VerifyOptions, graph: LossGraph) -> dict[str, np.ndarray]:
+    if options.inputs:
+        return load_inputs(options.inputs, graph.meta.inputs)
+    return make_inputs(graph.meta.inputs, options.seed)
 
 
 def loss_gradients(
@@ -207,11 +370,13 @@ def _run_losses(
     graph: LossGraph,
     params: Mapping[str, np.ndarray],
     inputs: Mapping[str, np.ndarray],
-    device: str,
+    options: VerifyOptions,
     side: str,
 ) -> dict[str, np.ndarray]:
-    runner = OrtRunner(graph.model, fed=params, device=device)
-    values = runner.run({**inputs, **params}, outputs=graph.meta.losses)
+    runner = OrtRunner(graph.model, fed=params, device=options.device)
+    dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in params.values()) else "float32"
+    feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype), **params}
+    values = runner.run(feeds, outputs=graph.meta.losses)
     check_finite(values, side, "loss")
     return values
 

@@ -1,0 +1,293 @@
+"""Known porting pitfalls, recognized from the pattern of a divergence.
+
+Each hint is a function of a :class:`HintContext` that returns a sentence naming the likely
+cause, or None. They run in order; every hint that recognizes its pattern contributes. The
+catalog starts from DESIGN.md's list: transposed Linear weights, BatchNorm momentum (m vs 1-m)
+and running-variance conventions, epsilons, AvgPool ``exclusive``, the cross-entropy class
+axis, BCE's log clamp, KL ``mean`` vs ``batchmean``, optimizer conventions (epsilon, weight
+decay coupled or decoupled), a missing ``detach``, dropout masks, learning-rate schedules, and
+constants (margins, clamps) that differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from lossgraph.autodiff.shapes import constant_values
+from lossgraph.graph import LossGraph, OptimizerInfo
+from lossgraph.verify.results import Divergence
+
+Hint = Callable[["HintContext"], "str | None"]
+HINTS: list[Hint] = []
+
+
+def hint(fn: Hint) -> Hint:
+    HINTS.append(fn)
+    return fn
+
+
+@dataclass
+class HintContext:
+    """What a hint may look at: both graphs, the divergence, and measured values."""
+
+    ref: LossGraph
+    cand: LossGraph
+    divergence: Divergence
+    #: measurements of the diverging step, e.g. "ref_before"/"ref_after"/"cand_after" buffers,
+    #: "ref_lr"/"cand_lr", "ref_grad"/"cand_grad" at the diverging tap
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, side: str) -> onnx.NodeProto | None:
+        graph = self.ref if side == "ref" else self.cand
+        name = self.divergence.reference_node if side == "ref" else self.divergence.candidate_node
+        return next((n for n in graph.model.graph.node if n.name == name), None) if name else None
+
+
+def hints_for(context: HintContext) -> str | None:
+    """Every recognized cause, joined; None when nothing is recognized."""
+    found = []
+    for fn in HINTS:
+        text = fn(context)
+        if text and text not in found:
+            found.append(text)
+    return " ".join(found) if found else None
+
+
+# --- forward ----------------------------------------------------------------------------------
+
+
+@hint
+def transposed_linear_weight(ctx: HintContext) -> str | None:
+    node = ctx.node("ref")
+    if ctx.divergence.phase != "forward" or node is None or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    params = ctx.ref.meta.params
+    weights = [i for i in node.input if i in params and params[i].layer_type == "Linear"]
+    if not weights:
+        return None
+    shape = params[weights[0]].shape
+    square = len(shape) == 2 and shape[0] == shape[1]
+    return (
+        f"Linear weight layout: torch stores {weights[0]} as [out, in], Paddle as [in, out]; "
+        f"the port multiplies by the weight the other way round"
+        + (" (it is square, so the shapes still fit)." if square else ".")
+    )
+
+
+def _attributes(node: onnx.NodeProto | None) -> dict[str, Any]:
+    if node is None:
+        return {}
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _constants(graph: LossGraph, node: onnx.NodeProto | None) -> list[float]:
+    if node is None:
+        return []
+    consts = constant_values(graph.model)
+    out = []
+    for name in node.input:
+        value = consts.get(name)
+        if value is not None and value.size == 1 and name not in graph.meta.params:
+            out.append(float(np.asarray(value).reshape(-1)[0]))
+    return out
+
+
+@hint
+def differing_attributes(ctx: HintContext) -> str | None:
+    """Same op on both sides with different attributes (epsilon, axis, count_include_pad)."""
+    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
+    if ref_node is None or cand_node is None or ref_node.op_type != cand_node.op_type:
+        return None
+    a, b = _attributes(ref_node), _attributes(cand_node)
+    names = {"epsilon": "epsilon", "axis": "class/softmax axis", "count_include_pad":
+             "AvgPool count_include_pad (Paddle: exclusive=not count_include_pad)", "alpha": "slope",
+             "momentum": "momentum"}
+    diffs = [
+        f"{names.get(k, k)} {a.get(k)} vs {b.get(k)}"
+        for k in sorted(set(a) | set(b))
+        if k in names and a.get(k) != b.get(k)
+    ]
+    if not diffs:
+        return None
+    return f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
+
+
+@hint
+def differing_constants(ctx: HintContext) -> str | None:
+    """A constant operand differs (a margin, a clamp bound, an epsilon, a weighting)."""
+    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
+    a, b = _constants(ctx.ref, ref_node), _constants(ctx.cand, cand_node)
+    if not a or not b or sorted(a) == sorted(b):
+        return None
+    return (
+        f"A constant differs at {ref_node.op_type}: the reference uses {_fmt_list(a)}, the "
+        f"candidate {_fmt_list(b)} (a margin, clamp, epsilon or weighting)."
+    )
+
+
+def _fmt_list(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+@hint
+def bce_log_clamp(ctx: HintContext) -> str | None:
+    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
+    for graph, node in ((ctx.ref, ref_node), (ctx.cand, cand_node)):
+        if node is not None and node.op_type in ("Log", "Max") and -100.0 in _constants(graph, node):
+            return (
+                "BCE clamps log(p) at -100 in torch (and Paddle's BCELoss); a hand-written BCE "
+                "without the clamp parts where p reaches 0 or 1."
+            )
+    return None
+
+
+@hint
+def kl_reduction(ctx: HintContext) -> str | None:
+    if ctx.divergence.phase != "forward" or "ref_loss" not in ctx.values:
+        return None
+    ratio = _ratio(ctx.values["ref_loss"], ctx.values["cand_loss"])
+    batch = next((s.shape[0] for s in ctx.ref.meta.inputs.values() if s.shape), None)
+    if ratio is None or not batch:
+        return None
+    for k in sorted({batch} | {int(np.prod(s.shape)) // batch for s in ctx.ref.meta.inputs.values() if s.shape}):
+        if k > 1 and (abs(ratio - k) < 1e-3 * k or abs(1 / ratio - k) < 1e-3 * k):
+            return (
+                f"The losses differ by a factor of {k}: a reduction convention (KL divergence "
+                f"'mean' divides by every element, 'batchmean' by the batch size; 'sum' vs 'mean')."
+            )
+    return None
+
+
+def _ratio(a: float, b: float) -> float | None:
+    if not a or not b or not np.isfinite(a) or not np.isfinite(b):
+        return None
+    return a / b
+
+
+# --- backward ---------------------------------------------------------------------------------
+
+
+@hint
+def missing_detach(ctx: HintContext) -> str | None:
+    if ctx.divergence.phase != "backward" or "ref_grad" not in ctx.values:
+        return None
+    ref_zero = not np.any(ctx.values["ref_grad"])
+    cand_zero = not np.any(ctx.values["cand_grad"])
+    if ref_zero == cand_zero:
+        return None
+    stops, flows = ("reference", "candidate") if ref_zero else ("candidate", "reference")
+    return (
+        f"The {stops} stops the gradient at {ctx.divergence.scope} where the {flows} lets it "
+        f"through: a missing .detach() / stop_gradient (e.g. a GAN's D step on G's output)."
+    )
+
+
+# --- update -----------------------------------------------------------------------------------
+
+
+@hint
+def batch_norm_running_stats(ctx: HintContext) -> str | None:
+    """Running statistics updated with the other framework's momentum or variance convention."""
+    if ctx.divergence.phase != "update" or "ref_before" not in ctx.values:
+        return None
+    before = np.asarray(ctx.values["ref_before"], np.float64)
+    ref_step = np.asarray(ctx.values["ref_after"], np.float64) - before
+    cand_step = np.asarray(ctx.values["cand_after"], np.float64) - before
+    mask = np.abs(ref_step) > 1e-6 * max(1.0, float(np.abs(before).max()))
+    if not mask.any():
+        return None
+    ratio = float(np.median(cand_step[mask] / ref_step[mask]))
+    name = ctx.divergence.scope
+    for m in (0.1, 0.01, 0.001):
+        if abs(ratio - (1 - m) / m) < 0.05 * (1 - m) / m or abs(ratio - m / (1 - m)) < 0.05 * m / (1 - m):
+            return (
+                f"BatchNorm momentum convention at {name}: torch's momentum m is Paddle's 1 - m "
+                f"(torch 0.1 = Paddle 0.9); the running statistics move {ratio:.3g} times as far."
+            )
+    if 1.0 < ratio < 1.5 or 1 / 1.5 < ratio < 1.0:
+        return (
+            f"Running variance convention at {name}: torch updates it with the unbiased batch "
+            f"variance, Paddle with the biased one (a factor n/(n-1); here {ratio:.4g})."
+        )
+    return None
+
+
+def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:
+    """An optimizer's settings in one vocabulary, whichever framework recorded them."""
+    group = info.groups[0] if info.groups else {}
+    betas = group.get("betas") or [group.get("beta1"), group.get("beta2")]
+    decay = group.get("weight_decay")
+    if isinstance(decay, dict):
+        decay = next(iter(decay.values()))
+    decoupled = info.cls in ("AdamW",)
+    if info.cls == "AdamW" and info.framework == "paddle":
+        decay = group.get("coeff", decay)
+    return {
+        "class": info.cls.replace("Momentum", "SGD+momentum"),
+        "lr": group.get("lr", group.get("learning_rate")),
+        "betas": [float(b) for b in betas if b is not None] or None,
+        "epsilon": group.get("eps", group.get("epsilon")),
+        "weight_decay": float(decay or 0.0),
+        "decoupled decay": decoupled,
+        "momentum": group.get("momentum"),
+        "nesterov": group.get("nesterov", group.get("use_nesterov")),
+    }
+
+
+@hint
+def optimizer_settings(ctx: HintContext) -> str | None:
+    if ctx.divergence.phase != "update":
+        return None
+    diffs = []
+    for name, info in ctx.ref.meta.optimizers.items():
+        other = ctx.cand.meta.optimizers.get(name)
+        if other is None:
+            continue
+        a, b = _semantic_hyper(info), _semantic_hyper(other)
+        for key in a:
+            if a[key] != b[key] and not (a[key] is None or b[key] is None):
+                diffs.append(f"{name} {key}: {a[key]} vs {b[key]}")
+    if not diffs:
+        return None
+    text = "Optimizer settings differ (reference vs candidate): " + "; ".join(diffs) + "."
+    if any("decoupled" in d or "weight_decay" in d for d in diffs):
+        text += (
+            " Adam's weight_decay (torch) and L2Decay (Paddle) add decay to the gradient; AdamW "
+            "decays the weights directly; torch defaults to 0, Paddle's weight_decay=None."
+        )
+    if any("epsilon" in d for d in diffs):
+        text += " Paddle's Adam also scales epsilon by sqrt(1 - beta2^t)."
+    return text
+
+
+@hint
+def learning_rate_schedule(ctx: HintContext) -> str | None:
+    if "ref_lr" not in ctx.values:
+        return None
+    a, b = ctx.values["ref_lr"], ctx.values["cand_lr"]
+    if np.allclose(a, b, rtol=1e-7, atol=0):
+        return None
+    return (
+        f"The learning rates differ at step {ctx.divergence.step}: {a} vs {b}; a scheduler steps "
+        f"at another time (before/after optimizer.step(), per step or per epoch) or has other "
+        f"settings."
+    )
+
+
+@hint
+def dropout_masks(ctx: HintContext) -> str | None:
+    ref_d, cand_d = ctx.ref.meta.dropout, ctx.cand.meta.dropout
+    if [d["shape"] for d in ref_d] == [d["shape"] for d in cand_d] and [d["p"] for d in ref_d] == [
+        d["p"] for d in cand_d
+    ]:
+        return None
+    return (
+        f"The graphs' dropouts differ (reference {len(ref_d)}, candidate {len(cand_d)}; p "
+        f"{[d['p'] for d in ref_d]} vs {[d['p'] for d in cand_d]}): masks cannot all be matched."
+    )

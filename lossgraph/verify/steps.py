@@ -1,0 +1,292 @@
+"""Training steps on ONNX Runtime: forward, backward and optimizer update, step after step.
+
+Each side trains on its own: its graph computes the losses, the updated buffers (training mode)
+and the gradients of the step's loss; gradients are added into per-parameter buffers, the step's
+optimizer updates its parameters from the buffers and clears them, and its learning-rate
+schedule advances — the loop of ``shared/seeds/backward-alignment-discogan-paddle.md``:
+
+    for step, (loss, optimizer) in cycle(schedule):
+        losses = forward(); grad_buffers += d(loss)/d(params)
+        optimizer.step(); optimizer.clear_grad()
+
+A backward adds into the buffers of every parameter it reaches; a step clears only its own
+optimizer's parameters (torch's ``zero_grad()`` leaves None, Paddle's ``clear_grad()`` zeros: a
+parameter with a None gradient is skipped by the next update, one with zeros is not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lossgraph.autodiff import build_gradients
+from lossgraph.errors import VerificationError
+from lossgraph.graph import LossGraph, OptimizerInfo
+from lossgraph.verify.align import ParamMap
+from lossgraph.verify.compare import Tolerance, check_finite, compare_arrays
+from lossgraph.verify.inputs import dropout_feeds
+from lossgraph.verify.results import GradDiff, LossDiff, StepResult
+from lossgraph.verify.runtime import OrtRunner
+
+#: Without optimizers in the spec, ``--steps`` trains every trainable parameter with this SGD.
+DEFAULT_LR = 1e-3
+#: How each framework's ``zero_grad()``/``clear_grad()`` leaves a gradient buffer by default.
+CLEARED_TO_NONE = {"torch": True, "paddle": False}
+
+
+@dataclass
+class StepOutcome:
+    """What one training step on one side produced."""
+
+    loss: str
+    optimizer: str
+    losses: dict[str, float]
+    gradients: dict[str, np.ndarray]  # d(step loss)/d(param) of this step's backward
+    params: dict[str, np.ndarray]  # parameters and buffers after the step
+    opt_state: dict[str, np.ndarray]  # the step's optimizer's state after the update
+    lr: list[float]
+
+
+@dataclass
+class Trainer:
+    """Trains one exported graph on ONNX Runtime."""
+
+    graph: LossGraph
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_buffers: dict[str, np.ndarray | None] = field(default_factory=dict)
+    opt_states: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    opt_steps: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from lossgraph.optim import build_update
+
+        meta = self.graph.meta
+        self.trainable = self.graph.trainable_params()
+        self.optimizers = dict(meta.optimizers) or {
+            "sgd": OptimizerInfo(
+                cls="SGD", framework=meta.framework,
+                groups=[{"params": self.trainable, "lr": DEFAULT_LR, "learning_rate": DEFAULT_LR}],
+            )
+        }
+        self.schedule = list(meta.schedule) or [(meta.losses[0], next(iter(self.optimizers)))]
+        self._runners: dict[str, tuple[OrtRunner, dict[str, str | None]]] = {}
+        self._updates = {
+            name: build_update(info, meta.params, dtype=self.dtype)
+            for name, info in self.optimizers.items()
+        }
+        self.cleared_to_none = CLEARED_TO_NONE.get(meta.framework, True)
+
+    def start(self, params: Mapping[str, np.ndarray]) -> None:
+        """Begin training from these parameter and buffer values."""
+        self.params = {k: np.array(v) for k, v in params.items()}
+        self.grad_buffers = {name: None for name in self.trainable}
+        self.opt_states = {
+            name: update.init_state({p: self.params[p] for p in self._params_of(name)})
+            for name, update in self._updates.items()
+        }
+        self.opt_steps = dict.fromkeys(self._updates, 0)
+
+    def _params_of(self, optimizer: str) -> list[str]:
+        return [p for p in self.optimizers[optimizer].params if p in self.params]
+
+    def _runner(self, loss: str) -> tuple[OrtRunner, dict[str, str | None]]:
+        if loss not in self._runners:
+            result = build_gradients(self.graph.model, loss, self.trainable)
+            runner = OrtRunner(result.model, fed=self.params, device=self.device)
+            self._runners[loss] = (runner, result.grads)
+        return self._runners[loss]
+
+    def lr(self, optimizer: str) -> list[float]:
+        """The learning rate (per parameter group) of this optimizer's next step."""
+        schedule = self.graph.meta.lr_schedulers.get(optimizer)
+        step = self.opt_steps[optimizer]
+        if schedule is None:
+            return [
+                float(g.get("lr", g.get("learning_rate", DEFAULT_LR)))
+                for g in self.optimizers[optimizer].groups
+            ]
+        if step >= len(schedule["lrs"]):
+            raise VerificationError(
+                f"The learning-rate schedule of {optimizer!r} was recorded for "
+                f"{len(schedule['lrs'])} steps; fewer steps can be verified."
+            )
+        return list(schedule["lrs"][step])
+
+    def step(self, index: int, inputs: Mapping[str, np.ndarray]) -> StepOutcome:
+        """Run training step ``index`` (its loss and optimizer come from the schedule)."""
+        loss, optimizer = self.schedule[index % len(self.schedule)]
+        if optimizer not in self._updates:
+            raise VerificationError(
+                f"The schedule names optimizer {optimizer!r}, which the graph does not have "
+                f"({', '.join(self._updates)})."
+            )
+        runner, grad_names = self._runner(loss)
+        meta = self.graph.meta
+        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype))
+        feeds = {**inputs, **masks, **self.params}
+        outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
+        values = runner.run(feeds, outputs=outputs)
+        check_finite({k: values[k] for k in meta.losses}, self.graph.path or meta.framework, "loss")
+        for output, buffer in meta.state_outputs.items():
+            self.params[buffer] = values[output]
+        gradients = {}
+        for param, grad_name in grad_names.items():
+            if grad_name is None:
+                continue  # the loss does not reach it: its buffer is left as it is
+            grad = values[grad_name]
+            gradients[param] = grad
+            buffer = self.grad_buffers.get(param)
+            self.grad_buffers[param] = grad.copy() if buffer is None else buffer + grad
+        lr = self.lr(optimizer)
+        update = self._updates[optimizer]
+        own = self._params_of(optimizer)
+        new_params, new_state = update.step(
+            {p: self.params[p] for p in own},
+            {p: self.grad_buffers.get(p) for p in own},
+            self.opt_states[optimizer],
+            lr if len(lr) > 1 else lr[0],
+        )
+        self.params.update(new_params)
+        self.opt_states[optimizer] = new_state
+        self.opt_steps[optimizer] += 1
+        for param in own:
+            buffer = self.grad_buffers.get(param)
+            self.grad_buffers[param] = (
+                None if self.cleared_to_none or buffer is None else np.zeros_like(buffer)
+            )
+        return StepOutcome(
+            loss=loss,
+            optimizer=optimizer,
+            losses={k: float(values[k]) for k in meta.losses},
+            gradients=gradients,
+            params={k: v.copy() for k, v in self.params.items()},
+            opt_state={k: np.array(v) for k, v in new_state.items()},
+            lr=lr,
+        )
+
+
+#: Optimizer state slots that mean the same thing in torch and Paddle (reference slot names
+#: first). Slots without a counterpart (torch's step count, Paddle's beta powers) are compared
+#: only between graphs of the same framework.
+SLOT_ALIASES = {
+    "moment1": "exp_avg",
+    "moment2": "exp_avg_sq",
+    "velocity": "momentum_buffer",
+}
+
+
+def canonical_slot(slot: str) -> str:
+    return SLOT_ALIASES.get(slot, slot)
+
+
+def split_state_key(key: str) -> tuple[str, str]:
+    """``"fc.weight:exp_avg"`` -> ("fc.weight", "exp_avg")."""
+    param, _, slot = key.rpartition(":")
+    return param, slot
+
+
+@dataclass
+class Trajectory:
+    """Everything one side did over the steps: the values before each step and the outcomes."""
+
+    before: list[dict[str, np.ndarray]] = field(default_factory=list)
+    outcomes: list[StepOutcome] = field(default_factory=list)
+
+
+def run_steps(
+    ref: LossGraph,
+    cand: LossGraph,
+    param_map: ParamMap,
+    inputs: Mapping[str, np.ndarray],
+    ref_params: Mapping[str, np.ndarray],
+    cand_params: Mapping[str, np.ndarray],
+    tol: Tolerance,
+    steps: int,
+    device: str,
+    seed: int,
+    dtype: str = "float32",
+) -> tuple[list[StepResult], Trajectory, Trajectory]:
+    """Train both graphs ``steps`` steps and compare every step."""
+    trainers = (
+        Trainer(ref, device=device, dtype=dtype, seed=seed),
+        Trainer(cand, device=device, dtype=dtype, seed=seed),
+    )
+    check_schedules(*trainers)
+    trainers[0].start(ref_params)
+    trainers[1].start(cand_params)
+    trajectories = (Trajectory(), Trajectory())
+    results = []
+    for index in range(steps):
+        outcomes = []
+        for trainer, trajectory in zip(trainers, trajectories):
+            trajectory.before.append({k: v.copy() for k, v in trainer.params.items()})
+            outcome = trainer.step(index, inputs)
+            trajectory.outcomes.append(outcome)
+            outcomes.append(outcome)
+        results.append(compare_step(index, *outcomes, param_map, ref, cand, tol))
+    return results, *trajectories
+
+
+def check_schedules(ref: Trainer, cand: Trainer) -> None:
+    if ref.schedule != cand.schedule:
+        raise VerificationError(
+            f"The graphs train on different schedules: reference {ref.schedule}, candidate "
+            f"{cand.schedule}; give both specs the same optimizer names and schedule."
+        )
+
+
+def compare_step(
+    index: int,
+    a: StepOutcome,
+    b: StepOutcome,
+    param_map: ParamMap,
+    ref: LossGraph,
+    cand: LossGraph,
+    tol: Tolerance,
+) -> StepResult:
+    losses = {
+        name: LossDiff(name, a.losses[name], b.losses[name],
+                       compare_arrays(np.asarray(a.losses[name]), np.asarray(b.losses[name]), tol))
+        for name in a.losses
+    }
+    gradients = {}
+    parameters = {}
+    state = {}
+    b_state = {split_state_key(k): v for k, v in b.opt_state.items()}
+    b_state = {(p, canonical_slot(s)): v for (p, s), v in b_state.items()}
+    for pair in param_map.pairs:
+        if ref.meta.params[pair.reference].trainable:
+            ga = a.gradients.get(pair.reference)
+            gb = b.gradients.get(pair.candidate)
+            if ga is not None or gb is not None:
+                ga = ga if ga is not None else np.zeros_like(a.params[pair.reference])
+                gb = pair.carry_back(gb) if gb is not None else np.zeros_like(ga)
+                gradients[pair.reference] = GradDiff({a.loss: compare_arrays(ga, gb, tol)})
+        parameters[pair.reference] = compare_arrays(
+            a.params[pair.reference], pair.carry_back(b.params[pair.candidate]), tol
+        )
+    pairs = param_map.by_reference()
+    for key, value in a.opt_state.items():
+        param, slot = split_state_key(key)
+        pair = pairs.get(param)
+        other = b_state.get((pair.candidate, canonical_slot(slot))) if pair else None
+        if other is None:
+            continue  # no counterpart in the candidate's optimizer (e.g. step vs beta powers)
+        other = pair.carry_back(np.asarray(other))
+        if other.shape == np.shape(value):
+            state[key] = compare_arrays(np.asarray(value), other, tol)
+    return StepResult(
+        step=index,
+        losses=losses,
+        loss=a.loss,
+        optimizer=a.optimizer,
+        gradients=gradients,
+        parameters=parameters,
+        optimizer_state=state,
+        lr=compare_arrays(np.asarray(a.lr), np.asarray(b.lr), tol),
+    )
