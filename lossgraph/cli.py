@@ -66,7 +66,7 @@ def export(target: str, output: str, seed: int) -> None:
     from lossgraph.verify.report import render_export
 
     graph = export_spec(target, output, seed=seed)
-    render_export(graph, output, Console())
+    render_export(graph, output, _console())
 
 
 @main.command()
@@ -136,10 +136,16 @@ def verify(
         strict=strict,
     )
     result = run_verify(reference, candidate, options)
-    render_verify(result, Console())
+    render_verify(result, _console())
     if json_file:
         write_json(result, json_file)
     click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
+
+
+def _console() -> Console:
+    """Reports are wide tables: keep them readable when the output is not a terminal."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def native_runner():

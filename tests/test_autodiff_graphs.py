@@ -134,8 +134,12 @@ def test_cli_grads_catch_what_forward_losses_miss(cli, exported, tmp_path):
     result = cli("verify", ref, cand, "--grads", "--json", report)
     assert result.exit_code == 1
     data = json.loads(report.read_text())
-    assert data["first_divergence"]["phase"] == "backward"
     assert all(d["passed"] for d in data["steps"][0]["losses"].values())
+    assert not all(d["passed"] for d in data["steps"][0]["gradients"].values())
+    # the losses agree, but the module taps show where the graphs part: the generators
+    divergence = data["first_divergence"]
+    assert divergence["localized"] and divergence["phase"] == "forward"
+    assert divergence["scope"].startswith("generator_")
 
 
 STOP_GRADIENT = """

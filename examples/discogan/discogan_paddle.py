@@ -169,7 +169,7 @@ def build_model(hinge_margin: float = 1.0) -> DiscoGAN:
     return DiscoGAN(hinge_margin)
 
 
-def make_spec(model: DiscoGAN, loss=discogan_loss) -> lg.Spec:
+def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False) -> lg.Spec:
     gen_params = model.generator_A.parameters() + model.generator_B.parameters()
     dis_params = model.discriminator_A.parameters() + model.discriminator_B.parameters()
     return lg.Spec(
@@ -186,9 +186,15 @@ def make_spec(model: DiscoGAN, loss=discogan_loss) -> lg.Spec:
                                          weight_decay=1e-5),
         },
         schedule=[("dis_loss", "dis"), ("gen_loss", "gen")],
+        train=train,
     )
 
 
 def spec() -> lg.Spec:
     """DiscoGAN in eval mode, as in the seed's loss alignment."""
     return make_spec(build_model())
+
+
+def spec_train() -> lg.Spec:
+    """DiscoGAN in training mode (batch statistics; running statistics as graph outputs)."""
+    return make_spec(build_model(), train=True)

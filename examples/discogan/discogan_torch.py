@@ -181,3 +181,9 @@ def spec() -> lg.Spec:
     """DiscoGAN in eval mode, as in the seed's loss alignment."""
     return make_spec(build_model())
 
+
+
+def spec_train() -> lg.Spec:
+    """DiscoGAN in training mode: BatchNorm normalizes with batch statistics and updates its
+    running statistics (exported as graph outputs)."""
+    return make_spec(build_model(), train=True)

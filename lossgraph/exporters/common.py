@@ -162,6 +162,14 @@ def record_eager_check(
             )
 
 
+def absolute_source(source: str) -> str:
+    """``FILE.py:NAME`` with FILE made absolute, so the graph can find its spec from anywhere."""
+    if not source:
+        return source
+    path, name = parse_target(source)
+    return f"{path.resolve()}:{name}"
+
+
 def relative_to_cwd(path: str) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
@@ -213,7 +221,7 @@ def finish_export(
         inputs=dict(spec.inputs),
         params=params,
         versions=versions,
-        source=spec.source,
+        source=absolute_source(spec.source),
         train=spec.train,
         optimizers=optimizers,
         schedule=check_schedule(spec, names),

@@ -66,7 +66,7 @@ def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state
         if planned and planned.when == "before" and count % planned.every == 0:
             planned.scheduler.step()
         values = forward(masks_for(index))
-        losses = {name: float(np.asarray(values[name])) for name in meta.losses}
+        losses = {name: float(values[name].item()) for name in meta.losses}
         backward(values[loss])
         step_optimizer(optimizer)
         counts[optimizer] = count + 1

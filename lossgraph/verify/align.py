@@ -152,6 +152,8 @@ LAYER_ALIASES = {
     "conv3dtranspose": "convtranspose3d",
     "batchnorm": "batchnorm2d",
 }
+#: Buffers only one framework has (no counterpart to pair with, nothing to report).
+FRAMEWORK_ONLY_ATTRIBUTES = ("num_batches_tracked",)
 #: Layer kinds whose weight is stored transposed in Paddle relative to torch.
 TRANSPOSED_WEIGHT_LAYERS = ("linear",)
 
@@ -242,10 +244,20 @@ def _checked_map(
             good.append(pair)
     paired_ref = {p.reference for p in pairs}
     paired_cand = {p.candidate for p in pairs}
+    cross = reference.framework != candidate.framework
+
+    def expected(name: str, info: ParamInfo) -> bool:
+        """Buffers one framework has and the other never will (torch's num_batches_tracked)."""
+        return cross and canonical_attribute(info, name) in FRAMEWORK_ONLY_ATTRIBUTES
+
     result = ParamMap(
         pairs=good,
-        unmapped_reference=[n for n in ref_params if n not in paired_ref],
-        unmapped_candidate=[n for n in cand_params if n not in paired_cand],
+        unmapped_reference=[
+            n for n, i in ref_params.items() if n not in paired_ref and not expected(n, i)
+        ],
+        unmapped_candidate=[
+            n for n, i in cand_params.items() if n not in paired_cand and not expected(n, i)
+        ],
         shape_mismatch=mismatch,
     )
     if not good and not mismatch:

@@ -87,7 +87,7 @@ def run_values(side: Side, names: Sequence[str]) -> dict[str, np.ndarray]:
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
     for start in range(0, len(names), CHUNK):
         chunk = list(names[start : start + CHUNK])
-        runner = OrtRunner(side.model, fed=params, extra_outputs=chunk, device=side.device)
+        runner = OrtRunner(side.model, fed=params, extra_outputs=chunk, device=side.device, arena=False)
         out.update(runner.run(side.feeds, outputs=chunk))
     return out
 
@@ -304,6 +304,8 @@ def _tap_gradients(side: Side, loss: str, values: list[str]) -> dict[str, np.nda
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
     result = build_gradients(side.model, loss, values, feeds=side.feeds)
     outputs = [g for g in result.grads.values() if g]
-    got = OrtRunner(result.model, fed=params, device=side.device).run(side.feeds, outputs=outputs)
+    got = OrtRunner(result.model, fed=params, device=side.device, arena=False).run(
+        side.feeds, outputs=outputs
+    )
     shapes = run_values(side, values)
     return {v: got[g] if g else np.zeros_like(shapes[v]) for v, g in result.grads.items()}

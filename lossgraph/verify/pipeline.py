@@ -150,7 +150,9 @@ def run_verify(
 
         result.noise_floor = noise_floor(setup, options, steps)
     if failing is not None:
-        result.first_divergence = locate(setup, options, failing, ref_run, cand_run)
+        noise = result.noise_only and not options.strict
+        quick = replace(options, localize=options.localize and not noise)
+        result.first_divergence = locate(setup, quick, failing, ref_run, cand_run)
     if options.native and options.native_runner is not None and options.steps:
         result.native = {
             "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),

@@ -321,7 +321,8 @@ def _gradients_table(step: StepResult) -> Table:
 def render_export(graph: LossGraph, path: str, console: Console) -> None:
     """Print the summary of an export: losses (eager vs ORT), inputs, parameters, op histogram."""
     meta = graph.meta
-    console.print(f"[bold]lossgraph export[/bold]: {meta.source} ({meta.framework}) -> {path}")
+    source = _short(meta.source.rpartition(":")[0]) + ":" + meta.source.rpartition(":")[2]
+    console.print(f"[bold]lossgraph export[/bold]: {escape(source)} ({meta.framework}) -> {escape(str(path))}")
     eager: Mapping[str, Any] = meta.eager
     table = Table(title="Losses", title_justify="left")
     for column in ("loss", "eager", "ONNX Runtime", "|diff|"):

@@ -105,6 +105,7 @@ class OrtRunner:
         extra_outputs: Sequence[str] = (),
         device: str = "cpu",
         opt_level: str = "extended",
+        arena: bool = True,
     ) -> None:
         providers = check_device(device)
         check_ops(model)
@@ -112,6 +113,9 @@ class OrtRunner:
         options = ort.SessionOptions()
         options.graph_optimization_level = OPT_LEVELS[opt_level]
         options.log_severity_level = 3
+        # without the arena, memory goes back after each run (idle sessions do not each hold
+        # their peak); the arena is ~20% faster, so it is the default
+        options.enable_cpu_mem_arena = arena
         try:
             self.session = ort.InferenceSession(
                 prepared.SerializeToString(), options, providers=providers

@@ -97,7 +97,12 @@ class Trainer:
     def _runner(self, loss: str) -> tuple[OrtRunner, dict[str, str | None]]:
         if loss not in self._runners:
             result = build_gradients(self.graph.model, loss, self.trainable)
-            runner = OrtRunner(result.model, fed=self.params, device=self.device)
+            # float64 graphs (noise floor) are several times larger: one session at a time
+            if self.dtype != "float32":
+                self._runners.clear()
+            runner = OrtRunner(
+                result.model, fed=self.params, device=self.device, arena=self.dtype == "float32"
+            )
             self._runners[loss] = (runner, result.grads)
         return self._runners[loss]
 
