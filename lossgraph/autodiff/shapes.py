@@ -117,6 +117,10 @@ def constant_values(
                 end = _int_attr(node, "end", None)
                 out[node.output[0]] = shape[start:end]
             continue
+        if node.op_type == "CastLike" and node.input[0] in out and types and node.input[1] in types:
+            like = types[node.input[1]].numpy_dtype  # only the dtype of the second input matters
+            out[node.output[0]] = np.asarray(out[node.input[0]]).astype(like)
+            continue
         if node.op_type in _UNFOLDABLE or not node.input:
             continue
         inputs = [out.get(name) if name else None for name in node.input]

@@ -158,7 +158,8 @@ def record_eager_check(
             raise ExportError(
                 f"The exported graph computes loss {name!r} = {got:.9g} on ONNX Runtime, but "
                 f"{graph.framework} eager gives {expected:.9g}: the exporter mistranslated an op "
-                f"of this loss."
+                f"of this loss, or a kernel differs beyond rounding on these inputs (e.g. a "
+                f"sigmoid saturated to exactly 1 in one runtime only)."
             )
 
 

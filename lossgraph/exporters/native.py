@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from lossgraph.errors import VerificationError
+from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
 from lossgraph.graph import GraphMeta
-from lossgraph.spec import LRSchedule, Spec, load_spec, parse_target
+from lossgraph.spec import LRSchedule, load_spec, parse_target
 from lossgraph.verify.inputs import draw_mask
 
 DEFAULT_LR = 1e-3
@@ -151,16 +152,4 @@ def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
         return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
     return _loop(spec, meta, steps, masks_for, forward, lambda t: t.backward(),
-                 step_optimizer, state_dict, _paddle_schedulers(spec, optimizers))
-
-
-def _paddle_schedulers(spec: Spec, optimizers: Mapping[str, Any]) -> dict[str, Any]:
-    """Paddle schedulers: those of the spec, and any optimizer whose learning_rate is one."""
-    import paddle
-
-    out = dict(spec.lr_schedulers or {})
-    for name, optimizer in optimizers.items():
-        lr = getattr(optimizer, "_learning_rate", None)
-        if name not in out and isinstance(lr, paddle.optimizer.lr.LRScheduler):
-            out[name] = lr
-    return out
+                 step_optimizer, state_dict, paddle_schedulers(spec, optimizers))

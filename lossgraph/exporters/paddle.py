@@ -119,12 +119,21 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         versions=package_versions("paddlepaddle", "paddle2onnx", "onnxruntime"),
         params=_param_infos(model, {t.name for t in proto.graph.initializer}),
         optimizers=_optimizer_infos(spec, model),
-        lr_schedulers={},
+        lr_schedulers=_lr_scheduler_infos(spec),
         eager=eager,
         inputs=arrays,
         seed=seed,
         training=trace if spec.train else None,
     )
+
+
+def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:
+    from lossgraph.exporters.schedules import paddle_schedule, paddle_schedulers
+
+    return {
+        name: paddle_schedule(value, spec.optimizers[name], f"{spec.source}: lr_schedulers[{name!r}]")
+        for name, value in paddle_schedulers(spec).items()
+    }
 
 
 def _mask_arguments(count: int) -> list[str]:

@@ -73,3 +73,16 @@ def _info(scheduler: Any, framework: str, schedule: LRSchedule, lrs: list[list[f
         "when": schedule.when,
         "lrs": lrs,
     }
+
+
+def paddle_schedulers(spec: Any, optimizers: Any = None) -> dict[str, Any]:
+    """Paddle schedulers: those the spec names, and any optimizer's ``learning_rate`` that is an
+    LRScheduler (stepped after every optimizer step unless the spec says otherwise)."""
+    import paddle
+
+    out = dict(spec.lr_schedulers or {})
+    for name, optimizer in (optimizers if optimizers is not None else spec.optimizers or {}).items():
+        lr = getattr(optimizer, "_learning_rate", None)
+        if name not in out and isinstance(lr, paddle.optimizer.lr.LRScheduler):
+            out[name] = lr
+    return out

@@ -267,10 +267,11 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
 
 
 def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:
-    infos = {}
-    for opt_name, scheduler in (spec.lr_schedulers or {}).items():
-        state = json_safe_dict(scheduler.state_dict(), skip=("_get_lr_called_within_step",))
-        infos[opt_name] = {"cls": type(scheduler).__name__, "framework": "torch", "state": state}
-    return infos
+    from lossgraph.exporters.schedules import torch_schedule
+
+    return {
+        name: torch_schedule(value, spec.optimizers[name], f"{spec.source}: lr_schedulers[{name!r}]")
+        for name, value in (spec.lr_schedulers or {}).items()
+    }
 
 

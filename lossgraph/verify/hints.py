@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from lossgraph.autodiff.shapes import constant_values
 from lossgraph.graph import LossGraph, OptimizerInfo
 from lossgraph.verify.results import Divergence
 
@@ -63,20 +62,24 @@ def hints_for(context: HintContext) -> str | None:
 
 
 @hint
-def transposed_linear_weight(ctx: HintContext) -> str | None:
-    node = ctx.node("ref")
-    if ctx.divergence.phase != "forward" or node is None or node.op_type not in ("Gemm", "MatMul"):
+def transposed_weight(ctx: HintContext) -> str | None:
+    """The candidate transposes a parameter the reference uses as stored at the origin."""
+    moved = ctx.values.get("transposed_params") or []
+    if not moved:
         return None
-    params = ctx.ref.meta.params
-    weights = [i for i in node.input if i in params and params[i].layer_type == "Linear"]
-    if not weights:
-        return None
-    shape = params[weights[0]].shape
-    square = len(shape) == 2 and shape[0] == shape[1]
+    ref_param, cand_param, perm = moved[0]
+    info = ctx.ref.meta.params.get(ref_param)
+    if info is not None and info.layer_type == "Linear":
+        square = len(info.shape) == 2 and info.shape[0] == info.shape[1]
+        return (
+            f"Linear weight layout: torch stores {ref_param} as [out, in], Paddle as [in, out]; "
+            f"the port multiplies by the weight the other way round"
+            + (" (it is square, so the shapes still fit)." if square else ".")
+        )
     return (
-        f"Linear weight layout: torch stores {weights[0]} as [out, in], Paddle as [in, out]; "
-        f"the port multiplies by the weight the other way round"
-        + (" (it is square, so the shapes still fit)." if square else ".")
+        f"The candidate transposes {cand_param} (perm {list(perm)}) before "
+        f"{ctx.divergence.op_type}; the reference uses {ref_param} as stored: a weight converted "
+        f"to the wrong layout, or transposed once too often."
     )
 
 
@@ -84,18 +87,6 @@ def _attributes(node: onnx.NodeProto | None) -> dict[str, Any]:
     if node is None:
         return {}
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _constants(graph: LossGraph, node: onnx.NodeProto | None) -> list[float]:
-    if node is None:
-        return []
-    consts = constant_values(graph.model)
-    out = []
-    for name in node.input:
-        value = consts.get(name)
-        if value is not None and value.size == 1 and name not in graph.meta.params:
-            out.append(float(np.asarray(value).reshape(-1)[0]))
-    return out
 
 
 @hint
@@ -118,33 +109,99 @@ def differing_attributes(ctx: HintContext) -> str | None:
     return f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
 
 
-@hint
-def differing_constants(ctx: HintContext) -> str | None:
-    """A constant operand differs (a margin, a clamp bound, an epsilon, a weighting)."""
-    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
-    a, b = _constants(ctx.ref, ref_node), _constants(ctx.cand, cand_node)
-    if not a or not b or sorted(a) == sorted(b):
+def _fmt_list(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _missing(values, others) -> list[float]:
+    """The values with no counterpart (equal within float32 rounding) among ``others``."""
+    return [v for v in values if not any(abs(v - o) <= 1e-6 * max(abs(v), abs(o)) for o in others)]
+
+
+def _constant_difference(ctx: HintContext) -> tuple[list[float], list[float]] | None:
+    """The constants only the reference / only the candidate computes with at the origin."""
+    ref, cand = ctx.values.get("ref_constants"), ctx.values.get("cand_constants")
+    if ref is None or cand is None:
         return None
+    return _missing(ref, cand), _missing(cand, ref)
+
+
+#: Normalization ops and the name of their epsilon in each framework.
+NORMALIZATIONS = {"BatchNormalization": "BatchNorm", "LayerNormalization": "LayerNorm",
+                  "InstanceNormalization": "InstanceNorm", "GroupNormalization": "GroupNorm"}
+
+
+@hint
+def normalization_epsilon(ctx: HintContext) -> str | None:
+    """A BatchNorm/LayerNorm epsilon of the reference that the candidate does not use."""
+    node, diff = ctx.node("ref"), _constant_difference(ctx)
+    if node is None or node.op_type not in NORMALIZATIONS or not diff:
+        return None
+    epsilon = float(np.float32(_attributes(node).get("epsilon", 1e-5)))
+    only_ref, only_cand = diff
+    if _missing([epsilon], only_ref):  # the candidate uses the same epsilon
+        return None
+    small = [v for v in only_cand if 0 < v < 0.1]
+    other = f"; the candidate computes with {_fmt_list(small)} instead" if small else ""
     return (
-        f"A constant differs at {ref_node.op_type}: the reference uses {_fmt_list(a)}, the "
-        f"candidate {_fmt_list(b)} (a margin, clamp, epsilon or weighting)."
+        f"{NORMALIZATIONS[node.op_type]} epsilon at {ctx.divergence.scope}: the reference uses "
+        f"{epsilon:g}{other} (epsilon defaults and names differ: eps vs epsilon)."
     )
 
 
-def _fmt_list(values: list[float]) -> str:
-    return ", ".join(f"{v:g}" for v in values)
+@hint
+def differing_constants(ctx: HintContext) -> str | None:
+    """The origin computes with a constant the candidate does not use (a margin, a clamp bound,
+    a weighting); normalization epsilons and BCE's clamp have hints of their own."""
+    node, diff = ctx.node("ref"), _constant_difference(ctx)
+    origin = ctx.values.get("origin_constants") or ()
+    if not diff or not origin or (node is not None and node.op_type in NORMALIZATIONS):
+        return None
+    only_ref, only_cand = diff
+    missing = _missing(origin, [c for c in origin if c not in only_ref])
+    if -100.0 in missing:
+        return None
+    extra = f"; the candidate has {_fmt_list(only_cand)}" if 0 < len(only_cand) <= 4 else ""
+    where = f"{ctx.divergence.op_type} in {ctx.divergence.scope or 'the loss'}"
+    if missing:
+        text = f"the reference computes {where} with {_fmt_list(missing)}, which the candidate does not use{extra}"
+    elif 0 < len(only_cand) <= 3:
+        text = f"the candidate computes with {_fmt_list(only_cand)} where the reference's {where} has none of it"
+    else:
+        return None
+    return f"A constant differs: {text} (a margin, clamp, epsilon or weighting)."
+
+
+@hint
+def cross_entropy_axis(ctx: HintContext) -> str | None:
+    """torch's class axis is 1; a port whose scores reach the loss through a Transpose that
+    moves another axis there (Paddle's cross_entropy takes the last axis) has other classes."""
+    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
+    ops = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
+    if ref_node is None or cand_node is None or cand_node.op_type not in ops:
+        return None
+    producers = {o: n for n in ctx.cand.model.graph.node for o in n.output}
+    source = producers.get(cand_node.input[0])
+    if source is None or source.op_type != "Transpose":
+        return None
+    perm = _attributes(source).get("perm") or []
+    if len(perm) < 2 or perm[1] == 1:
+        return None
+    return (
+        f"Cross-entropy class axis: the candidate takes axis {perm[1]} of the scores as the "
+        f"classes (Paddle's cross_entropy defaults to axis=-1), the reference axis 1 (torch)."
+    )
 
 
 @hint
 def bce_log_clamp(ctx: HintContext) -> str | None:
-    ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
-    for graph, node in ((ctx.ref, ref_node), (ctx.cand, cand_node)):
-        if node is not None and node.op_type in ("Log", "Max") and -100.0 in _constants(graph, node):
-            return (
-                "BCE clamps log(p) at -100 in torch (and Paddle's BCELoss); a hand-written BCE "
-                "without the clamp parts where p reaches 0 or 1."
-            )
-    return None
+    diff = _constant_difference(ctx)
+    if not diff or not any(-100.0 in side for side in diff):
+        return None
+    return (
+        "BCE clamps log(p) at -100 in torch (and Paddle's BCELoss); a hand-written BCE "
+        "without the clamp (or with log(p + eps)) parts where p reaches 0 or 1."
+    )
 
 
 @hint
@@ -194,7 +251,7 @@ def missing_detach(ctx: HintContext) -> str | None:
 @hint
 def batch_norm_running_stats(ctx: HintContext) -> str | None:
     """Running statistics updated with the other framework's momentum or variance convention."""
-    if ctx.divergence.phase != "update" or "ref_before" not in ctx.values:
+    if ctx.divergence.op_type != "running statistics" or "ref_before" not in ctx.values:
         return None
     before = np.asarray(ctx.values["ref_before"], np.float64)
     ref_step = np.asarray(ctx.values["ref_after"], np.float64) - before

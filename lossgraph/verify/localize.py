@@ -106,11 +106,16 @@ def _agree(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
     return bool(np.abs(a64 - b).max(initial=0.0) <= tol.atol + max(tol.rtol, MATCH_RTOL) * scale)
 
 
+def _corresponds(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
+    """Equal, or equal up to sign: exporters decompose ``1 - t`` as ``-(t - 1)`` and the like."""
+    return _agree(a, b, tol) or (a.shape == b.shape and _agree(a, -np.asarray(b), tol))
+
+
 def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
     from lossgraph.autodiff.shapes import infer_types
 
     types = infer_types(graph.model)
-    return [n for n in names if n in types and types[n].is_float and types[n].shape]
+    return [n for n in names if n in types and types[n].is_float]
 
 
 def _ancestors(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
@@ -158,41 +163,51 @@ def _scope_of(node: onnx.NodeProto | None, tap: str) -> str:
 
 def localize_forward(
     ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str | None
-) -> Divergence | None:
-    """The forward origin of a divergence, or None if no tap or node diverges."""
+) -> tuple[Divergence | None, dict[str, object]]:
+    """The forward origin of a divergence (None if neither a tap nor the loss diverges), and
+    what the hints need to know about it (see :class:`Origin`)."""
     modules = module_map(param_map, ref.graph, cand.graph)
     ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
     pairs = {t: cand_taps[translate_tap(t, modules)] for t in ref_taps if translate_tap(t, modules) in cand_taps}
     ref_values = run_values(ref, [ref_taps[t] for t in pairs])
     cand_values = run_values(cand, list(pairs.values()))
     diverged = [t for t in pairs if not _agree(ref_values[ref_taps[t]], cand_values[pairs[t]], tol)]
-    target = ref_taps[diverged[0]] if diverged else None
     tap = diverged[0] if diverged else ""
-    if target is None:
-        # no module output parts: the divergence is in the loss computation itself
-        target = loss or ref.graph.meta.losses[0]
+    if diverged:
+        target, cand_target = ref_taps[tap], pairs[tap]
+    else:
+        # no module output parts: the divergence, if any, is in the loss computation itself
+        target = cand_target = loss or ref.graph.meta.losses[0]
+        values = run_values(ref, [target]), run_values(cand, [target])
+        if _agree(values[0][target], values[1][target], tol):
+            return None, {}
     agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged}
     agreed.update({name: name for name in ref.graph.meta.inputs})
     agreed.update({p.reference: p.candidate for p in param_map.pairs})
-    found = _origin_in_region(ref, cand, target, agreed, tol, step, "forward", tap, loss)
-    if found is None and diverged:
+    origin = _origin_in_region(ref, cand, target, cand_target, agreed, tol)
+    if origin is None and diverged:
         # value matching can be fooled where parameters are still identities (BatchNorm scale
         # 1 and shift 0 at initialization): search again with every parameter perturbed alike
-        found = _origin_in_region(
-            perturbed(ref, param_map.pairs, "reference"), perturbed(cand, param_map.pairs, "candidate", ref),
-            target, agreed, tol, step, "forward", tap, loss,
+        origin = _origin_in_region(
+            perturbed(ref, param_map.pairs, "reference"),
+            perturbed(cand, param_map.pairs, "candidate", ref),
+            target, cand_target, agreed, tol,
         )
-        if found is not None:  # report the difference the actual weights make, at the tap
-            actual = float(np.abs(ref_values[target].astype(np.float64) - cand_values[pairs[tap]]).max())
-            found = replace(found, max_abs_diff=actual)
-    if found is None and diverged:
-        node = next(n for n in ref.model.graph.node if node_meta(n, TAP_KEY) == tap)
-        cand_node = next(
-            n for n in cand.model.graph.node if node_meta(n, TAP_KEY) == translate_tap(tap, modules)
+        if origin is not None:  # report the difference the actual weights make, at the tap
+            actual = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
+            origin = replace(origin, diff=actual)
+    if origin is not None:
+        found = _divergence(
+            step, "forward", origin.ref_node, origin.cand_node, _scope_of(origin.ref_node, tap),
+            origin.diff, loss,
         )
-        diff = float(np.abs(ref_values[target].astype(np.float64) - cand_values[pairs[tap]]).max())
-        return _divergence(step, "forward", node, cand_node, tap.partition("#")[0], diff, loss)
-    return found
+        return found, origin.hint_values()
+    if diverged:
+        node = _producer(ref.model.graph, target)
+        cand_node = _producer(cand.model.graph, cand_target)
+        diff = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
+        return _divergence(step, "forward", node, cand_node, tap.partition("#")[0], diff, loss), {}
+    return None, {}
 
 
 def perturbed(side: Side, pairs, which: str, ref: Side | None = None) -> Side:
@@ -213,69 +228,215 @@ def perturbed(side: Side, pairs, which: str, ref: Side | None = None) -> Side:
     return Side(side.graph, feeds, side.device)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """The node where the values part, on both sides, with what the hints look at."""
+
+    ref_node: onnx.NodeProto
+    cand_node: onnx.NodeProto | None
+    diff: float  # to the nearest candidate value of the same shape
+    ref_value: np.ndarray
+    cand_value: np.ndarray | None  # that nearest candidate value
+    ref_constants: tuple[float, ...]  # float constants the reference computes with between the
+    cand_constants: tuple[float, ...]  # agreeing inputs and the diverging value; the candidate's
+    origin_constants: tuple[float, ...]  # those the origin node itself consumes
+    #: (reference parameter, candidate parameter, perm): parameters the origin consumes that
+    #: the candidate transposes on the way
+    transposed_params: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+
+    def hint_values(self) -> dict[str, object]:
+        return {
+            "ref_value": self.ref_value,
+            "cand_value": self.cand_value,
+            "ref_constants": self.ref_constants,
+            "cand_constants": self.cand_constants,
+            "origin_constants": self.origin_constants,
+            "transposed_params": self.transposed_params,
+        }
+
+
+#: Ops whose output depends on the shape or type of an input, not on its values: how many of
+#: their leading inputs carry values.
+SHAPE_OPS = {"Shape": 0, "Size": 0, "CastLike": 1}
+
+
+def _value_dependent(graph: onnx.GraphProto, feeds: Iterable[str]) -> set[str]:
+    """The values that depend on the values fed (inputs, parameters, masks); everything else
+    (constants, shapes, ``ones_like``) is the same whatever is fed."""
+    out = set(feeds)
+    for node in graph.node:
+        inputs = node.input[: SHAPE_OPS.get(node.op_type, len(node.input))]
+        if any(i in out for i in inputs):
+            out.update(node.output)
+    return out
+
+
+def _producer(graph: onnx.GraphProto, value: str) -> onnx.NodeProto | None:
+    return next((n for n in graph.node if value in n.output), None)
+
+
+def _between(graph: onnx.GraphProto, sources: Iterable[str], target: str) -> list[onnx.NodeProto]:
+    """The nodes downstream of ``sources`` that ``target`` depends on, in graph order."""
+    upstream = _ancestors(graph, target)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in upstream:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    reached, stack = set(), list(sources)
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if id(node) not in reached:
+                reached.add(id(node))
+                stack.extend(node.output)
+    return [n for n in upstream if id(n) in reached]
+
+
 def _origin_in_region(
-    ref: Side, cand: Side, target: str, known: Mapping[str, str], tol: Tolerance,
-    step: int, phase: str, tap: str, loss: str | None,
-) -> Divergence | None:
-    """Search the reference nodes that compute ``target`` (after the values already known to
-    agree) for the first one whose output has no counterpart in the candidate."""
+    ref: Side, cand: Side, target: str, cand_target: str, known: Mapping[str, str], tol: Tolerance,
+) -> Origin | None:
+    """The origin of the divergence at ``target`` (its candidate counterpart ``cand_target``).
+
+    Every value-dependent reference value computing ``target`` (after the values already known
+    to agree) is given a candidate counterpart where one agrees with it. A reference value
+    without one may be an intermediate of a computation the candidate decomposes otherwise
+    (``a * 0.5 + b`` vs ``(a + 2b) / 2``); the origin is where the difference persists: walking
+    back from ``target`` through values without counterparts, the earliest node whose
+    value-dependent inputs all have counterparts."""
     region = [n for n in _ancestors(ref.model.graph, target) if n.op_type != "Constant"]
-    ref_names = _float_values(ref.graph, [o for n in region for o in n.output])
-    cand_names = _float_values(cand.graph, [o for n in cand.model.graph.node for o in n.output])
+    ref_dependent = _value_dependent(ref.model.graph, ref.feeds)
+    cand_dependent = _value_dependent(cand.model.graph, cand.feeds)
+    ref_names = _float_values(ref.graph, [o for n in region for o in n.output if o in ref_dependent])
+    cand_names = _float_values(
+        cand.graph, [o for n in cand.model.graph.node for o in n.output if o in cand_dependent]
+    )
     ref_vals = run_values(ref, ref_names)
     cand_vals = run_values(cand, cand_names)
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name in cand_names:
         by_shape.setdefault(cand_vals[name].shape, []).append(name)
     counterpart: dict[str, str] = dict(known)
-    leaves = set(ref.feeds) | {t.name for t in ref.model.graph.initializer}
     for node in region:
-        outs = [o for o in node.output if o in ref_vals]
-        for out in outs:
-            if out in counterpart:
-                continue
-            match = next(
-                (c for c in by_shape.get(ref_vals[out].shape, []) if _agree(ref_vals[out], cand_vals[c], tol)),
-                None,
-            )
-            if match is not None:
-                counterpart[out] = match
-        inputs_ok = all(
-            i in counterpart or i in leaves or i not in ref_vals for i in node.input if i
-        )
-        unmatched = [o for o in outs if o not in counterpart]
-        if inputs_ok and unmatched:
-            inputs = [counterpart[i] for i in node.input if i in counterpart]
-            cand_node = _candidate_node(cand, inputs, node.op_type, cand_vals, ref_vals[unmatched[0]])
-            diff = _closest_diff(ref_vals[unmatched[0]], cand_vals, by_shape)
-            return _divergence(step, phase, node, cand_node, _scope_of(node, tap), diff, loss)
-    return None
+        for out in node.output:
+            if out in ref_vals and out not in counterpart:
+                match = next(
+                    (c for c in by_shape.get(ref_vals[out].shape, [])
+                     if _corresponds(ref_vals[out], cand_vals[c], tol)),
+                    None,
+                )
+                if match is not None:
+                    counterpart[out] = match
+    if target not in ref_vals or target in counterpart:
+        return None
+    producers = {o: n for n in region for o in n.output}
+    order = {id(n): i for i, n in enumerate(region)}
+    origins, stack, seen = [], [target], set()
+    while stack:
+        value = stack.pop()
+        node = producers.get(value)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        parted = [i for i in node.input if i in ref_vals and i not in counterpart]
+        if parted:
+            stack.extend(parted)
+        else:
+            origins.append(node)
+    if not origins:
+        return None
+    node = min(origins, key=lambda n: order[id(n)])
+    out = next(o for o in node.output if o in ref_vals and o not in counterpart)
+    sources = [i for i in node.input if i in counterpart and (i in ref_vals or i in ref.feeds)]
+    cand_sources = [counterpart[i] for i in sources]
+    ref_between = _between(ref.model.graph, sources, target) or [node]
+    cand_between = _between(cand.model.graph, cand_sources, cand_target)
+    cand_node = next((n for n in cand_between if n.op_type == node.op_type), None)
+    if cand_node is None:
+        cand_node = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
+    diff, closest = _closest(ref_vals[out], cand_vals, by_shape)
+    params = ref.graph.meta.params
+    transposed = tuple(
+        (i, n.input[0], tuple(_perm(n)))
+        for i in node.input if i in params and i in counterpart
+        for n in cand_between if n.op_type == "Transpose" and n.input[0] == counterpart[i]
+    )
+    ref_consts = constant_scalars(ref.graph, ref_dependent)
+    cand_consts = constant_scalars(cand.graph, cand_dependent)
+    return Origin(
+        ref_node=node,
+        cand_node=cand_node,
+        diff=diff,
+        ref_value=ref_vals[out],
+        cand_value=closest,
+        ref_constants=_consumed(ref_between, ref_consts),
+        cand_constants=_consumed(cand_between, cand_consts),
+        origin_constants=_consumed([node], ref_consts),
+        transposed_params=transposed,
+    )
 
 
-def _candidate_node(
-    cand: Side, inputs: list[str], op_type: str, cand_vals, ref_value
-) -> onnx.NodeProto | None:
-    """The candidate's version of the origin: a node consuming the counterparts of the origin's
-    inputs, preferably of the same op type, else one computing a value of the origin's shape."""
-    wanted = set(inputs)
-    graph = cand.model.graph
-    for node in graph.node:  # the same values under other names (Identity chains, taps)
-        if node.op_type == "Identity" and node.input[0] in wanted:
-            wanted.add(node.output[0])
-    consumers = [n for n in graph.node if n.op_type != "Identity" and wanted & set(n.input)]
-    same_op = [n for n in consumers if n.op_type == op_type]
-    same_shape = [
-        n for n in consumers
-        if any(o in cand_vals and cand_vals[o].shape == ref_value.shape for o in n.output)
-    ]
-    return (same_op or same_shape or consumers or [None])[0]
+def _perm(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
-def _closest_diff(ref_value, cand_vals, by_shape) -> float:
+#: Ops that relabel or move values without computing: the candidate's version of an origin is
+#: the first node after them.
+PASS_THROUGH = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+
+#: Attributes that are numeric constants of a computation (an epsilon, a slope, a bound), and
+#: the ops they are that for ("*": every op).
+CONSTANT_ATTRIBUTES = {
+    "epsilon": "*", "momentum": "*", "alpha": ("LeakyRelu", "Elu", "Celu", "Selu", "HardSigmoid"),
+    "min": ("Clip",), "max": ("Clip",), "ratio": ("Dropout",),
+}
+
+
+def constant_scalars(graph: LossGraph, dependent: set[str]) -> dict[str, float]:
+    """Float constants of a graph that do not depend on what is fed: scalars, or tensors of one
+    repeated value (``full``, ``ones_like * m``), as value name -> number."""
+    from lossgraph.autodiff.shapes import constant_values, infer_types
+
+    model = onnx.ModelProto()
+    model.opset_import.extend(graph.model.opset_import)
+    model.graph.node.extend(graph.model.graph.node)  # without the initializers: not constants
+    out = {}
+    for name, value in constant_values(model, infer_types(graph.model)).items():
+        value = np.asarray(value)
+        if name in dependent or value.size == 0 or not np.issubdtype(value.dtype, np.floating):
+            continue
+        unique = np.unique(value)
+        if unique.size == 1:
+            out[name] = float(np.float32(unique[0]))
+    return out
+
+
+#: Ops whose constant inputs are weights, not scalars of the computation.
+WEIGHTED_OPS = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization",
+    "InstanceNormalization",
+)
+
+
+def _consumed(nodes: Iterable[onnx.NodeProto], constants: Mapping[str, float]) -> tuple[float, ...]:
+    """The constant numbers these nodes compute with: constant inputs and numeric attributes."""
+    found: list[float] = []
+    for node in nodes:
+        if node.op_type not in WEIGHTED_OPS:  # a constant weight is no margin or epsilon
+            found += [constants[i] for i in node.input if i in constants]
+        for attr in node.attribute:
+            ops = CONSTANT_ATTRIBUTES.get(attr.name, ())
+            if attr.type == onnx.AttributeProto.FLOAT and (ops == "*" or node.op_type in ops):
+                found.append(float(np.float32(attr.f)))
+    return tuple(sorted(set(found)))
+
+
+def _closest(ref_value, cand_vals, by_shape) -> tuple[float, np.ndarray | None]:
+    """The candidate value of the same shape nearest the reference value, and its distance."""
     candidates = [cand_vals[c] for c in by_shape.get(ref_value.shape, [])]
     if not candidates:
-        return float("inf")
-    return min(float(np.abs(ref_value.astype(np.float64) - c).max()) for c in candidates)
+        return float("inf"), None
+    diffs = [float(np.abs(ref_value.astype(np.float64) - c).max()) for c in candidates]
+    best = int(np.argmin(diffs))
+    return diffs[best], candidates[best]
 
 
 def localize_backward(

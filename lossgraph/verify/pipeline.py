@@ -181,7 +181,10 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     found = None
     values: dict[str, Any] = {}
     if options.localize and phase in ("forward", "backward"):
-        found = localize_forward(ref_side, cand_side, setup.param_map, setup.tol, step.step, loss)
+        found, origin = localize_forward(
+            ref_side, cand_side, setup.param_map, setup.tol, step.step, loss
+        )
+        values.update(origin)
         if found is None and phase == "backward":
             grad_loss = step.loss or _worst_gradient_loss(step)
             found, grads = localize_backward(

@@ -1,0 +1,46 @@
+"""The bug gallery (examples/bugs/catalog.py): every porting bug is found at the right step,
+phase and module scope, with the right likely cause; the correct ports pass."""
+
+import json
+import sys
+
+import pytest
+from conftest import EXAMPLES
+
+sys.path.insert(0, str(EXAMPLES / "bugs"))
+from catalog import BUGS, CORRECT  # noqa: E402
+
+
+def _verify(cli, exported, reference, candidate, args, tmp_path):
+    report = tmp_path / "report.json"
+    result = cli("verify", exported(str(EXAMPLES / reference)), exported(str(EXAMPLES / candidate)),
+                 "--tol", "1e-6", "--json", report, *args)
+    return result, json.loads(report.read_text())
+
+
+def test_gallery_has_the_design_pitfalls():
+    assert len(BUGS) >= 10
+    assert len({b.name for b in BUGS}) == len(BUGS)
+    assert {b.phase for b in BUGS} == {"forward", "backward", "update"}
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
+def test_bug_is_localized(cli, exported, bug, tmp_path):
+    result, report = _verify(cli, exported, bug.reference, bug.candidate, bug.args, tmp_path)
+    assert result.exit_code == 1, result.stdout
+    found = report["first_divergence"]
+    assert found["localized"], found
+    assert (found["step"], found["phase"]) == (bug.step, bug.phase), found
+    assert found["scope"].startswith(bug.scope), found
+    if not bug.scope:
+        assert found["scope"] == "", found
+    assert bug.hint.lower() in (found["hint"] or "").lower(), found
+    assert "likely cause" in result.stdout  # the terminal report leads with it
+
+
+@pytest.mark.parametrize("reference, candidate, args", CORRECT, ids=[c[1] for c in CORRECT])
+def test_correct_port_passes(cli, exported, reference, candidate, args, tmp_path):
+    result, report = _verify(cli, exported, reference, candidate, args, tmp_path)
+    assert result.exit_code == 0, result.stdout
+    assert report["first_divergence"] is None
+    assert report["passed"]
