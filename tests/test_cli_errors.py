@@ -60,6 +60,28 @@ def other_input():
 def bad_dtype():
     return lg.Spec(model=_net(), loss=lambda model, x: model(x).sum(),
                    inputs={"x": lg.Input([4, 3], dtype="complex64")})
+
+def not_a_spec():
+    return {"model": _net(), "inputs": {"x": lg.Input([4, 3])}}
+
+def unaccepted_input():
+    return lg.Spec(model=_net(), loss=lambda model, x: model(x).sum(),
+                   inputs={"x": lg.Input([4, 3]), "y": lg.Input([4, 3])})
+
+def missing_input():
+    return lg.Spec(model=_net(), loss=lambda model, x, y: (model(x) * y).sum(),
+                   inputs={"x": lg.Input([4, 3])})
+
+def negative_dim():
+    return lg.Spec(model=_net(), loss=lambda model, x: model(x).sum(),
+                   inputs={"x": lg.Input([4, -3])})
+
+def string_shape():
+    return lg.Spec(model=_net(), loss=lambda model, x: model(x).sum(), inputs={"x": lg.Input("abc")})
+
+def dict_with_non_scalar():
+    return lg.Spec(model=_net(), loss=lambda model, x: {"total": model(x).sum(), "per_row": model(x)},
+                   inputs={"x": lg.Input([4, 3])})
 """
 
 
@@ -92,6 +114,14 @@ def test_export_of_a_missing_function(cli, specs, tmp_path):
         ("non_scalar", "loss 'loss' must be a scalar, got a tensor of shape [4, 2]"),
         ("list_loss", "must return a scalar tensor or a non-empty dict"),
         ("bad_dtype", "Input dtype must be one of"),
+        ("not_a_spec", "not_a_spec() must return a lossgraph.Spec, got dict"),
+        ("unaccepted_input", "does not accept the spec's inputs (x, y): got an unexpected "
+                             "keyword argument 'y'; it takes (model, x)"),
+        ("missing_input", "does not accept the spec's inputs (x): missing a required argument: "
+                          "'y'; it takes (model, x, y)"),
+        ("negative_dim", "Input shape must be a list of positive integers, got [4, -3]"),
+        ("string_shape", "Input shape must be a list of positive integers, got 'abc'"),
+        ("dict_with_non_scalar", "loss 'per_row' must be a scalar, got a tensor of shape [4, 2]"),
     ],
 )
 def test_export_of_bad_specs(cli, specs, tmp_path, name, message):

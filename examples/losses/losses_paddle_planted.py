@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import paddle
 import paddle.nn.functional as F
-from losses_paddle import HALF, SIGN, X, _head, _reductions
+from losses_paddle import HALF, SIGN_1, D, X, _head, _reductions
 
 import lossgraph as lg
 
@@ -24,7 +24,7 @@ def hinge_margin():
             "margin2_mean": F.hinge_embedding_loss(out, y, margin=2.0),
         }
 
-    return lg.Spec(model=_head(), loss=loss, inputs={"x": X, "y": SIGN})
+    return lg.Spec(model=_head(D, 1), loss=loss, inputs={"x": X, "y": SIGN_1})
 
 
 def linear_not_transposed():
