@@ -86,6 +86,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
 @click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor).")
 def verify(
     reference: str,
     candidate: str,
@@ -103,6 +104,7 @@ def verify(
     no_noise_floor: bool,
     strict: bool,
     json_file: str | None,
+    html_file: str | None,
 ) -> None:
     """Compare CANDIDATE against REFERENCE (two graphs from `lossgraph export`).
 
@@ -117,7 +119,7 @@ def verify(
     tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """
     from lossgraph.verify.pipeline import VerifyOptions, run_verify
-    from lossgraph.verify.report import render_verify, write_json
+    from lossgraph.verify.report import render_verify, report_dict, write_html, write_json
 
     options = VerifyOptions(
         tol=tol,
@@ -139,7 +141,23 @@ def verify(
     render_verify(result, _console())
     if json_file:
         write_json(result, json_file)
+    if html_file:
+        write_html(report_dict(result), html_file)
     click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
+
+
+@main.command()
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False))
+@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+def report(report_file: str, html_file: str) -> None:
+    """Render a JSON report saved by `lossgraph verify --json` as one self-contained HTML file
+    (opens offline: per-step difference plot, the divergence in the graph neighbourhood of both
+    sides, the noise-floor verdict)."""
+    from lossgraph.verify.report import read_report, write_html
+
+    data = read_report(report_file)
+    write_html(data, html_file)
+    click.echo(f"lossgraph report: {report_file} -> {html_file} ({'passed' if data['passed'] else 'diverged'})")
 
 
 def _console() -> Console:

@@ -32,6 +32,10 @@ GRAD_MARKER_TAG = -2.718281e38
 #: The tag value of a module-output tap marker, and the node metadata naming a tap.
 TAP_TAG = -3.141592e38
 TAP_KEY = "lossgraph.tap"
+#: Without optimizers in the spec, training steps (on ORT and natively) use plain SGD, under
+#: this name, with this learning rate, on every trainable parameter.
+DEFAULT_OPTIMIZER = "sgd"
+DEFAULT_LR = 1e-3
 
 
 @dataclass
@@ -82,8 +86,14 @@ class GraphMeta:
     eager: dict[str, Any] = field(default_factory=dict)
     #: training mode: graph output name -> buffer it updates (BatchNorm running statistics)
     state_outputs: dict[str, str] = field(default_factory=dict)
-    #: training mode: one entry per dropout, fed as graph input ``dropout:<k>``
+    #: training mode: one entry per dropout, fed as graph input ``dropout:<k>`` (p, scale,
+    #: shape, and the module path of the layer that called it as ``scope``)
     dropout: list[dict[str, Any]] = field(default_factory=list)
+    #: training mode: running-variance buffer -> how its BatchNorm updates it: ``module``,
+    #: ``momentum`` (the framework's own value; None: torch's cumulative average),
+    #: ``convention`` ("unbiased" batch variance, torch; "biased", Paddle) and ``counts``
+    #: (elements per channel of the batch, one per call of the layer in a forward pass)
+    batch_norm: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -158,6 +168,19 @@ class LossGraph:
 
     def op_histogram(self) -> Counter[str]:
         return Counter(node.op_type for node in self.model.graph.node)
+
+
+def training_schedule(
+    schedule: list[tuple[str, str]] | None, losses: list[str], optimizers: Any
+) -> list[tuple[str, str]]:
+    """The ``(loss, optimizer)`` pairs training steps cycle through: the spec's schedule; without
+    one, the first loss with the first optimizer (:data:`DEFAULT_OPTIMIZER` when there are none).
+
+    The ONNX Runtime trainer and the native (eager) runs both take their schedule from here, so
+    that they train the same steps."""
+    if schedule:
+        return [(str(loss), str(opt)) for loss, opt in schedule]
+    return [(losses[0], next(iter(optimizers or {}), DEFAULT_OPTIMIZER))]
 
 
 def node_meta(node: onnx.NodeProto, key: str) -> str | None:

@@ -14,7 +14,7 @@ from catalog import BUGS, CORRECT  # noqa: E402
 def _verify(cli, exported, reference, candidate, args, tmp_path):
     report = tmp_path / "report.json"
     result = cli("verify", exported(str(EXAMPLES / reference)), exported(str(EXAMPLES / candidate)),
-                 "--tol", "1e-6", "--json", report, *args)
+                 "--tol", "1e-6", "--json", report, *args)  # a later --tol in args wins
     return result, json.loads(report.read_text())
 
 
@@ -44,3 +44,18 @@ def test_correct_port_passes(cli, exported, reference, candidate, args, tmp_path
     assert result.exit_code == 0, result.stdout
     assert report["first_divergence"] is None
     assert report["passed"]
+
+
+@pytest.mark.slow
+def test_discogan_port_five_steps_is_float32_noise(cli, exported, tmp_path):
+    """The seeds' DiscoGAN pair, correct: five alternating Adam steps; at a tolerance far below
+    float32 rounding every step diff is reported, and every one vanishes in float64."""
+    result, report = _verify(cli, exported, "discogan/discogan_torch.py:spec",
+                             "discogan/discogan_paddle.py:spec", ("--steps", "5", "--tol", "1e-9"),
+                             tmp_path)
+    assert result.exit_code == 0, result.stdout
+    floor = report["noise_floor"]
+    assert report["verdict"] == "noise" and floor["verdict"] == "noise"
+    assert len(floor["items"]) > 100  # losses, gradients, parameters and moments of 5 steps
+    assert all(i["float64"] <= 1e-2 * i["float32"] for i in floor["items"])
+    assert floor["max_float64_diff"] < 1e-12

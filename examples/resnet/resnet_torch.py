@@ -107,3 +107,13 @@ def resnet18(batch: int = 8, size: int = 224) -> lg.Spec:
 def resnet50(batch: int = 2, size: int = 128) -> lg.Spec:
     torch.manual_seed(0)
     return make_spec(ResNet(Bottleneck, [3, 4, 6, 3]), batch, size)
+
+
+def resnet50_planted(batch: int = 2, size: int = 128) -> lg.Spec:
+    """ResNet-50 with one porting bug deep inside: the first block of layer3 strides in its 1x1
+    conv1 (the original ResNet, "v1") where the reference strides in the 3x3 conv2 (torchvision's
+    "v1.5"). The shapes stay the same; the numbers do not."""
+    spec = resnet50(batch, size)
+    block = spec.model.layer3[0]
+    block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
+    return spec

@@ -229,6 +229,7 @@ def finish_export(
         lr_schedulers=lr_schedulers,
         state_outputs={f"state:{b}": b for b in training.state} if training else {},
         dropout=[c.to_dict() for c in training.dropouts] if training else [],
+        batch_norm=dict(training.batch_norm) if training else {},
     )
     graph = LossGraph(model=proto, meta=meta)
     record_eager_check(graph, eager, inputs, seed, training.state if training else None)

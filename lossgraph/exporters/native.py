@@ -4,13 +4,14 @@ The spec file recorded in a graph's metadata is loaded again, its model is given
 the ONNX Runtime run started from, and the spec's own optimizers and schedulers run the same
 schedule on the same inputs. Dropout uses the masks lossgraph feeds the graphs (the frameworks'
 RNGs would draw others); everything else — BatchNorm, the optimizers, ``zero_grad`` and
-``clear_grad`` — is the framework's own.
+``clear_grad`` — is the framework's own. The schedule, and the SGD used without optimizers,
+are the ONNX Runtime trainer's (``lossgraph.graph.training_schedule``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,9 @@ import numpy as np
 from lossgraph.errors import VerificationError
 from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
-from lossgraph.graph import GraphMeta
+from lossgraph.graph import DEFAULT_LR, DEFAULT_OPTIMIZER, GraphMeta, training_schedule
 from lossgraph.spec import LRSchedule, load_spec, parse_target
 from lossgraph.verify.inputs import draw_mask
-
-DEFAULT_LR = 1e-3
 
 
 @dataclass
@@ -41,8 +40,12 @@ def run_native(
     steps: int,
     inputs: Mapping[str, np.ndarray],
     seed: int,
+    mask_indices: Sequence[int] | None = None,
 ) -> list[NativeStep]:
-    """Train the graph's spec eagerly for ``steps`` steps from the values ``start``."""
+    """Train the graph's spec eagerly for ``steps`` steps from the values ``start``.
+
+    ``mask_indices[k]``: the mask dropout ``k`` draws, as on ONNX Runtime (a candidate's dropouts
+    draw their matched reference dropouts' masks)."""
     path, _ = parse_target(meta.source) if meta.source else (None, "")
     if path is None or not Path(path).exists():
         raise VerificationError(
@@ -50,14 +53,15 @@ def run_native(
             f"it is not there."
         )
     spec = load_spec(meta.source)
+    indices = list(range(len(meta.dropout))) if mask_indices is None else list(mask_indices)
     if meta.framework == "torch":
-        return _run_torch(spec, meta, start, steps, inputs, seed)
-    return _run_paddle(spec, meta, start, steps, inputs, seed)
+        return _run_torch(spec, meta, start, steps, inputs, seed, indices)
+    return _run_paddle(spec, meta, start, steps, inputs, seed, indices)
 
 
 def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
     """The training loop both frameworks share; the callables do the framework's part."""
-    schedule = [tuple(e) for e in spec.schedule or []] or [(meta.losses[0], "sgd")]
+    schedule = training_schedule(meta.schedule, meta.losses, spec.optimizers)
     counts: dict[str, int] = {}
     out = []
     for index in range(steps):
@@ -83,7 +87,7 @@ def _as_schedule(value: Any) -> LRSchedule | None:
     return value if isinstance(value, LRSchedule) else LRSchedule(value)
 
 
-def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeStep]:
     import torch
 
     model = spec.model
@@ -91,14 +95,14 @@ def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     own = model.state_dict()
     model.load_state_dict({k: torch.from_numpy(np.array(start[k])) if k in start else v for k, v in own.items()})
     optimizers = dict(spec.optimizers or {}) or {
-        "sgd": torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=DEFAULT_LR)
+        DEFAULT_OPTIMIZER: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=DEFAULT_LR)
     }
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
 
     def masks_for(index):
         return [
-            torch.from_numpy(draw_mask(c["p"], c["scale"], c["shape"], seed, index, k))
+            torch.from_numpy(draw_mask(c["p"], c["scale"], c["shape"], seed, index, indices[k]))
             for k, c in enumerate(meta.dropout)
         ]
 
@@ -119,7 +123,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
                  step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
 
 
-def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+def _run_paddle(spec, meta, start, steps, inputs, seed, indices) -> list[NativeStep]:
     import paddle
 
     model = spec.model
@@ -127,14 +131,14 @@ def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     own = model.state_dict()
     model.set_state_dict({k: paddle.to_tensor(np.array(start[k])) if k in start else v for k, v in own.items()})
     optimizers = dict(spec.optimizers or {}) or {
-        "sgd": paddle.optimizer.SGD(DEFAULT_LR, parameters=[p for p in model.parameters() if not p.stop_gradient])
+        DEFAULT_OPTIMIZER: paddle.optimizer.SGD(DEFAULT_LR, parameters=[p for p in model.parameters() if not p.stop_gradient])
     }
     tensors = {k: paddle.to_tensor(v) for k, v in inputs.items()}
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
 
     def masks_for(index):
         return [
-            paddle.to_tensor(draw_mask(c["p"], c["scale"], c["shape"], seed, index, k))
+            paddle.to_tensor(draw_mask(c["p"], c["scale"], c["shape"], seed, index, indices[k]))
             for k, c in enumerate(meta.dropout)
         ]
 

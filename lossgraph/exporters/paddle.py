@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
             )
             eager = {n: float(np.asarray(v.numpy(), np.float64)) for n, v in losses.items()}
             trace = TrainingTrace(
-                list(recorder.dropouts), {k: v.numpy().copy() for k, v in recorder.state.items()}
+                list(recorder.dropouts), {k: v.numpy().copy() for k, v in recorder.state.items()},
+                dict(recorder.batch_norm),
             )
             recorder.taps = TapRecorder(
                 {id(layer): p for p, layer in model.named_sublayers() if p}
@@ -222,8 +223,9 @@ def _convert(
     ]
     prefix = tmp / "model"
     try:
-        static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
-        paddle.jit.save(static, str(prefix), skip_prune_program=True)
+        with _struct_paths(model) as struct_paths:
+            static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
+            paddle.jit.save(static, str(prefix), skip_prune_program=True)
     except Exception as exc:
         raise ExportError(
             f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "
@@ -241,7 +243,7 @@ def _convert(
         raise ExportError(f"paddle2onnx did not finish within {P2O_TIMEOUT_S} s.") from None
     log = proc.stdout + proc.stderr
     if not out.exists() or out.stat().st_size == 0 or proc.returncode != 0:
-        raise ExportError(_conversion_failure(log, Path(f"{prefix}.json"), spec))
+        raise ExportError(_conversion_failure(log, Path(f"{prefix}.json"), spec, struct_paths))
     proto = onnx.load(str(out))
     stops = [
         name
@@ -260,8 +262,11 @@ def _convert(
     return proto
 
 
-def _conversion_failure(log: str, program_json: Path, spec: Spec) -> str:
-    """One line naming the Paddle ops paddle2onnx rejected and the layers they belong to."""
+def _conversion_failure(
+    log: str, program_json: Path, spec: Spec, struct_paths: Mapping[str, str]
+) -> str:
+    """One line naming the Paddle ops paddle2onnx rejected and the layers they belong to, by
+    module path in the model where the trace recorded one (see :func:`_struct_paths`)."""
     failures: dict[str, str] = {}
     for line in log.splitlines():
         if line.startswith(UNSUPPORTED_PREFIX):
@@ -284,13 +289,53 @@ def _conversion_failure(log: str, program_json: Path, spec: Spec) -> str:
     layers = _layers_of_ops(program_json, {op.split(".", 1)[-1] for op in failures})
     parts = []
     for op, message in failures.items():
-        where = layers.get(op.split(".", 1)[-1])
+        # a layer called twice has two struct names but one path: name it once
+        where = list(dict.fromkeys(
+            struct_paths.get(struct, struct) for struct in layers.get(op.split(".", 1)[-1], [])
+        ))
         parts.append(f"{op} ({message})" + (f" in {', '.join(where)}" if where else ""))
     return (
         f"paddle2onnx cannot convert Paddle op(s) of {spec.source or 'the spec'}: "
         + "; ".join(parts)
         + "."
     )
+
+
+@contextlib.contextmanager
+def _struct_paths(model: Any) -> Iterator[dict[str, str]]:
+    """While the model is traced, map each Paddle struct name (``Sequential/Odd_1``) to the
+    module path of the layer call it names (``heads.1``).
+
+    Paddle tags every traced op with the class names of the layers it runs in, numbered per call
+    under the same parent and never reset in a process (``Odd_6``): a user cannot tell which
+    layer that is. A forward post-hook runs right after Paddle closed the layer's name node, so
+    the node is the last child of the current one under the layer's class name. Where Paddle's
+    (private) name tree is not there, nothing is recorded and messages keep the struct names."""
+    from paddle.base import framework
+
+    paths: dict[str, str] = {}
+
+    def record(layer: Any, path: str) -> None:
+        parent = getattr(framework, "_name_struct", None)
+        calls = getattr(parent, "_children", {}).get(type(layer).__name__)
+        if not calls:
+            return
+        names, node = [], calls[-1]
+        while node is not None:
+            names.append(node.name())
+            node = node.parent()
+        paths["/".join(reversed(names)).strip("/")] = path
+
+    handles = [
+        layer.register_forward_post_hook(lambda layer, _in, _out, path=path: record(layer, path))
+        for path, layer in model.named_sublayers()
+        if path
+    ]
+    try:
+        yield paths
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _layers_of_ops(program_json: Path, op_types: set[str]) -> dict[str, list[str]]:

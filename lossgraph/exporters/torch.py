@@ -74,6 +74,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             trace = TrainingTrace(
                 list(recorder.dropouts),
                 {k: v.detach().numpy().copy() for k, v in recorder.state.items()},
+                dict(recorder.batch_norm),
             )
             masks = tuple(recorder.masks[: len(trace.dropouts)])
             wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses), recorder, trace)

@@ -12,7 +12,13 @@ framework's formula, that report to a :class:`StepRecorder`:
   + 1``; Paddle: ``m r + (1-m) s`` with the biased variance). Each update becomes a graph output
   ``state:<buffer>``; a layer called twice chains its updates, as the frameworks do.
 - a dropout multiplies by a mask that becomes a graph input ``dropout:<k>`` (values 0 or the
-  framework's scale). lossgraph feeds both graphs the same seeded masks, matched by position.
+  framework's scale), recorded with the module path of the layer that called it. lossgraph
+  feeds both graphs the same seeded masks, matched by scope and position
+  (``lossgraph.verify.inputs.match_dropouts``).
+
+Each BatchNorm's running-variance update is recorded in the metadata too (its momentum, its
+variance convention and the elements per channel of each batch), so that a torch graph and a
+Paddle graph can be compared in one convention (``lossgraph.verify.steps``).
 
 The eager run, with the same masks, tells how many dropouts and state updates a forward has;
 the traced run then takes the masks as extra inputs.
@@ -21,6 +27,7 @@ the traced run then takes the masks as extra inputs.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +48,14 @@ class DropoutCall:
     p: float
     scale: float  # the value kept elements are multiplied by (1/(1-p) when upscaling)
     shape: list[int]  # the mask's shape (size-1 axes broadcast, e.g. dropout2d)
+    scope: str = ""  # module path of the layer that called it ("" for the loss function)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"p": self.p, "scale": self.scale, "shape": list(self.shape)}
+        return {"p": self.p, "scale": self.scale, "shape": list(self.shape), "scope": self.scope}
+
+
+#: How far up the call stack a dropout looks for the layer that called it.
+_SCOPE_FRAMES = 32
 
 
 @dataclass
@@ -56,11 +68,40 @@ class StepRecorder:
     draw: Any = None
     dropouts: list[DropoutCall] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # buffer name -> updated value
+    #: running-variance buffer -> its BatchNorm's update (``GraphMeta.batch_norm``)
+    batch_norm: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reset(self, masks: list[Any]) -> None:
         self.masks = list(masks)
         self.dropouts = []
         self.state = {}
+        self.batch_norm = {}
+
+    def batch_norm_call(
+        self, variance: str, module: str, momentum: float | None, convention: str, count: int
+    ) -> None:
+        """Record one running-variance update of a BatchNorm (a layer may run twice)."""
+        entry = self.batch_norm.setdefault(
+            variance,
+            {"module": module, "momentum": momentum, "convention": convention, "counts": []},
+        )
+        entry["counts"].append(int(count))
+
+    def caller_scope(self) -> str:
+        """The module path of the innermost layer on the call stack (the layer whose forward
+        called dropout), or "" outside every layer.
+
+        Dropout functions do not know their layer, and the frameworks keep no module stack
+        while running eagerly; the calling frames' ``self`` does know it."""
+        frame = sys._getframe(1)
+        for _ in range(_SCOPE_FRAMES):
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if owner is not None and id(owner) in self.module_paths:
+                return self.module_paths[id(owner)]
+            frame = frame.f_back
+        return ""
 
     def path(self, module: Any) -> str:
         path = self.module_paths.get(id(module))
@@ -74,7 +115,7 @@ class StepRecorder:
 
     def next_mask(self, p: float, scale: float, shape: list[int]) -> Any:
         index = len(self.dropouts)
-        call = DropoutCall(p, scale, list(shape))
+        call = DropoutCall(p, scale, list(shape), self.caller_scope())
         self.dropouts.append(call)
         if index >= len(self.masks) and self.draw is not None:
             self.masks.append(self.draw(call, index))
@@ -93,6 +134,7 @@ class TrainingTrace:
 
     dropouts: list[DropoutCall]
     state: dict[str, np.ndarray]
+    batch_norm: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def output_names(self) -> list[str]:
@@ -177,6 +219,7 @@ def _torch_batch_norm_train(module: Any, x: Any, recorder: StepRecorder) -> Any:
         unbiased = var * (count / max(count - 1, 1))
         recorder.state[f"{path}.running_var"] = factor * unbiased + (1 - factor) * running_var
         recorder.state[f"{path}.num_batches_tracked"] = tracked
+        recorder.batch_norm_call(f"{path}.running_var", path, module.momentum, "unbiased", count)
     return y
 
 
@@ -248,4 +291,8 @@ def _paddle_batch_norm_train(layer: Any, x: Any, recorder: StepRecorder) -> Any:
     running_var = recorder.current(f"{path}._variance", layer._variance)
     recorder.state[f"{path}._mean"] = running_mean * momentum + mean * (1.0 - momentum)
     recorder.state[f"{path}._variance"] = running_var * momentum + var * (1.0 - momentum)
+    channels = max(int(x.shape[1]), 1)
+    recorder.batch_norm_call(
+        f"{path}._variance", path, float(momentum), "biased", int(np.prod(x.shape)) // channels
+    )
     return y

@@ -85,3 +85,16 @@ def check_finite(values: Mapping[str, np.ndarray], side: str, what: str) -> None
             f"The {side} graph produced NaN or Inf in {what} {', '.join(bad)}; values with NaN/Inf "
             f"cannot be compared (check the inputs' ranges, e.g. log of a non-positive value)."
         )
+
+
+def summarize(value: np.ndarray) -> dict[str, object]:
+    """Shape, min, max, mean and standard deviation of a value (for reports)."""
+    v64 = np.asarray(value, dtype=np.float64)
+    finite = v64[np.isfinite(v64)]
+    stats: dict[str, object] = {"shape": list(v64.shape)}
+    if finite.size:
+        stats.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()),
+                     std=float(finite.std()))
+    if finite.size != v64.size:
+        stats["non_finite"] = int(v64.size - finite.size)
+    return stats

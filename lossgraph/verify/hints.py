@@ -98,11 +98,16 @@ def differing_attributes(ctx: HintContext) -> str | None:
     a, b = _attributes(ref_node), _attributes(cand_node)
     names = {"epsilon": "epsilon", "axis": "class/softmax axis", "count_include_pad":
              "AvgPool count_include_pad (Paddle: exclusive=not count_include_pad)", "alpha": "slope",
-             "momentum": "momentum"}
+             "momentum": "momentum", "strides": "strides", "pads": "padding",
+             "dilations": "dilation", "group": "groups", "kernel_shape": "kernel size",
+             "ceil_mode": "ceil_mode", "transB": "transposed weight (transB)"}
+    # an attribute left out means its ONNX default; those without one compare only when given
+    defaults = {"count_include_pad": 0, "epsilon": 1e-5, "ceil_mode": 0, "group": 1, "transB": 0}
+    a, b = {**defaults, **a}, {**defaults, **b}
     diffs = [
-        f"{names.get(k, k)} {a.get(k)} vs {b.get(k)}"
-        for k in sorted(set(a) | set(b))
-        if k in names and a.get(k) != b.get(k)
+        f"{names[k]} {a[k]} vs {b[k]}"
+        for k in sorted(set(a) & set(b))
+        if k in names and a[k] != b[k]
     ]
     if not diffs:
         return None
@@ -339,12 +344,32 @@ def learning_rate_schedule(ctx: HintContext) -> str | None:
 
 @hint
 def dropout_masks(ctx: HintContext) -> str | None:
+    """Matched dropouts with other rates, and dropouts that got no common mask, named on both
+    sides (``values["dropout"]``: the verification's DropoutMatch; else matched here by scope
+    and position without the parameter map's module correspondence)."""
+    from lossgraph.verify.inputs import describe_dropouts, match_dropouts
+
     ref_d, cand_d = ctx.ref.meta.dropout, ctx.cand.meta.dropout
-    if [d["shape"] for d in ref_d] == [d["shape"] for d in cand_d] and [d["p"] for d in ref_d] == [
-        d["p"] for d in cand_d
-    ]:
+    if not ref_d and not cand_d:
         return None
+    match = ctx.values.get("dropout") or match_dropouts(ref_d, cand_d)
+    rates = [(j, k) for j, k in match.pairs if ref_d[j]["p"] != cand_d[k]["p"]]
+    if match.complete and not rates:
+        return None
+    parts = []
+    if rates:
+        parts.append("other rates: " + ", ".join(
+            f"reference dropout:{j} p {ref_d[j]['p']:g} vs candidate dropout:{k} p {cand_d[k]['p']:g}"
+            for j, k in rates
+        ))
+    if match.unmatched_reference:
+        parts.append("no candidate counterpart (same scope and mask shape) for reference "
+                     + describe_dropouts(ctx.ref, match.unmatched_reference))
+    if match.unmatched_candidate:
+        parts.append("no reference counterpart for candidate "
+                     + describe_dropouts(ctx.cand, match.unmatched_candidate))
     return (
-        f"The graphs' dropouts differ (reference {len(ref_d)}, candidate {len(cand_d)}; p "
-        f"{[d['p'] for d in ref_d]} vs {[d['p'] for d in cand_d]}): masks cannot all be matched."
+        f"The graphs' dropouts differ (reference {len(ref_d)}, candidate {len(cand_d)}): "
+        + "; ".join(parts)
+        + ("; unmatched dropouts get masks of their own." if not match.complete else ".")
     )

@@ -2,13 +2,15 @@
 
 Each input has its own generator, ``default_rng([seed, crc32(name)])``, so adding or reordering
 inputs never changes the values of the others and both sides of a comparison get bit-identical
-data.
+data. Dropout masks are drawn per training step and per dropout; the candidate's dropouts get
+the masks of the reference dropouts they correspond to (:func:`match_dropouts`).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,113 @@ def draw_mask(
     return (keep * scale).astype(dtype)
 
 
-def dropout_feeds(calls: list[Mapping[str, Any]], seed: int, step: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-    """Graph inputs ``dropout:<k>`` for one step, from a graph's recorded dropout calls."""
+def dropout_feeds(
+    calls: list[Mapping[str, Any]], seed: int, step: int, dtype: Any = np.float32,
+    indices: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Graph inputs ``dropout:<k>`` for one step, from a graph's recorded dropout calls.
+
+    ``indices[k]`` is the mask index dropout ``k`` draws (default ``k``): a candidate's dropout
+    draws the mask of the reference dropout it was matched to."""
     return {
-        f"dropout:{k}": draw_mask(c["p"], c["scale"], c["shape"], seed, step, k, dtype)
+        f"dropout:{k}": draw_mask(
+            c["p"], c["scale"], c["shape"], seed, step, k if indices is None else indices[k], dtype
+        )
         for k, c in enumerate(calls)
     }
+
+
+@dataclass
+class DropoutMatch:
+    """Which reference dropout each candidate dropout corresponds to.
+
+    ``candidate_indices[k]`` is the mask index candidate dropout ``k`` draws: its reference
+    counterpart's index, or an index no reference dropout uses when it has none (an independent
+    mask)."""
+
+    pairs: list[tuple[int, int]]  # (reference k, candidate k)
+    candidate_indices: list[int]
+    unmatched_reference: list[int] = field(default_factory=list)
+    unmatched_candidate: list[int] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unmatched_reference and not self.unmatched_candidate
+
+
+def match_dropouts(
+    reference: Sequence[Mapping[str, Any]],
+    candidate: Sequence[Mapping[str, Any]],
+    modules: Mapping[str, str] | None = None,
+) -> DropoutMatch:
+    """Pair the dropouts of two graphs by scope and position.
+
+    A reference dropout corresponds to a candidate dropout of the same mask shape whose scope is
+    the reference's scope translated into the candidate's module paths (``modules``, from the
+    parameter map: parent modules map too); graphs exported before scopes were recorded match on
+    shape alone. Among such candidates the one at the same position is taken, else the first one
+    left, so dropouts called in another order still get the same masks."""
+    from lossgraph.verify.localize import translate_tap
+
+    modules = _with_parents(modules or {})
+
+    def fits(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> bool:
+        if list(ref["shape"]) != list(cand["shape"]):
+            return False
+        a, b = ref.get("scope"), cand.get("scope")
+        return a is None or b is None or translate_tap(a, modules) == b
+
+    free = list(range(len(candidate)))
+    pairs = []
+    unmatched_reference = []
+    for j, ref in enumerate(reference):
+        options = [k for k in free if fits(ref, candidate[k])]
+        if not options:
+            unmatched_reference.append(j)
+            continue
+        k = j if j in options else options[0]
+        free.remove(k)
+        pairs.append((j, k))
+    indices = list(range(len(reference), len(reference) + len(candidate)))
+    for j, k in pairs:
+        indices[k] = j
+    return DropoutMatch(sorted(pairs, key=lambda p: p[1]), indices, unmatched_reference, free)
+
+
+def _with_parents(modules: Mapping[str, str]) -> dict[str, str]:
+    """The module correspondence with the parents it implies: ``enc.fc -> encoder.fc`` maps
+    ``enc -> encoder`` too (dropout layers hold no parameters, their parents often do not
+    either)."""
+    out = dict(modules)
+    for a, b in modules.items():
+        left, right = a.split("."), b.split(".")
+        while len(left) > 1 and len(right) > 1 and left[-1] == right[-1]:
+            left, right = left[:-1], right[:-1]
+            out.setdefault(".".join(left), ".".join(right))
+    return out
+
+
+def dropout_nodes(model: Any) -> dict[int, str]:
+    """Dropout index -> name of the node that applies the mask ``dropout:<k>`` (its consumer)."""
+    out: dict[int, str] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name.startswith("dropout:") and name[len("dropout:"):].isdigit():
+                out.setdefault(int(name[len("dropout:"):]), node.name or node.op_type)
+    return out
+
+
+def describe_dropouts(graph: Any, indices: Sequence[int]) -> str:
+    """``dropout:2 (node 'mul_5', scope 'D.drop', p 0.5, mask [4, 8])``, for warnings and hints."""
+    nodes = dropout_nodes(graph.model)
+    calls = graph.meta.dropout
+    parts = []
+    for k in indices:
+        call = calls[k]
+        scope = call.get("scope")
+        parts.append(
+            f"dropout:{k} (node {nodes.get(k, '?')!r}, scope "
+            f"{(scope or '(loss function)') if scope is not None else 'not recorded'}, "
+            f"p {call['p']:g}, mask {list(call['shape'])})"
+        )
+    return ", ".join(parts)

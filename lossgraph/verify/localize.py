@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
 from lossgraph.autodiff import build_gradients
-from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, TAP_KEY, LossGraph, node_meta
+from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, TAP_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap
 from lossgraph.verify.compare import Tolerance
 from lossgraph.verify.results import Divergence
@@ -109,6 +109,41 @@ def _agree(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
 def _corresponds(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
     """Equal, or equal up to sign: exporters decompose ``1 - t`` as ``-(t - 1)`` and the like."""
     return _agree(a, b, tol) or (a.shape == b.shape and _agree(a, -np.asarray(b), tol))
+
+
+class ValueIndex:
+    """Candidate values by shape, with the two statistics that rule most of them out before an
+    element-wise comparison: if ``|a - b| <= t`` everywhere then ``|max|a| - max|b|| <= t`` and
+    ``|sum a - sum b| <= n t`` (and the same for ``-b``)."""
+
+    def __init__(self, values: Mapping[str, np.ndarray]) -> None:
+        self.values = values
+        self.by_shape: dict[tuple[int, ...], list[tuple[str, float, float]]] = {}
+        for name, value in values.items():
+            v64 = np.asarray(value, dtype=np.float64)
+            peak = float(np.abs(v64).max()) if v64.size else 0.0
+            self.by_shape.setdefault(v64.shape, []).append((name, peak, float(v64.sum())))
+
+    def same_shape(self, shape: tuple[int, ...]) -> list[str]:
+        return [name for name, _, _ in self.by_shape.get(shape, [])]
+
+    def matches(self, ref: np.ndarray, tol: Tolerance, first: bool = False) -> list[str]:
+        """The candidate values that correspond to ``ref`` (equal, or equal up to sign), in
+        graph order; only the first with ``first``."""
+        r64 = np.asarray(ref, dtype=np.float64)
+        peak = float(np.abs(r64).max()) if r64.size else 0.0
+        total, bound = float(r64.sum()), tol.atol + max(tol.rtol, MATCH_RTOL) * peak
+        out = []
+        for name, other_peak, other_total in self.by_shape.get(r64.shape, []):
+            if abs(peak - other_peak) > bound or min(
+                abs(total - other_total), abs(total + other_total)
+            ) > r64.size * bound:
+                continue
+            if _corresponds(ref, self.values[name], tol):
+                out.append(name)
+                if first:
+                    break
+        return out
 
 
 def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
@@ -243,9 +278,18 @@ class Origin:
     #: (reference parameter, candidate parameter, perm): parameters the origin consumes that
     #: the candidate transposes on the way
     transposed_params: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    #: value name -> "agrees" / "differs", on each side, for the neighbourhood in reports
+    ref_status: Mapping[str, str] = field(default_factory=dict)
+    cand_status: Mapping[str, str] = field(default_factory=dict)
+
+    #: the origin's float inputs on the reference side (they agree with the candidate's)
+    ref_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def hint_values(self) -> dict[str, object]:
         return {
+            "ref_inputs": self.ref_inputs,
+            "ref_status": self.ref_status,
+            "cand_status": self.cand_status,
             "ref_value": self.ref_value,
             "cand_value": self.cand_value,
             "ref_constants": self.ref_constants,
@@ -275,19 +319,22 @@ def _producer(graph: onnx.GraphProto, value: str) -> onnx.NodeProto | None:
     return next((n for n in graph.node if value in n.output), None)
 
 
-def _between(graph: onnx.GraphProto, sources: Iterable[str], target: str) -> list[onnx.NodeProto]:
-    """The nodes downstream of ``sources`` that ``target`` depends on, in graph order."""
+def _between(
+    graph: onnx.GraphProto, sources: Iterable[str], target: str, stop: set[str] | None = None
+) -> list[onnx.NodeProto]:
+    """The nodes downstream of ``sources`` that ``target`` depends on, in graph order, not
+    looking past the values in ``stop``."""
     upstream = _ancestors(graph, target)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in upstream:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    reached, stack = set(), list(sources)
+    reached, stack, stop = set(), list(sources), stop or set()
     while stack:
         for node in consumers.get(stack.pop(), []):
             if id(node) not in reached:
                 reached.add(id(node))
-                stack.extend(node.output)
+                stack.extend(o for o in node.output if o not in stop)
     return [n for n in upstream if id(n) in reached]
 
 
@@ -311,20 +358,14 @@ def _origin_in_region(
     )
     ref_vals = run_values(ref, ref_names)
     cand_vals = run_values(cand, cand_names)
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for name in cand_names:
-        by_shape.setdefault(cand_vals[name].shape, []).append(name)
+    index = ValueIndex(cand_vals)
     counterpart: dict[str, str] = dict(known)
     for node in region:
         for out in node.output:
             if out in ref_vals and out not in counterpart:
-                match = next(
-                    (c for c in by_shape.get(ref_vals[out].shape, [])
-                     if _corresponds(ref_vals[out], cand_vals[c], tol)),
-                    None,
-                )
-                if match is not None:
-                    counterpart[out] = match
+                match = index.matches(ref_vals[out], tol, first=True)
+                if match:
+                    counterpart[out] = match[0]
     if target not in ref_vals or target in counterpart:
         return None
     producers = {o: n for n in region for o in n.output}
@@ -352,7 +393,7 @@ def _origin_in_region(
     cand_node = next((n for n in cand_between if n.op_type == node.op_type), None)
     if cand_node is None:
         cand_node = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
-    diff, closest = _closest(ref_vals[out], cand_vals, by_shape)
+    diff, closest = _closest(ref_vals[out], index)
     params = ref.graph.meta.params
     transposed = tuple(
         (i, n.input[0], tuple(_perm(n)))
@@ -371,6 +412,12 @@ def _origin_in_region(
         cand_constants=_consumed(cand_between, cand_consts),
         origin_constants=_consumed([node], ref_consts),
         transposed_params=transposed,
+        ref_inputs={i: ref_vals[i] for i in node.input if i in ref_vals},
+        ref_status={v: "agrees" if v in counterpart else "differs" for v in ref_vals},
+        cand_status={
+            **{o: "differs" for n in cand_between for o in n.output if o in cand_vals},
+            **dict.fromkeys(counterpart.values(), "agrees"),
+        },
     )
 
 
@@ -429,9 +476,9 @@ def _consumed(nodes: Iterable[onnx.NodeProto], constants: Mapping[str, float]) -
     return tuple(sorted(set(found)))
 
 
-def _closest(ref_value, cand_vals, by_shape) -> tuple[float, np.ndarray | None]:
+def _closest(ref_value: np.ndarray, index: ValueIndex) -> tuple[float, np.ndarray | None]:
     """The candidate value of the same shape nearest the reference value, and its distance."""
-    candidates = [cand_vals[c] for c in by_shape.get(ref_value.shape, [])]
+    candidates = [index.values[c] for c in index.same_shape(ref_value.shape)]
     if not candidates:
         return float("inf"), None
     diffs = [float(np.abs(ref_value.astype(np.float64) - c).max()) for c in candidates]
@@ -441,24 +488,93 @@ def _closest(ref_value, cand_vals, by_shape) -> tuple[float, np.ndarray | None]:
 
 def localize_backward(
     ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str
-) -> tuple[Divergence | None, dict[str, np.ndarray]]:
-    """Walk the taps from the loss: the first whose gradient diverges, every later one agreeing.
-    Also returns both gradients there (``ref_grad``, ``cand_grad``) for the hints."""
+) -> tuple[Divergence | None, dict[str, object]]:
+    """Walk the taps from the loss: the first whose gradient diverges, every later one agreeing;
+    then, between that tap and the loss, the node where the gradients part (see
+    :func:`_backward_origin`). Also returns both gradients at the tap (``ref_grad``,
+    ``cand_grad``) for the hints."""
     modules = module_map(param_map, ref.graph, cand.graph)
     ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
     names = [t for t in ref_taps if translate_tap(t, modules) in cand_taps]
     ref_grads = _tap_gradients(ref, loss, [ref_taps[t] for t in names])
     cand_grads = _tap_gradients(cand, loss, [cand_taps[translate_tap(t, modules)] for t in names])
-    for tap in reversed(names):
-        a = ref_grads[ref_taps[tap]]
-        b = cand_grads[cand_taps[translate_tap(tap, modules)]]
-        if not _agree(a, b, tol):
-            node = next(n for n in ref.model.graph.node if node_meta(n, TAP_KEY) == tap)
-            cand_node = next(n for n in cand.model.graph.node if node_meta(n, TAP_KEY) == translate_tap(tap, modules))
+    for index in range(len(names) - 1, -1, -1):
+        tap = names[index]
+        value, cand_value = ref_taps[tap], cand_taps[translate_tap(tap, modules)]
+        a, b = ref_grads[value], cand_grads[cand_value]
+        if _agree(a, b, tol):
+            continue
+        values: dict[str, object] = {"ref_grad": a, "cand_grad": b}
+        later = {ref_taps[t]: cand_taps[translate_tap(t, modules)] for t in names[index + 1:]}
+        origin = _backward_origin(ref, cand, loss, value, cand_value, later, tol)
+        if origin is not None:
+            node, cand_node, diff, status = origin
+            values.update(ref_status=status[0], cand_status=status[1])
+            found = _divergence(step, "backward", node, cand_node, _scope_of(node, tap), diff, loss)
+        else:
+            node = _producer(ref.model.graph, value)
+            cand_node = _producer(cand.model.graph, cand_value)
             diff = float(np.abs(a.astype(np.float64) - b).max())
             found = _divergence(step, "backward", node, cand_node, tap.partition("#")[0], diff, loss)
-            return found, {"ref_grad": a, "cand_grad": b}
+        return found, values
     return None, {}
+
+
+def _backward_origin(
+    ref: Side, cand: Side, loss: str, value: str, cand_value: str, later: Mapping[str, str],
+    tol: Tolerance,
+):
+    """The node between tap ``value`` and the loss where the gradients part.
+
+    Values of the two graphs in that region are paired by their forward values; then d(loss)/d
+    of each is compared. The origin is a consumer of the latest value whose gradient differs,
+    among those whose own outputs' gradients all agree: the backward of that node computes
+    different input gradients from the same output gradients (a stop-gradient on one side
+    only, another subgradient). Returns (reference node, candidate node, |diff|, statuses) or
+    None."""
+    ref_region = _between(ref.model.graph, [value], loss, stop=set(later))
+    cand_region = _between(cand.model.graph, [cand_value], loss, stop=set(later.values()))
+    ref_names = [value, *_float_values(ref.graph, [o for n in ref_region for o in n.output])]
+    cand_names = [cand_value, *_float_values(cand.graph, [o for n in cand_region for o in n.output])]
+    ref_names = [n for n in dict.fromkeys(ref_names) if n != loss]
+    cand_names = [n for n in dict.fromkeys(cand_names) if n != loss]
+    ref_vals, cand_vals = run_values(ref, ref_names), run_values(cand, cand_names)
+    ref_grads = _tap_gradients(ref, loss, ref_names)
+    cand_grads = _tap_gradients(cand, loss, cand_names)
+    index = ValueIndex(cand_vals)
+    pairs: dict[str, list[str]] = {value: [cand_value]}
+    for name in ref_names[1:]:
+        pairs[name] = index.matches(ref_vals[name], tol)
+    parted = {
+        name for name, others in pairs.items()
+        if others and not any(_agree(ref_grads[name], cand_grads[c], tol) for c in others)
+    }
+    if value not in parted:
+        return None
+    agreeing = {name for name, others in pairs.items() if others and name not in parted}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in ref_region:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    order = {name: i for i, name in enumerate(ref_names)}
+    for name in sorted(parted, key=lambda n: -order[n]):
+        ok = [
+            node for node in consumers.get(name, [])
+            if all(o in agreeing for o in node.output if o in ref_vals)
+            and any(o in agreeing for o in node.output)
+        ]
+        if ok:
+            node = next((n for n in ok if node_meta(n, STOP_GRADIENT_KEY) == "1"), ok[0])
+            others = pairs[name]
+            diff = min(float(np.abs(ref_grads[name].astype(np.float64) - cand_grads[c]).max()) for c in others)
+            cand_between = _between(cand.model.graph, others, loss, stop=set(later.values()))
+            cand_node = cand_between[0] if cand_between else None
+            status = (
+                {n: "differs" if n in parted else "agrees" for n in pairs if pairs[n]},
+                {c: "agrees" for n in agreeing for c in pairs[n]},
+            )
+            return node, cand_node, diff, status
+    return None
 
 
 def _tap_gradients(side: Side, loss: str, values: list[str]) -> dict[str, np.ndarray]:
@@ -470,3 +586,59 @@ def _tap_gradients(side: Side, loss: str, values: list[str]) -> dict[str, np.nda
     )
     shapes = run_values(side, values)
     return {v: got[g] if g else np.zeros_like(shapes[v]) for v, g in result.grads.items()}
+
+
+#: Nodes shown around a divergence in reports: this many hops up and down, at most this many
+#: per hop.
+NEIGHBOURHOOD_HOPS = 2
+NEIGHBOURHOOD_WIDTH = 6
+
+
+def neighbourhood(
+    graph: LossGraph, center: str, status: Mapping[str, str] | None = None
+) -> dict[str, object] | None:
+    """The nodes around node ``center``: producers of its inputs and consumers of its outputs,
+    up to NEIGHBOURHOOD_HOPS away (Constant nodes left out), each with its op, scope, distance
+    (negative upstream) and, where known, whether its output agrees with the other side."""
+    nodes = [n for n in graph.model.graph.node if n.op_type != "Constant"]
+    by_name = {n.name: n for n in nodes}
+    if center not in by_name:
+        return None
+    producers = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layer = {center: 0}
+    for direction in (-1, 1):
+        frontier = [by_name[center]]
+        for hop in range(1, NEIGHBOURHOOD_HOPS + 1):
+            found = []
+            for node in frontier:
+                if direction < 0:
+                    near = [producers[i] for i in node.input if i in producers]
+                else:
+                    near = [c for o in node.output for c in consumers.get(o, [])]
+                found += [n for n in near if n.name not in layer and n.name not in {f.name for f in found}]
+            found = found[:NEIGHBOURHOOD_WIDTH]
+            layer.update({n.name: direction * hop for n in found})
+            frontier = found
+    status = status or {}
+    shown = [n for n in nodes if n.name in layer]
+    outputs = {o: n.name for n in shown for o in n.output}
+    return {
+        "center": center,
+        "nodes": [
+            {
+                "name": n.name,
+                "op_type": n.op_type,
+                "scope": node_meta(n, SCOPE_KEY) or node_meta(n, TAP_KEY) or "",
+                "layer": layer[n.name],
+                "status": "origin" if n.name == center else next(
+                    (status[o] for o in n.output if o in status), ""
+                ),
+            }
+            for n in shown
+        ],
+        "edges": [[outputs[i], n.name] for n in shown for i in n.input if i in outputs],
+    }

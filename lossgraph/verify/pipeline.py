@@ -18,8 +18,15 @@ from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
-from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays
-from lossgraph.verify.inputs import dropout_feeds, load_inputs, make_inputs
+from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays, summarize
+from lossgraph.verify.inputs import (
+    DropoutMatch,
+    describe_dropouts,
+    dropout_feeds,
+    load_inputs,
+    make_inputs,
+    match_dropouts,
+)
 from lossgraph.verify.results import (
     Divergence,
     GradDiff,
@@ -67,6 +74,11 @@ class Setup:
     cand_params: dict[str, np.ndarray]
     warnings: list[str]
     dtype: str = "float32"
+    dropout: DropoutMatch | None = None  # which reference mask each candidate dropout gets
+
+    @property
+    def cand_mask_indices(self) -> list[int] | None:
+        return self.dropout.candidate_indices if self.dropout is not None else None
 
 
 def prepare(
@@ -94,7 +106,34 @@ def prepare(
         )
     ref_params = ref.param_values()
     cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
-    return Setup(ref, cand, tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings)
+    dropout = _match_dropouts(ref, cand, param_map, warnings)
+    return Setup(
+        ref, cand, tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
+        dropout=dropout,
+    )
+
+
+def _match_dropouts(
+    ref: LossGraph, cand: LossGraph, param_map: ParamMap, warnings: list[str]
+) -> DropoutMatch | None:
+    """Pair the graphs' dropouts (scope translated through the parameter map, then position);
+    warn, naming them, about those that get no common mask."""
+    from lossgraph.verify.localize import module_map
+
+    if not ref.meta.dropout and not cand.meta.dropout:
+        return None
+    match = match_dropouts(ref.meta.dropout, cand.meta.dropout, module_map(param_map, ref, cand))
+    if not match.complete:
+        sides = []
+        if match.unmatched_reference:
+            sides.append(f"reference {describe_dropouts(ref, match.unmatched_reference)}")
+        if match.unmatched_candidate:
+            sides.append(f"candidate {describe_dropouts(cand, match.unmatched_candidate)}")
+        warnings.append(
+            "Dropout masks cannot all be matched (by scope and mask shape); these dropouts get "
+            "masks of their own: " + "; ".join(sides) + "."
+        )
+    return match
 
 
 def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
@@ -104,9 +143,12 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         return run_steps(
             setup.ref, setup.cand, setup.param_map, setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
+            setup.cand_mask_indices,
         )
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
-    cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
+    cand_losses = _run_losses(
+        setup.cand, setup.cand_params, setup.inputs, options, "candidate", setup.cand_mask_indices
+    )
     losses = {
         name: LossDiff(
             name,
@@ -122,6 +164,9 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
             setup.ref, setup.cand, setup.param_map,
             _with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
             setup.ref_params, setup.cand_params, setup.tol, options.device,
+            cand_inputs=_with_masks(
+                setup.inputs, setup.cand, options.seed, 0, setup.dtype, setup.cand_mask_indices
+            ),
         )
     return [step], None, None
 
@@ -156,27 +201,34 @@ def run_verify(
     if options.native and options.native_runner is not None and options.steps:
         result.native = {
             "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),
-            "candidate": native_diffs(cand, setup.cand_params, cand_run, options, setup.tol),
+            "candidate": native_diffs(
+                cand, setup.cand_params, cand_run, options, setup.tol, setup.cand_mask_indices
+            ),
         }
     return result
 
 
 def _with_masks(
-    inputs: Mapping[str, np.ndarray], graph: LossGraph, seed: int, step: int = 0, dtype: str = "float32"
+    inputs: Mapping[str, np.ndarray], graph: LossGraph, seed: int, step: int = 0,
+    dtype: str = "float32", mask_indices: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    return {**inputs, **dropout_feeds(graph.meta.dropout, seed, step, np.dtype(dtype))}
+    masks = dropout_feeds(graph.meta.dropout, seed, step, np.dtype(dtype), mask_indices)
+    return {**inputs, **masks}
 
 
 def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand_run) -> Divergence:
     """The origin of the first failing step's divergence, with the likely cause."""
     from lossgraph.verify.hints import HintContext, hints_for
-    from lossgraph.verify.localize import Side, localize_backward, localize_forward
+    from lossgraph.verify.localize import Side, localize_backward, localize_forward, neighbourhood
 
     phase = step.phase_failed() or "forward"
     ref_before = ref_run.before[step.step] if ref_run else setup.ref_params
     cand_before = cand_run.before[step.step] if cand_run else setup.cand_params
     ref_side = Side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, step.step), **ref_before}, options.device)
-    cand_side = Side(setup.cand, {**_with_masks(setup.inputs, setup.cand, options.seed, step.step), **cand_before}, options.device)
+    cand_masks = _with_masks(
+        setup.inputs, setup.cand, options.seed, step.step, mask_indices=setup.cand_mask_indices
+    )
+    cand_side = Side(setup.cand, {**cand_masks, **cand_before}, options.device)
     loss = step.loss or next(iter(d.name for d in step.losses.values() if not d.passed), None)
     found = None
     values: dict[str, Any] = {}
@@ -198,8 +250,35 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     if phase == "forward" and step.losses:
         worst = max(step.losses.values(), key=lambda d: d.abs_diff)
         values.update(ref_loss=worst.reference, cand_loss=worst.candidate)
+    values["dropout"] = setup.dropout
     context = HintContext(setup.ref, setup.cand, found, values)
-    return replace(found, hint=hints_for(context))
+    around = {
+        "reference": neighbourhood(setup.ref, found.reference_node, values.get("ref_status")),
+        "candidate": neighbourhood(setup.cand, found.candidate_node, values.get("cand_status")),
+    }
+    return replace(found, hint=hints_for(context), neighbourhood=around,
+                   statistics=divergence_statistics(values, setup.tol))
+
+
+def divergence_statistics(values: Mapping[str, Any], tol: Tolerance) -> dict[str, Any] | None:
+    """Statistics of the diverging value on both sides (a forward value or a gradient, as the
+    localization measured them), of the origin's inputs, and the tolerance it needed."""
+    for ref_key, cand_key, what in (("ref_value", "cand_value", "value"),
+                                    ("ref_grad", "cand_grad", "gradient")):
+        ref, cand = values.get(ref_key), values.get(cand_key)
+        if ref is None or cand is None or np.shape(ref) != np.shape(cand):
+            continue
+        diff = compare_arrays(ref, cand, tol)
+        return {
+            "what": what,
+            "reference": summarize(ref),
+            "candidate": summarize(cand),
+            "max_abs_diff": diff.max_abs_diff,
+            "max_rel_diff": diff.max_rel_diff,
+            "required_tol": diff.required_tol,
+            "inputs": {name: summarize(v) for name, v in (values.get("ref_inputs") or {}).items()},
+        }
+    return None
 
 
 def _worst_gradient_loss(step: StepResult) -> str:
@@ -243,9 +322,20 @@ def _update_divergence(setup: Setup, step: StepResult, ref_run, cand_run):
     return divergence, values
 
 
-def native_diffs(graph, start, run, options: VerifyOptions, tol: Tolerance) -> list[NativeDiff]:
-    """One side's ONNX Runtime trajectory against the framework's own eager training."""
-    native = options.native_runner(graph.meta, start, options.steps, dict(_base_inputs(options, graph)), options.seed)
+def native_diffs(
+    graph: LossGraph,
+    start: Mapping[str, np.ndarray],
+    run: Any,
+    options: VerifyOptions,
+    tol: Tolerance,
+    mask_indices: list[int] | None = None,
+) -> list[NativeDiff]:
+    """One side's ONNX Runtime trajectory (``run``, a Trajectory) against the framework's own
+    eager training from the same values ``start``, with the same dropout masks."""
+    inputs = dict(_base_inputs(options, graph))
+    native = options.native_runner(
+        graph.meta, start, options.steps, inputs, options.seed, mask_indices=mask_indices
+    )
     out = []
     for index, (eager, ours) in enumerate(zip(native, run.outcomes)):
         losses = {
@@ -259,7 +349,9 @@ def native_diffs(graph, start, run, options: VerifyOptions, tol: Tolerance) -> l
             diff = compare_arrays(ours.params[name], value, tol)
             if worst is None or diff.max_abs_diff > worst.max_abs_diff:
                 worst_name, worst = name, diff
-        out.append(NativeDiff(index, losses, worst or compare_arrays(np.zeros(1), np.zeros(1), tol), worst_name))
+        if worst is None:  # nothing comparable (not `not worst`: a failing diff is falsy)
+            worst = compare_arrays(np.zeros(1), np.zeros(1), tol)
+        out.append(NativeDiff(index, losses, worst, worst_name))
     return out
 
 
@@ -299,9 +391,11 @@ def compare_gradients(
     cand_params: Mapping[str, np.ndarray],
     tol: Tolerance,
     device: str,
+    cand_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, GradDiff]:
     """Gradients of every loss w.r.t. every paired trainable parameter, the candidate's carried
-    back into the reference's layout, compared under the tolerance rule."""
+    back into the reference's layout, compared under the tolerance rule. ``cand_inputs``: the
+    candidate's feeds where they differ from ``inputs`` (its dropout masks)."""
     pairs = [
         p
         for p in param_map.pairs
@@ -313,7 +407,8 @@ def compare_gradients(
             ref, loss, [p.reference for p in pairs], inputs, ref_params, device, "reference"
         )
         cand_grads = loss_gradients(
-            cand, loss, [p.candidate for p in pairs], inputs, cand_params, device, "candidate"
+            cand, loss, [p.candidate for p in pairs],
+            inputs if cand_inputs is None else cand_inputs, cand_params, device, "candidate",
         )
         for pair in pairs:
             per_param[pair.reference][loss] = compare_arrays(
@@ -377,10 +472,11 @@ def _run_losses(
     inputs: Mapping[str, np.ndarray],
     options: VerifyOptions,
     side: str,
+    mask_indices: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     runner = OrtRunner(graph.model, fed=params, device=options.device)
     dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in params.values()) else "float32"
-    feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype), **params}
+    feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype, mask_indices), **params}
     values = runner.run(feeds, outputs=graph.meta.losses)
     check_finite(values, side, "loss")
     return values

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -17,9 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from lossgraph.errors import VerificationError
 from lossgraph.graph import LossGraph
 from lossgraph.verify.compare import ValueDiff
 from lossgraph.verify.results import (
+    ConventionDiff,
     Divergence,
     GradDiff,
     LossDiff,
@@ -128,6 +132,20 @@ def _step_dict(step: StepResult) -> dict[str, Any]:
         "parameters": {name: _value_dict(d) for name, d in step.parameters.items()},
         "optimizer_state": {name: _value_dict(d) for name, d in step.optimizer_state.items()},
         "lr": _value_dict(step.lr) if step.lr is not None else None,
+        "conventions": [_convention_dict(c) for c in step.conventions],
+    }
+
+
+def _convention_dict(conv: ConventionDiff) -> dict[str, Any]:
+    return {
+        "parameter": conv.name,
+        "candidate": conv.candidate,
+        "kind": conv.kind,
+        "reference_convention": conv.reference_convention,
+        "candidate_convention": conv.candidate_convention,
+        "counts": list(conv.counts),
+        "raw": _value_dict(conv.raw),
+        "converted": _value_dict(conv.converted),
     }
 
 
@@ -191,6 +209,7 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         _render_noise_floor(result.noise_floor, console)
     if len(result.steps) > 1 or result.steps[0].loss is not None:
         console.print(_steps_table(result.steps))
+        _render_conventions(result, console)
         failing = next((s for s in result.steps if not s.passed), None)
         if failing is not None:
             console.print(_losses_table(failing))
@@ -218,12 +237,27 @@ def _render_divergence(div: Divergence, console: Console) -> None:
     if div.source:
         source = div.source
         console.print(escape(f"  source {_short(source['file'])}:{source['line']}  {source['code']}"))
+    stats = div.statistics
+    if stats:
+        console.print(escape(
+            f"  {stats['what']}: reference {_stats_text(stats['reference'])}; candidate "
+            f"{_stats_text(stats['candidate'])}; max rel diff {_sci(stats['max_rel_diff'])}, "
+            f"would pass with tol >= {_sci(stats['required_tol'])}"
+        ))
     if div.hint:
         console.print(f"  [bold]likely cause:[/bold] {escape(div.hint)}")
     if not div.localized and div.phase == "forward":
         console.print("  (observed at the loss output; node-level localization not run)")
     elif not div.localized:
         console.print("  (observed at the parameter's gradient; node-level localization not run)")
+
+
+def _stats_text(stats: Mapping[str, Any]) -> str:
+    if "mean" not in stats:
+        return f"{stats['shape']} (no finite values)"
+    text = (f"{stats['shape']} mean {stats['mean']:.4g} std {stats['std']:.4g} "
+            f"[{stats['min']:.4g}, {stats['max']:.4g}]")
+    return text + (f", {stats['non_finite']} NaN/Inf" if stats.get("non_finite") else "")
 
 
 def _render_noise_floor(floor: Mapping[str, Any], console: Console) -> None:
@@ -267,6 +301,24 @@ def _steps_table(steps: list[StepResult]) -> Table:
             status,
         )
     return table
+
+
+def _render_conventions(result: VerifyResult, console: Console) -> None:
+    """One line on the values compared in the candidate's convention (the JSON has each)."""
+    notes = [c for step in result.steps for c in step.conventions]
+    if not notes:
+        return
+    first = notes[0]
+    names = {c.name for c in notes}
+    counts = sorted({n for c in notes for n in c.counts})
+    console.print(escape(
+        f"Conventions: {len(names)} {first.kind}(s) compared in the candidate's convention "
+        f"({result.reference.framework}: {first.reference_convention} batch variance, "
+        f"{result.candidate.framework}: {first.candidate_convention}; n = "
+        f"{', '.join(map(str, counts))} per channel), a framework convention, not a porting bug: "
+        f"max |diff| raw {_sci(_worst(c.raw for c in notes))}, converted "
+        f"{_sci(_worst(c.converted for c in notes))}."
+    ))
 
 
 def _native_table(side: str, diffs: list[NativeDiff]) -> Table:
@@ -358,3 +410,373 @@ def _numel(shape: list[int]) -> int:
     for dim in shape:
         out *= dim
     return out
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+#
+# One self-contained file (inline CSS and SVG, no scripts, nothing fetched), rendered from the
+# JSON report so that ``lossgraph report report.json --html`` and ``verify --html`` agree.
+
+#: The series of the per-step plot: JSON step key -> label.
+PLOT_SERIES = {"losses": "losses", "gradients": "gradients", "parameters": "parameters",
+               "optimizer_state": "optimizer state"}
+SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+STATUS_COLORS = {"origin": "#f8d0d0", "agrees": "#d9f2d9", "differs": "#fde6c8", "": "#eeeeee"}
+#: The logarithmic axis reaches no lower than this (exact zeros are drawn on a row below).
+PLOT_FLOOR = 1e-12
+
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;
+color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.pass{color:#1a7f37}.fail{color:#c62828}.noise{color:#1a7f37}
+table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .7em;border-bottom:1px solid #eee;
+text-align:right}td:first-child,th:first-child{text-align:left}
+.box{border:1px solid #ccc;border-radius:6px;padding:.8em 1em;background:#fafafa}
+.divergence{border-color:#c62828;background:#fff6f6}.hint{font-weight:600}
+code{background:#f0f0f0;padding:0 .2em}.graphs{display:flex;gap:1em;flex-wrap:wrap}
+.graphs figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_sci(value: Any) -> str:
+    return "-" if value is None else _sci(float(value))
+
+
+OUTCOMES = {"noise": "the differences above the tolerance are float32 rounding noise"}
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The HTML page of a JSON report (:func:`report_dict`)."""
+    outcome = report.get("verdict") or ("passed" if report["passed"] else "diverged")
+    passed = bool(report["passed"])
+    title = f"lossgraph verify: {'PASSED' if passed else 'DIVERGED'}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title><style>{HTML_STYLE}</style></head><body>",
+        f'<h1 id="verdict">lossgraph verify: <span class="{"pass" if passed else "fail"}">'
+        f"{'PASSED' if passed else 'DIVERGED'}</span>"
+        + (f" <small>({_esc(OUTCOMES.get(outcome, outcome))})</small>" if outcome not in ("passed", "diverged") else "")
+        + "</h1>",
+        _html_header(report),
+        _html_divergence(report.get("first_divergence"), passed),
+        _html_noise_floor(report.get("noise_floor")),
+        '<h2 id="plot">Differences per step</h2>',
+        _svg_step_plot(report["steps"], report["tolerance"]["atol"]),
+        _html_steps_table(report["steps"]),
+        _html_native(report.get("native") or {}),
+        _html_parameter_map(report.get("parameter_map") or {}),
+        "".join(f'<p class="fail">warning: {_esc(w)}</p>' for w in report.get("warnings", [])),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def write_html(report: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(render_html(report), encoding="utf-8")
+
+
+#: Keys a saved report must have to be rendered.
+REPORT_KEYS = ("passed", "tolerance", "reference", "candidate", "steps")
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A JSON report written by ``lossgraph verify --json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise VerificationError(f"Report file {str(path)!r} does not exist.")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerificationError(f"{str(path)!r} is not a JSON file: {exc}.") from None
+    missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise VerificationError(
+            f"{str(path)!r} is not a lossgraph verify report: it lacks {', '.join(missing)}."
+        )
+    return report
+
+
+def _html_header(report: Mapping[str, Any]) -> str:
+    tol = report["tolerance"]
+    rows = [
+        ("reference", f"{report['reference']['path']} ({report['reference']['framework']})"),
+        ("candidate", f"{report['candidate']['path']} ({report['candidate']['framework']})"),
+        ("tolerance", f"{tol.get('rule', '')} with tol={tol['atol']:g}, rtol={tol['rtol']:g}"),
+        ("inputs", report.get("inputs", "")),
+        ("parameters", f"{len((report.get('parameter_map') or {}).get('pairs', []))} paired"),
+    ]
+    body = "".join(f"<tr><th>{_esc(k)}</th><td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _html_divergence(div: Mapping[str, Any] | None, passed: bool) -> str:
+    if div is None:
+        return "" if passed else '<p class="fail">Diverged (no divergence point recorded).</p>'
+    heading = "First divergence" if not passed else "Largest difference (float32 rounding noise)"
+    loss = f", loss <code>{_esc(div['loss'])}</code>" if div.get("loss") else ""
+    lines = [
+        f'<h2 id="divergence">{heading}</h2><div class="box divergence">',
+        f"<p>Step <b>{div['step']}</b>, <b>{_esc(div['phase'])}</b> pass{loss}: max |diff| "
+        f"<b>{_html_sci(div.get('max_abs_diff'))}</b></p>",
+        f"<p><code>{_esc(div.get('op_type') or '?')}</code> in scope "
+        f"<code>{_esc(div.get('scope') or '(top level)')}</code>; reference node "
+        f"<code>{_esc(div.get('reference_node') or '-')}</code>, candidate node "
+        f"<code>{_esc(div.get('candidate_node') or '-')}</code>"
+        + ("" if div.get("localized") else " (where the difference was observed, not localized)")
+        + "</p>",
+    ]
+    source = div.get("source")
+    if source:
+        lines.append(
+            f"<p>source <code>{_esc(source.get('file'))}:{_esc(source.get('line'))}</code> "
+            f"<code>{_esc(source.get('code', ''))}</code></p>"
+        )
+    if div.get("hint"):
+        lines.append(f'<p class="hint">likely cause: {_esc(div["hint"])}</p>')
+    stats = div.get("statistics")
+    if stats:
+        rows = [("reference", stats["reference"]), ("candidate", stats["candidate"]),
+                *((f"input {name}", v) for name, v in stats.get("inputs", {}).items())]
+        lines.append(
+            f"<table><tr><th>{_esc(stats['what'])}</th><th>shape</th><th>min</th><th>max</th>"
+            "<th>mean</th><th>std</th></tr>"
+            + "".join(
+                f"<tr><td>{_esc(k)}</td><td>{_esc(v['shape'])}</td>"
+                + "".join(f"<td>{v[key]:.4g}</td>" if key in v else "<td>-</td>"
+                          for key in ("min", "max", "mean", "std"))
+                + "</tr>"
+                for k, v in rows
+            )
+            + f"</table><p>max rel diff {_html_sci(stats['max_rel_diff'])}; the smallest tolerance "
+            f"that would have passed here: {_html_sci(stats['required_tol'])}</p>"
+        )
+    lines.append("</div>")
+    around = div.get("neighbourhood") or {}
+    figures = [
+        f"<figure><figcaption>{side}</figcaption>{_svg_neighbourhood(around[side])}</figure>"
+        for side in ("reference", "candidate") if around.get(side)
+    ]
+    if figures:
+        lines.append('<h2 id="graph">Graph neighbourhood of the divergence</h2>')
+        lines.append(
+            "<p>Two hops up and down from the diverging node on each side. Colours: "
+            + ", ".join(
+                f'<span style="background:{c};padding:0 .3em">{n or "not compared"}</span>'
+                for n, c in STATUS_COLORS.items()
+            )
+            + ".</p>"
+        )
+        lines.append(f'<div class="graphs">{"".join(figures)}</div>')
+    return "\n".join(lines)
+
+
+def _html_noise_floor(floor: Mapping[str, Any] | None) -> str:
+    if not floor:
+        return (
+            '<h2 id="noise-floor">Noise floor</h2><p>Not run (nothing above the tolerance, or '
+            "--no-noise-floor).</p>"
+        )
+    items = floor.get("items", [])
+    verdict_text = {
+        "noise": "every difference above the tolerance is float32 rounding noise",
+        "semantic": "some differences stay in float64: a real (semantic) difference",
+        "none": "nothing above the tolerance",
+    }.get(floor.get("verdict"), floor.get("verdict"))
+    rows = "".join(
+        f"<tr><td>{i['step']}</td><td style='text-align:left'>{_esc(i['what'])}</td>"
+        f"<td>{_html_sci(i['float32'])}</td><td>{_html_sci(i['float64'])}</td>"
+        f"<td class=\"{'noise' if i['verdict'] == 'noise' else 'fail'}\">{_esc(i['verdict'])}</td></tr>"
+        for i in sorted(items, key=lambda i: -i["float32"])[:40]
+    )
+    more = f"<p>{len(items) - 40} more in the JSON report.</p>" if len(items) > 40 else ""
+    noise = sum(i["verdict"] == "noise" for i in items)
+    return (
+        f'<h2 id="noise-floor">Noise floor (float64 re-run)</h2><p class="box"><b>Verdict: '
+        f"{_esc(floor.get('verdict'))}</b>: {_esc(verdict_text)}. {len(items)} difference(s) above "
+        f"the tolerance, {noise} of them noise; largest float32 {_html_sci(floor.get('max_float32_diff'))}, "
+        f"float64 {_html_sci(floor.get('max_float64_diff'))}. Rule: {_esc(floor.get('rule', ''))}.</p>"
+        f"<details><summary>each difference above the tolerance</summary><table><tr><th>step</th>"
+        f"<th>value</th><th>float32 |diff|</th><th>float64 |diff|</th><th>verdict</th></tr>{rows}"
+        f"</table>{more}</details>"
+    )
+
+
+def _series_max(entries: Mapping[str, Any], key: str) -> float:
+    values = [e.get(key, 0.0) for e in entries.values()]
+    return max((float(v) for v in values if v is not None), default=0.0)
+
+
+def step_series(steps: list[Mapping[str, Any]]) -> dict[str, list[float | None]]:
+    """Per step, the largest |diff| of each series (None where a step has no such values)."""
+    out: dict[str, list[float | None]] = {}
+    for key in PLOT_SERIES:
+        values = []
+        for step in steps:
+            entries = step.get(key) or {}
+            field_name = "abs_diff" if key == "losses" else "max_abs_diff"
+            values.append(_series_max(entries, field_name) if entries else None)
+        if any(v is not None for v in values):
+            out[key] = values
+    return out
+
+
+def _svg_step_plot(steps: list[Mapping[str, Any]], tol: float) -> str:
+    """A logarithmic line plot of the largest difference per step, with the tolerance."""
+    series = step_series(steps)
+    width, height, left, right, top, bottom = 720, 300, 64, 150, 16, 40
+    every = [v for values in series.values() for v in values if v] + ([tol] if tol > 0 else [])
+    lo = math.floor(math.log10(max(min(every, default=PLOT_FLOOR), PLOT_FLOOR)))
+    hi = max(math.ceil(math.log10(max(every, default=1.0))), lo + 1)
+    zeros = any(v == 0 for values in series.values() for v in values)
+    bottom_decade = lo - 1 if zeros else lo  # exact zeros get a row of their own, labelled 0
+    count = max(len(steps), 1)
+
+    def x(i: int) -> float:
+        return left + (i + 0.5) * (width - left - right) / count
+
+    def y(v: float | None) -> float:
+        value = math.log10(v) if v else bottom_decade
+        return top + (hi - value) * (height - top - bottom) / (hi - bottom_decade)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'role="img" aria-label="max |diff| per step" class="step-plot">']
+    for decade in range(bottom_decade, hi + 1):
+        level = y(10.0 ** decade if decade >= lo else 0.0)
+        label = f"1e{decade}" if decade >= lo else "0"
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{level:.1f}" y2="{level:.1f}" '
+                   f'stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{level + 4:.1f}" font-size="11" '
+                   f'text-anchor="end">{label}</text>')
+    for i, step in enumerate(steps):
+        out.append(f'<text x="{x(i):.1f}" y="{height - bottom + 16}" font-size="11" '
+                   f'text-anchor="middle">{step["step"]}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" font-size="12" '
+               f'text-anchor="middle">step</text>')
+    if tol > 0:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tol):.1f}" y2="{y(tol):.1f}" '
+                   f'stroke="#555" stroke-dasharray="5,4"/>')
+        out.append(f'<text x="{width - right + 6}" y="{y(tol) + 4:.1f}" font-size="11">tol {tol:g}</text>')
+    for k, (key, values) in enumerate(series.items()):
+        color = SERIES_COLORS[k % len(SERIES_COLORS)]
+        points = [(x(i), y(v)) for i, v in enumerate(values) if v is not None]
+        if len(points) > 1:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        for (px, py), v in zip(points, [v for v in values if v is not None]):
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
+                       f"<title>{PLOT_SERIES[key]}: {v:.3g}</title></circle>")
+        ly = top + 14 + 18 * (k + 1)
+        out.append(f'<rect x="{width - right + 6}" y="{ly - 9}" width="12" height="4" fill="{color}"/>')
+        out.append(f'<text x="{width - right + 22}" y="{ly - 4}" font-size="12">{PLOT_SERIES[key]}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _html_steps_table(steps: list[Mapping[str, Any]]) -> str:
+    series = step_series(steps)
+    head = "".join(f"<th>{_esc(PLOT_SERIES[k])}</th>" for k in series)
+    rows = []
+    for i, step in enumerate(steps):
+        label = f"{step.get('loss')} / {step.get('optimizer')}" if step.get("loss") else "forward check"
+        cells = "".join(f"<td>{_html_sci(series[k][i])}</td>" for k in series)
+        state = ('<td class="pass">pass</td>' if step.get("passed")
+                 else f'<td class="fail">FAIL {_esc(step.get("phase_failed") or "")}</td>')
+        rows.append(f"<tr><td>{step['step']}</td><td style='text-align:left'>{_esc(label)}</td>{cells}{state}</tr>")
+    losses = []
+    for step in steps:
+        for name, d in step.get("losses", {}).items():
+            losses.append(
+                f"<tr><td>{step['step']}</td><td style='text-align:left'>{_esc(name)}</td>"
+                f"<td>{_fmt(d['reference'])}</td><td>{_fmt(d['candidate'])}</td>"
+                f"<td>{_html_sci(d['abs_diff'])}</td><td>{_html_sci(d.get('required_tol'))}</td>"
+                f"<td class=\"{'pass' if d['passed'] else 'fail'}\">{'pass' if d['passed'] else 'FAIL'}</td></tr>"
+            )
+    return (
+        f"<table id='steps'><tr><th>step</th><th>loss / optimizer</th>{head}<th></th></tr>"
+        f"{''.join(rows)}</table><h2>Losses</h2><table id='losses'><tr><th>step</th><th>loss</th>"
+        f"<th>reference</th><th>candidate</th><th>|diff|</th><th>min tol</th><th></th></tr>"
+        f"{''.join(losses)}</table>"
+    )
+
+
+def _html_native(native: Mapping[str, Any]) -> str:
+    if not native:
+        return ""
+    parts = ['<h2 id="native">Native fidelity: ONNX Runtime vs eager framework</h2>']
+    for side, diffs in native.items():
+        rows = "".join(
+            f"<tr><td>{d['step']}</td><td>{_html_sci(_series_max(d['losses'], 'max_abs_diff'))}</td>"
+            f"<td>{_html_sci(d['parameters']['max_abs_diff'])}</td>"
+            f"<td style='text-align:left'>{_esc(d['parameters'].get('worst', ''))}</td></tr>"
+            for d in diffs
+        )
+        parts.append(f"<h3>{_esc(side)}</h3><table><tr><th>step</th><th>losses</th><th>parameters</th>"
+                     f"<th>worst parameter</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _html_parameter_map(pmap: Mapping[str, Any]) -> str:
+    pairs = pmap.get("pairs", [])
+    rows = "".join(
+        f"<tr><td>{_esc(p['reference'])}</td><td style='text-align:left'>{_esc(p['candidate'])}</td>"
+        f"<td style='text-align:left'>{_esc(p.get('transform', ''))}</td>"
+        f"<td style='text-align:left'>{_esc(p.get('how', ''))}</td></tr>"
+        for p in pairs
+    )
+    unpaired = [*pmap.get("unmapped_reference", []), *pmap.get("unmapped_candidate", [])]
+    extra = f"<p class='fail'>unpaired: {_esc(', '.join(unpaired))}</p>" if unpaired else ""
+    return (
+        f"<h2 id='parameter-map'>Parameter map</h2><details><summary>{len(pairs)} pairs</summary>"
+        f"<table><tr><th>reference</th><th>candidate</th><th>carried</th><th>paired by</th></tr>"
+        f"{rows}</table></details>{extra}"
+    )
+
+
+def _svg_neighbourhood(around: Mapping[str, Any]) -> str:
+    """The nodes around a divergence as columns by distance (upstream left), edges as lines."""
+    nodes = around.get("nodes", [])
+    if not nodes:
+        return "<p>(no nodes)</p>"
+    box_w, box_h, gap_x, gap_y, pad = 150, 40, 40, 12, 10
+    layers = sorted({n["layer"] for n in nodes})
+    columns = {layer: [n for n in nodes if n["layer"] == layer] for layer in layers}
+    rows = max(len(c) for c in columns.values())
+    width = pad * 2 + len(layers) * box_w + (len(layers) - 1) * gap_x
+    height = pad * 2 + rows * box_h + (rows - 1) * gap_y
+    place = {}
+    for ci, layer in enumerate(layers):
+        column = columns[layer]
+        offset = (rows - len(column)) * (box_h + gap_y) / 2
+        for ri, node in enumerate(column):
+            place[node["name"]] = (pad + ci * (box_w + gap_x), pad + offset + ri * (box_h + gap_y))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" '
+           f'class="neighbourhood" role="img" aria-label="graph neighbourhood">']
+    for src, dst in around.get("edges", []):
+        if src in place and dst in place:
+            (x1, y1), (x2, y2) = place[src], place[dst]
+            out.append(f'<line x1="{x1 + box_w:.1f}" y1="{y1 + box_h / 2:.1f}" x2="{x2:.1f}" '
+                       f'y2="{y2 + box_h / 2:.1f}" stroke="#888"/>')
+    for node in nodes:
+        x0, y0 = place[node["name"]]
+        color = STATUS_COLORS.get(node.get("status", ""), STATUS_COLORS[""])
+        stroke = "#c62828" if node.get("status") == "origin" else "#999"
+        name = node["name"] if len(node["name"]) <= 24 else "…" + node["name"][-23:]
+        scope = node.get("scope") or ""
+        scope = scope if len(scope) <= 24 else "…" + scope[-23:]
+        out.append(
+            f'<g><title>{_esc(node["name"])} ({_esc(node.get("scope") or "no scope")}): '
+            f'{_esc(node.get("status") or "not compared")}</title>'
+            f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{box_w}" height="{box_h}" rx="5" fill="{color}" '
+            f'stroke="{stroke}" stroke-width="{2 if node.get("status") == "origin" else 1}"/>'
+            f'<text x="{x0 + 6:.1f}" y="{y0 + 15:.1f}" font-size="12" font-weight="600">{_esc(node["op_type"])}</text>'
+            f'<text x="{x0 + 6:.1f}" y="{y0 + 28:.1f}" font-size="10">{_esc(name)}</text>'
+            f'<text x="{x0 + 6:.1f}" y="{y0 + 37:.1f}" font-size="8" fill="#555">{_esc(scope)}</text></g>'
+        )
+    out.append("</svg>")
+    return "".join(out)

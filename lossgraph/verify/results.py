@@ -57,6 +57,22 @@ class GradDiff:
         return max((d.required_tol for d in self.losses.values()), default=0.0)
 
 
+@dataclass(frozen=True)
+class ConventionDiff:
+    """A value compared in the candidate framework's convention, not as the reference recorded
+    it: a framework convention (e.g. BatchNorm's running variance, unbiased in torch, biased in
+    Paddle), not a porting bug. ``converted`` is the diff that counts; ``raw`` is kept."""
+
+    name: str  # the reference's parameter or buffer
+    candidate: str
+    kind: str  # what was converted, e.g. "running variance"
+    reference_convention: str
+    candidate_convention: str
+    counts: list[int]  # elements per channel of each batch the layer normalized in the step
+    raw: ValueDiff
+    converted: ValueDiff
+
+
 @dataclass
 class StepResult:
     """One comparison point: the forward check (``loss`` None) or one training step."""
@@ -69,6 +85,8 @@ class StepResult:
     parameters: dict[str, ValueDiff] = field(default_factory=dict)  # after the update
     optimizer_state: dict[str, ValueDiff] = field(default_factory=dict)  # "<param>:<slot>"
     lr: ValueDiff | None = None
+    #: values compared in the candidate's convention (their ``parameters`` entry is converted)
+    conventions: list[ConventionDiff] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -117,6 +135,11 @@ class Divergence:
     loss: str | None = None
     localized: bool = False  # False: the point where the diff was observed, not its origin
     source: dict[str, Any] | None = None
+    #: the nodes around the divergence on each side ("reference"/"candidate"), for reports
+    neighbourhood: dict[str, Any] | None = None
+    #: the diverging value on both sides and the origin's inputs: min/max/mean/std, and the
+    #: max relative diff and smallest tolerance that would have passed there
+    statistics: dict[str, Any] | None = None
 
 
 @dataclass

@@ -12,6 +12,14 @@ schedule advances — the loop of ``shared/seeds/backward-alignment-discogan-pad
 A backward adds into the buffers of every parameter it reaches; a step clears only its own
 optimizer's parameters (torch's ``zero_grad()`` leaves None, Paddle's ``clear_grad()`` zeros: a
 parameter with a None gradient is skipped by the next update, one with zeros is not).
+
+Comparing a torch graph with a Paddle graph step by step, one framework convention is not a
+porting bug and is converted rather than reported: BatchNorm's running variance takes the
+unbiased batch variance in torch and the biased one in Paddle. The candidate's running variance
+is compared with the reference's converted to the candidate's convention (the batch variance is
+recovered from the reference's values before and after the step and its momentum, and applied
+to the candidate's own running variance before the step, which differs by the conventions of
+the steps before); the raw diff is kept in :class:`~lossgraph.verify.results.ConventionDiff`.
 """
 
 from __future__ import annotations
@@ -23,15 +31,19 @@ import numpy as np
 
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
-from lossgraph.graph import LossGraph, OptimizerInfo
-from lossgraph.verify.align import ParamMap
+from lossgraph.graph import (
+    DEFAULT_LR,
+    DEFAULT_OPTIMIZER,
+    LossGraph,
+    OptimizerInfo,
+    training_schedule,
+)
+from lossgraph.verify.align import ParamMap, ParamPair
 from lossgraph.verify.compare import Tolerance, check_finite, compare_arrays
 from lossgraph.verify.inputs import dropout_feeds
-from lossgraph.verify.results import GradDiff, LossDiff, StepResult
+from lossgraph.verify.results import ConventionDiff, GradDiff, LossDiff, StepResult
 from lossgraph.verify.runtime import OrtRunner
 
-#: Without optimizers in the spec, ``--steps`` trains every trainable parameter with this SGD.
-DEFAULT_LR = 1e-3
 #: How each framework's ``zero_grad()``/``clear_grad()`` leaves a gradient buffer by default.
 CLEARED_TO_NONE = {"torch": True, "paddle": False}
 
@@ -61,6 +73,8 @@ class Trainer:
     grad_buffers: dict[str, np.ndarray | None] = field(default_factory=dict)
     opt_states: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     opt_steps: dict[str, int] = field(default_factory=dict)
+    #: the mask index each dropout draws (a candidate draws its matched reference dropout's)
+    mask_indices: list[int] | None = None
 
     def __post_init__(self) -> None:
         from lossgraph.optim import build_update
@@ -68,12 +82,12 @@ class Trainer:
         meta = self.graph.meta
         self.trainable = self.graph.trainable_params()
         self.optimizers = dict(meta.optimizers) or {
-            "sgd": OptimizerInfo(
+            DEFAULT_OPTIMIZER: OptimizerInfo(
                 cls="SGD", framework=meta.framework,
                 groups=[{"params": self.trainable, "lr": DEFAULT_LR, "learning_rate": DEFAULT_LR}],
             )
         }
-        self.schedule = list(meta.schedule) or [(meta.losses[0], next(iter(self.optimizers)))]
+        self.schedule = training_schedule(meta.schedule, meta.losses, meta.optimizers)
         self._runners: dict[str, tuple[OrtRunner, dict[str, str | None]]] = {}
         self._updates = {
             name: build_update(info, meta.params, dtype=self.dtype)
@@ -132,7 +146,7 @@ class Trainer:
             )
         runner, grad_names = self._runner(loss)
         meta = self.graph.meta
-        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype))
+        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype), self.mask_indices)
         feeds = {**inputs, **masks, **self.params}
         outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
         values = runner.run(feeds, outputs=outputs)
@@ -215,11 +229,13 @@ def run_steps(
     device: str,
     seed: int,
     dtype: str = "float32",
+    cand_mask_indices: list[int] | None = None,
 ) -> tuple[list[StepResult], Trajectory, Trajectory]:
-    """Train both graphs ``steps`` steps and compare every step."""
+    """Train both graphs ``steps`` steps and compare every step. ``cand_mask_indices``: the
+    candidate's dropout masks (:class:`~lossgraph.verify.inputs.DropoutMatch`)."""
     trainers = (
         Trainer(ref, device=device, dtype=dtype, seed=seed),
-        Trainer(cand, device=device, dtype=dtype, seed=seed),
+        Trainer(cand, device=device, dtype=dtype, seed=seed, mask_indices=cand_mask_indices),
     )
     check_schedules(*trainers)
     trainers[0].start(ref_params)
@@ -233,7 +249,10 @@ def run_steps(
             outcome = trainer.step(index, inputs)
             trajectory.outcomes.append(outcome)
             outcomes.append(outcome)
-        results.append(compare_step(index, *outcomes, param_map, ref, cand, tol))
+        results.append(
+            compare_step(index, *outcomes, param_map, ref, cand, tol,
+                         trajectories[0].before[-1], trajectories[1].before[-1])
+        )
     return results, *trajectories
 
 
@@ -253,7 +272,12 @@ def compare_step(
     ref: LossGraph,
     cand: LossGraph,
     tol: Tolerance,
+    ref_before: Mapping[str, np.ndarray] | None = None,
+    cand_before: Mapping[str, np.ndarray] | None = None,
 ) -> StepResult:
+    """Compare one training step of both sides: losses, gradients, parameters and buffers after
+    the update, optimizer state and learning rate. ``ref_before``/``cand_before``: each side's
+    values before the step (needed to compare running variances across frameworks)."""
     losses = {
         name: LossDiff(name, a.losses[name], b.losses[name],
                        compare_arrays(np.asarray(a.losses[name]), np.asarray(b.losses[name]), tol))
@@ -262,6 +286,7 @@ def compare_step(
     gradients = {}
     parameters = {}
     state = {}
+    conventions = []
     b_state = {split_state_key(k): v for k, v in b.opt_state.items()}
     b_state = {(p, canonical_slot(s)): v for (p, s), v in b_state.items()}
     for pair in param_map.pairs:
@@ -272,9 +297,16 @@ def compare_step(
                 ga = ga if ga is not None else np.zeros_like(a.params[pair.reference])
                 gb = pair.carry_back(gb) if gb is not None else np.zeros_like(ga)
                 gradients[pair.reference] = GradDiff({a.loss: compare_arrays(ga, gb, tol)})
-        parameters[pair.reference] = compare_arrays(
-            a.params[pair.reference], pair.carry_back(b.params[pair.candidate]), tol
-        )
+        ours = pair.carry_back(b.params[pair.candidate])
+        parameters[pair.reference] = compare_arrays(a.params[pair.reference], ours, tol)
+        converted = running_variance_convention(pair, a.params, ref_before, cand_before, ref, cand)
+        if converted is not None:
+            expected, note = converted
+            parameters[pair.reference] = compare_arrays(expected, ours, tol)
+            conventions.append(
+                ConventionDiff(**note, raw=compare_arrays(a.params[pair.reference], ours, tol),
+                               converted=parameters[pair.reference])
+            )
     pairs = param_map.by_reference()
     for key, value in a.opt_state.items():
         param, slot = split_state_key(key)
@@ -294,4 +326,75 @@ def compare_step(
         parameters=parameters,
         optimizer_state=state,
         lr=compare_arrays(np.asarray(a.lr), np.asarray(b.lr), tol),
+        conventions=conventions,
     )
+
+
+#: Each framework's batch variance in its BatchNorm's running-variance update.
+VARIANCE_CONVENTIONS = {"torch": "unbiased", "paddle": "biased"}
+
+
+def running_variance_convention(
+    pair: ParamPair,
+    ref_after: Mapping[str, np.ndarray],
+    ref_before: Mapping[str, np.ndarray] | None,
+    cand_before: Mapping[str, np.ndarray] | None,
+    ref: LossGraph,
+    cand: LossGraph,
+) -> tuple[np.ndarray, dict] | None:
+    """The reference's updated running variance in the candidate's convention, and what was
+    converted; None when the pair is no running variance or both sides share the convention.
+
+    The running variance after a forward pass is ``D r_before + C``: ``D`` the product of the
+    retention factors of the layer's calls (torch ``1 - m``, Paddle ``m``), ``C`` the batch
+    variances' contribution. The candidate's convention multiplies each batch variance by
+    ``(n-1)/n`` (unbiased to biased, n elements per channel) or ``n/(n-1)``, so ``C`` scales by
+    that factor; the reference's momentum is kept (a momentum that differs is a porting bug).
+    ``D`` applies to the candidate's own value before the step (carried into the reference's
+    layout), which after the first step already differs by the convention."""
+    info = ref.meta.batch_norm.get(pair.reference)
+    if info is None or ref_before is None or pair.reference not in ref_before:
+        return None
+    other = cand.meta.batch_norm.get(pair.candidate, {})
+    ours = info.get("convention") or VARIANCE_CONVENTIONS.get(ref.framework)
+    theirs = other.get("convention") or VARIANCE_CONVENTIONS.get(cand.framework)
+    counts = list(info.get("counts") or other.get("counts") or [])
+    if ours == theirs or theirs is None or not counts or len(set(counts)) != 1 or counts[0] < 2:
+        return None  # one convention, or batches of different sizes: not exactly recoverable
+    before = np.asarray(ref_before[pair.reference], np.float64)
+    after = np.asarray(ref_after[pair.reference], np.float64)
+    own = before
+    if cand_before is not None and pair.candidate in cand_before:
+        own = pair.carry_back(np.asarray(cand_before[pair.candidate], np.float64))
+    retention = _retention(info, ref.framework, len(counts), ref_before)
+    if retention is None:
+        return None
+    n = counts[0]
+    factor = (n - 1) / n if ours == "unbiased" else n / (n - 1)
+    expected = retention * own + factor * (after - retention * before)
+    note = {
+        "name": pair.reference,
+        "candidate": pair.candidate,
+        "kind": "running variance",
+        "reference_convention": ours,
+        "candidate_convention": theirs,
+        "counts": counts,
+    }
+    return expected, note
+
+
+def _retention(
+    info: Mapping, framework: str, calls: int, before: Mapping[str, np.ndarray]
+) -> float | None:
+    """The factor the running statistics keep of their old value over ``calls`` updates."""
+    momentum = info.get("momentum")
+    if framework == "paddle":
+        return float(momentum) ** calls if momentum is not None else None
+    if momentum is not None:
+        return (1.0 - float(momentum)) ** calls
+    # momentum=None: torch's cumulative average, factor 1/t for the t-th batch tracked
+    tracked = before.get(f"{info.get('module')}.num_batches_tracked")
+    if tracked is None:
+        return None
+    t0 = int(np.asarray(tracked))
+    return float(np.prod([1.0 - 1.0 / (t0 + j) for j in range(1, calls + 1)]))

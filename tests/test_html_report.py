@@ -1,0 +1,100 @@
+"""The HTML report: one self-contained file from ``verify --html`` or ``lossgraph report``,
+with the per-step plot, the divergence in its graph neighbourhood and the noise-floor verdict;
+rendered in headless Chromium where one is installed."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import LOSSES, one_line_error
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory, exported):
+    """A diverging pair's JSON and HTML reports (HingeEmbeddingLoss margin 0.5 vs 1.0)."""
+    from click.testing import CliRunner
+
+    from lossgraph.cli import main
+
+    folder = tmp_path_factory.mktemp("html")
+    result = CliRunner().invoke(main, [
+        "verify", str(exported(f"{LOSSES}/losses_torch.py:hinge_embedding")),
+        str(exported(f"{LOSSES}/losses_paddle_planted.py:hinge_margin")),
+        "--json", str(folder / "report.json"), "--html", str(folder / "report.html"),
+    ])
+    assert result.exit_code == 1, result.stdout
+    return folder
+
+
+def test_html_report_has_plot_divergence_neighbourhood_and_noise_floor(diverged):
+    page = (diverged / "report.html").read_text()
+    report = json.loads((diverged / "report.json").read_text())
+    assert page.startswith("<!DOCTYPE html>") and "DIVERGED" in page
+    assert page.count('class="step-plot"') == 1
+    assert page.count('class="neighbourhood"') == 2  # reference and candidate
+    div = report["first_divergence"]
+    assert div["reference_node"] in page and div["op_type"] in page
+    assert "likely cause" in page and "A constant differs" in page
+    assert 'id="noise-floor"' in page and "semantic" in page
+    around = div["neighbourhood"]["reference"]
+    assert around["center"] == div["reference_node"]
+    assert any(n["status"] == "origin" for n in around["nodes"])
+    assert {n["layer"] for n in around["nodes"]} >= {-1, 0, 1}
+
+
+def test_html_report_is_self_contained(diverged):
+    page = (diverged / "report.html").read_text()
+    assert "<script" not in page
+    external = re.findall(r'(?:src|href)\s*=\s*"([^"]+)"', page)
+    assert external == [], external
+    assert set(re.findall(r"https?://[^\"' ]+", page)) <= {"http://www.w3.org/2000/svg"}
+
+
+def test_report_command_renders_the_saved_json(cli, diverged, tmp_path):
+    out = tmp_path / "again.html"
+    result = cli("report", diverged / "report.json", "--html", out)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() == (diverged / "report.html").read_text()
+
+
+def test_passing_report_renders(cli, exported, tmp_path):
+    graph = exported(f"{LOSSES}/losses_torch.py:mse")
+    result = cli("verify", graph, graph, "--steps", "2", "--html", tmp_path / "ok.html")
+    assert result.exit_code == 0
+    page = (tmp_path / "ok.html").read_text()
+    assert "PASSED" in page and "First divergence" not in page
+    assert page.count("<circle") >= 2  # one point per step and series
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{not json", "is not a JSON file"),
+    ('{"passed": true}', "is not a lossgraph verify report"),
+])
+def test_report_bad_input(cli, tmp_path, content, message):
+    path = tmp_path / "report.json"
+    if content is not None:
+        path.write_text(content)
+    assert message in one_line_error(cli("report", path, "--html", tmp_path / "out.html"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (.ci/run installs it)")
+def test_html_renders_in_headless_chromium(diverged, tmp_path):
+    page = diverged / "report.html"
+    dom = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert dom.count("<svg") == 3 and "likely cause" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+         f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True,
+    )
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -1,0 +1,80 @@
+"""Node-level localization on small pairs built for one property each: decomposition
+intermediates that only one side computes are not origins, constants and shapes are not
+searched, and a divergence with agreeing losses is not reported in the forward pass."""
+
+import lossgraph as lg
+from lossgraph.verify.localize import neighbourhood
+
+TORCH = """
+import torch
+from torch import nn
+import lossgraph as lg
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+def spec():
+    torch.manual_seed(0)
+    def loss(model, x, y):
+        h = model(x)
+        mixed = h * 0.5 + x          # the candidate computes (h + 2x) / 2
+        return torch.clamp(1.0 - mixed * y, min=0.0).mean()   # hinge, margin 1
+    return lg.Spec(model=Net(), loss=loss,
+                   inputs={"x": lg.Input([3, 4]), "y": lg.Input([3, 4], choices=[-1.0, 1.0])})
+"""
+
+PADDLE = """
+import paddle
+from paddle import nn
+import lossgraph as lg
+
+class Net(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+def spec(margin=MARGIN):
+    paddle.seed(0)
+    def loss(model, x, y):
+        h = model(x)
+        mixed = (h + 2.0 * x) / 2.0
+        return paddle.clip(margin - mixed * y, min=0.0).mean()
+    return lg.Spec(model=Net(), loss=loss,
+                   inputs={"x": lg.Input([3, 4]), "y": lg.Input([3, 4], choices=[-1.0, 1.0])})
+"""
+
+
+def _pair(write_spec, tmp_path, margin):
+    ref, cand = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    lg.export(str(write_spec(TORCH, "loc_torch.py")), ref)
+    lg.export(str(write_spec(PADDLE.replace("MARGIN", repr(margin)), "loc_paddle.py")), cand)
+    return ref, cand
+
+
+def test_same_computation_decomposed_otherwise_passes(write_spec, tmp_path):
+    assert lg.verify(*_pair(write_spec, tmp_path, 1.0)).passed
+
+
+def test_origin_is_past_the_decomposition_intermediates(write_spec, tmp_path):
+    ref, cand = _pair(write_spec, tmp_path, 0.7)
+    result = lg.verify(ref, cand)
+    found = result.first_divergence
+    assert not result.passed and found.localized
+    assert found.phase == "forward" and found.scope == ""
+    # h * 0.5 exists only in the reference, yet the values agree again at h * 0.5 + x: the
+    # origin is where the margin enters (1 - mixed * y), not the intermediate
+    assert found.op_type == "Sub", found
+    assert found.source["code"].strip().startswith("return torch.clamp(1.0 - mixed * y")
+    assert "computes Sub in the loss with 1" in found.hint and "0.7" in found.hint
+    graph = lg.verify.pipeline.LossGraph.load(ref)
+    around = neighbourhood(graph, found.reference_node)
+    assert around["center"] == found.reference_node
+    assert any(n["layer"] < 0 for n in around["nodes"]) and any(n["layer"] > 0 for n in around["nodes"])
