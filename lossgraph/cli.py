@@ -42,8 +42,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     lossgraph export discogan_torch.py:spec  -o torch.onnx
     lossgraph export discogan_paddle.py:spec -o paddle.onnx
     lossgraph verify torch.onnx paddle.onnx --tol 1e-6
+    lossgraph verify torch.onnx paddle.onnx --grads --steps 5 --html report.html
+    lossgraph report report.json --html report.html
 
-    Exit codes: 0 agree, 1 diverged, 2 bad usage or bad input.
+    Exit codes: 0 agree (or differ only by float32 rounding noise), 1 diverged,
+    2 bad usage or bad input.
     """
     ctx.meta["lossgraph.debug"] = debug
     # Paddle prints a ccache warning and glog lines at import; neither concerns lossgraph users.
