@@ -262,3 +262,31 @@ def test_export_keeps_the_model_untouched():
 
 def test_onnx_is_valid(exported):
     onnx.checker.check_model(onnx.load(str(exported(f"{LOSSES}/losses_paddle.py:bce"))))
+
+
+UNUSED_LAYER = """
+import paddle
+import lossgraph as lg
+
+class Net(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.fc = paddle.nn.Linear(4, 4)
+        self.head = paddle.nn.Linear(4, 1)  # not used by the loss
+
+    def forward(self, x):
+        return self.fc(x)
+
+def spec():
+    paddle.seed(0)
+    return lg.Spec(model=Net(), loss=lambda model, x: model(x).pow(2).mean(),
+                   inputs={"x": lg.Input([3, 4])})
+"""
+
+
+def test_layers_the_loss_does_not_use_are_left_out(write_spec):
+    """paddle2onnx aborts on parameters no op reads; like torch's exporter, lossgraph leaves
+    them out of the graph (the saved program is pruned to what the losses need)."""
+    graph = lg.export(str(write_spec(UNUSED_LAYER, "unused_layer.py")))
+    assert set(graph.meta.params) == {"fc.weight", "fc.bias"}
+    assert graph.meta.eager["losses"]["loss"] == pytest.approx(graph.meta.eager["ort"]["loss"], abs=1e-6)

@@ -225,7 +225,7 @@ def _convert(
     try:
         with _struct_paths(model) as struct_paths:
             static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
-            paddle.jit.save(static, str(prefix), skip_prune_program=True)
+            paddle.jit.save(static, str(prefix), skip_prune_program=False)
     except Exception as exc:
         raise ExportError(
             f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "
