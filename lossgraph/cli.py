@@ -142,10 +142,12 @@ def verify(
     )
     result = run_verify(reference, candidate, options)
     render_verify(result, _console())
-    if json_file:
-        write_json(result, json_file)
-    if html_file:
-        write_html(report_dict(result), html_file)
+    if json_file or html_file:
+        data = report_dict(result)
+        if json_file:
+            write_json(data, json_file)
+        if html_file:
+            write_html(data, html_file)
     click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
 
 

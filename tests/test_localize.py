@@ -78,3 +78,17 @@ def test_origin_is_past_the_decomposition_intermediates(write_spec, tmp_path):
     around = neighbourhood(graph, found.reference_node)
     assert around["center"] == found.reference_node
     assert any(n["layer"] < 0 for n in around["nodes"]) and any(n["layer"] > 0 for n in around["nodes"])
+
+
+def test_a_sign_flip_is_localized(write_spec, tmp_path):
+    """Values equal up to sign correspond inside a region (1 - t vs -(t - 1)), but the diverging
+    loss never stands for its own negation."""
+    ref, _ = _pair(write_spec, tmp_path, 1.0)
+    flipped = PADDLE.replace("MARGIN", "1.0").replace(
+        "return paddle.clip(margin - mixed * y, min=0.0).mean()",
+        "return -paddle.clip(margin - mixed * y, min=0.0).mean()",
+    )
+    cand = tmp_path / "flipped.onnx"
+    lg.export(str(write_spec(flipped, "loc_flipped.py")), cand)
+    found = lg.verify(ref, cand).first_divergence
+    assert found is not None and found.localized and found.phase == "forward", found

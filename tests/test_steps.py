@@ -398,6 +398,11 @@ def test_dropouts_match_by_scope_then_position():
     # graphs exported before scopes were recorded: position and shape
     old = match_dropouts([{"p": 0.5, "scale": 2.0, "shape": [4, 4]}], [_call("x")])
     assert old.complete
+    # a dropout layer renamed (no parameters relate the names), or F.dropout inside a module:
+    # what is left on both sides pairs in order by mask shape, and says so
+    loose = match_dropouts([_call("enc.dropout"), _call("head")], [_call("encoder"), _call("out")])
+    assert loose.complete and loose.candidate_indices == [0, 1]
+    assert loose.by_position == [(0, 0), (1, 1)]
 
 
 def test_unmatched_dropouts_get_masks_of_their_own():

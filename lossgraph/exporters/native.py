@@ -23,7 +23,7 @@ from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
 from lossgraph.graph import DEFAULT_LR, DEFAULT_OPTIMIZER, GraphMeta, training_schedule
 from lossgraph.spec import LRSchedule, load_spec, parse_target
-from lossgraph.verify.inputs import draw_mask
+from lossgraph.verify.inputs import dropout_feeds
 
 
 @dataclass
@@ -53,10 +53,9 @@ def run_native(
             f"it is not there."
         )
     spec = load_spec(meta.source)
-    indices = list(range(len(meta.dropout))) if mask_indices is None else list(mask_indices)
     if meta.framework == "torch":
-        return _run_torch(spec, meta, start, steps, inputs, seed, indices)
-    return _run_paddle(spec, meta, start, steps, inputs, seed, indices)
+        return _run_torch(spec, meta, start, steps, inputs, seed, mask_indices)
+    return _run_paddle(spec, meta, start, steps, inputs, seed, mask_indices)
 
 
 def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
@@ -87,6 +86,12 @@ def _as_schedule(value: Any) -> LRSchedule | None:
     return value if isinstance(value, LRSchedule) else LRSchedule(value)
 
 
+def _masks(meta: GraphMeta, seed: int, index: int, indices) -> list[np.ndarray]:
+    """The dropout masks of step ``index``, as ONNX Runtime feeds them (see dropout_feeds)."""
+    feeds = dropout_feeds(meta.dropout, seed, index, indices=indices)
+    return [feeds[f"dropout:{k}"] for k in range(len(meta.dropout))]
+
+
 def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeStep]:
     import torch
 
@@ -101,10 +106,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeSt
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
 
     def masks_for(index):
-        return [
-            torch.from_numpy(draw_mask(c["p"], c["scale"], c["shape"], seed, index, indices[k]))
-            for k, c in enumerate(meta.dropout)
-        ]
+        return [torch.from_numpy(m) for m in _masks(meta, seed, index, indices)]
 
     def forward(masks):
         recorder.reset(masks)
@@ -137,10 +139,7 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, indices) -> list[NativeS
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
 
     def masks_for(index):
-        return [
-            paddle.to_tensor(draw_mask(c["p"], c["scale"], c["shape"], seed, index, indices[k]))
-            for k, c in enumerate(meta.dropout)
-        ]
+        return [paddle.to_tensor(m) for m in _masks(meta, seed, index, indices)]
 
     def forward(masks):
         recorder.reset(masks)

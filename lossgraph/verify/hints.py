@@ -105,13 +105,19 @@ def differing_attributes(ctx: HintContext) -> str | None:
     defaults = {"count_include_pad": 0, "epsilon": 1e-5, "ceil_mode": 0, "group": 1, "transB": 0}
     a, b = {**defaults, **a}, {**defaults, **b}
     diffs = [
-        f"{names[k]} {a[k]} vs {b[k]}"
+        f"{names[k]} {a[k]:g} vs {b[k]:g}" if isinstance(a[k], float) else f"{names[k]} {a[k]} vs {b[k]}"
         for k in sorted(set(a) & set(b))
-        if k in names and a[k] != b[k]
+        if k in names and _as_stored(a[k]) != _as_stored(b[k])
     ]
     if not diffs:
         return None
     return f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
+
+
+def _as_stored(value: Any) -> Any:
+    """An attribute as ONNX stores it: floats are float32 (a default of 1e-5 written in Python
+    and one read back from a graph must compare equal)."""
+    return float(np.float32(value)) if isinstance(value, float) else value
 
 
 def _fmt_list(values) -> str:
@@ -163,7 +169,7 @@ def differing_constants(ctx: HintContext) -> str | None:
     if not diff or not origin or (node is not None and node.op_type in NORMALIZATIONS):
         return None
     only_ref, only_cand = diff
-    missing = _missing(origin, [c for c in origin if c not in only_ref])
+    missing = [c for c in origin if c in only_ref]
     if -100.0 in missing:
         return None
     extra = f"; the candidate has {_fmt_list(only_cand)}" if 0 < len(only_cand) <= 4 else ""
@@ -185,8 +191,7 @@ def cross_entropy_axis(ctx: HintContext) -> str | None:
     ops = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
     if ref_node is None or cand_node is None or cand_node.op_type not in ops:
         return None
-    producers = {o: n for n in ctx.cand.model.graph.node for o in n.output}
-    source = producers.get(cand_node.input[0])
+    source = next((n for n in ctx.cand.model.graph.node if cand_node.input[0] in n.output), None)
     if source is None or source.op_type != "Transpose":
         return None
     perm = _attributes(source).get("perm") or []
@@ -272,11 +277,8 @@ def batch_norm_running_stats(ctx: HintContext) -> str | None:
                 f"BatchNorm momentum convention at {name}: torch's momentum m is Paddle's 1 - m "
                 f"(torch 0.1 = Paddle 0.9); the running statistics move {ratio:.3g} times as far."
             )
-    if 1.0 < ratio < 1.5 or 1 / 1.5 < ratio < 1.0:
-        return (
-            f"Running variance convention at {name}: torch updates it with the unbiased batch "
-            f"variance, Paddle with the biased one (a factor n/(n-1); here {ratio:.4g})."
-        )
+    # (torch's unbiased vs Paddle's biased running variance is no hint: steps compare it in
+    # the candidate's convention, see verify/steps.py)
     return None
 
 
@@ -345,14 +347,13 @@ def learning_rate_schedule(ctx: HintContext) -> str | None:
 @hint
 def dropout_masks(ctx: HintContext) -> str | None:
     """Matched dropouts with other rates, and dropouts that got no common mask, named on both
-    sides (``values["dropout"]``: the verification's DropoutMatch; else matched here by scope
-    and position without the parameter map's module correspondence)."""
-    from lossgraph.verify.inputs import describe_dropouts, match_dropouts
+    sides (``values["dropout"]``: the verification's DropoutMatch)."""
+    from lossgraph.verify.inputs import describe_dropouts
 
     ref_d, cand_d = ctx.ref.meta.dropout, ctx.cand.meta.dropout
-    if not ref_d and not cand_d:
+    match = ctx.values.get("dropout")
+    if match is None or (not ref_d and not cand_d):
         return None
-    match = ctx.values.get("dropout") or match_dropouts(ref_d, cand_d)
     rates = [(j, k) for j, k in match.pairs if ref_d[j]["p"] != cand_d[k]["p"]]
     if match.complete and not rates:
         return None

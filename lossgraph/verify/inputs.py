@@ -114,6 +114,8 @@ class DropoutMatch:
     candidate_indices: list[int]
     unmatched_reference: list[int] = field(default_factory=list)
     unmatched_candidate: list[int] = field(default_factory=list)
+    #: pairs whose scopes did not correspond, made by mask shape and order alone
+    by_position: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -131,7 +133,9 @@ def match_dropouts(
     the reference's scope translated into the candidate's module paths (``modules``, from the
     parameter map: parent modules map too); graphs exported before scopes were recorded match on
     shape alone. Among such candidates the one at the same position is taken, else the first one
-    left, so dropouts called in another order still get the same masks."""
+    left, so dropouts called in another order still get the same masks. Dropouts left over on
+    both sides (a dropout layer renamed, or ``F.dropout`` in place of a layer: scopes that the
+    parameters cannot relate) are then paired in order by mask shape alone (``by_position``)."""
     from lossgraph.verify.localize import translate_tap
 
     modules = _with_parents(modules or {})
@@ -153,10 +157,20 @@ def match_dropouts(
         k = j if j in options else options[0]
         free.remove(k)
         pairs.append((j, k))
+    by_position = []
+    for j in list(unmatched_reference):
+        k = next((k for k in free if list(reference[j]["shape"]) == list(candidate[k]["shape"])), None)
+        if k is not None:
+            free.remove(k)
+            unmatched_reference.remove(j)
+            by_position.append((j, k))
+    pairs += by_position
     indices = list(range(len(reference), len(reference) + len(candidate)))
     for j, k in pairs:
         indices[k] = j
-    return DropoutMatch(sorted(pairs, key=lambda p: p[1]), indices, unmatched_reference, free)
+    return DropoutMatch(
+        sorted(pairs, key=lambda p: p[1]), indices, unmatched_reference, free, by_position
+    )
 
 
 def _with_parents(modules: Mapping[str, str]) -> dict[str, str]:

@@ -94,7 +94,8 @@ def run_values(side: Side, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 #: Intermediate values agree when they differ by less than this fraction of their magnitude
 #: (plus the absolute tolerance): float32 rounding grows along a graph, a real difference does
-#: not stay below it.
+#: not stay below it. Inside a region they may also agree up to sign: exporters decompose
+#: ``1 - t`` as ``-(t - 1)`` and the like.
 MATCH_RTOL = 1e-4
 
 
@@ -104,11 +105,6 @@ def _agree(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
     a64 = np.asarray(a, dtype=np.float64)
     scale = float(np.abs(a64).max()) if a64.size else 0.0
     return bool(np.abs(a64 - b).max(initial=0.0) <= tol.atol + max(tol.rtol, MATCH_RTOL) * scale)
-
-
-def _corresponds(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
-    """Equal, or equal up to sign: exporters decompose ``1 - t`` as ``-(t - 1)`` and the like."""
-    return _agree(a, b, tol) or (a.shape == b.shape and _agree(a, -np.asarray(b), tol))
 
 
 class ValueIndex:
@@ -127,29 +123,44 @@ class ValueIndex:
     def same_shape(self, shape: tuple[int, ...]) -> list[str]:
         return [name for name, _, _ in self.by_shape.get(shape, [])]
 
-    def matches(self, ref: np.ndarray, tol: Tolerance, first: bool = False) -> list[str]:
-        """The candidate values that correspond to ``ref`` (equal, or equal up to sign), in
-        graph order; only the first with ``first``."""
+    def matches(self, ref: np.ndarray, tol: Tolerance, first: bool = False) -> list[tuple[str, int]]:
+        """The candidate values that correspond to ``ref``, each with its sign: 1 (equal) or -1
+        (equal up to sign), in graph order; only the first with ``first``."""
         r64 = np.asarray(ref, dtype=np.float64)
         peak = float(np.abs(r64).max()) if r64.size else 0.0
         total, bound = float(r64.sum()), tol.atol + max(tol.rtol, MATCH_RTOL) * peak
         out = []
         for name, other_peak, other_total in self.by_shape.get(r64.shape, []):
-            if abs(peak - other_peak) > bound or min(
-                abs(total - other_total), abs(total + other_total)
-            ) > r64.size * bound:
+            if abs(peak - other_peak) > bound:
                 continue
-            if _corresponds(ref, self.values[name], tol):
-                out.append(name)
-                if first:
+            for sign in (1, -1):
+                if abs(total - sign * other_total) > r64.size * bound:
+                    continue
+                if _agree(ref, sign * np.asarray(self.values[name]), tol):
+                    out.append((name, sign))
                     break
+            if first and out:
+                break
         return out
 
 
-def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
+def _cached(graph: LossGraph, key: str, compute):
+    """A value computed once per graph (shape inference and constant folding are the slow
+    parts of a search, and every search of one verification asks again)."""
+    cache = graph.__dict__.setdefault("_lossgraph_cache", {})
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def value_types(graph: LossGraph):
     from lossgraph.autodiff.shapes import infer_types
 
-    types = infer_types(graph.model)
+    return _cached(graph, "types", lambda: infer_types(graph.model))
+
+
+def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
+    types = value_types(graph)
     return [n for n in names if n in types and types[n].is_float]
 
 
@@ -197,10 +208,12 @@ def _scope_of(node: onnx.NodeProto | None, tap: str) -> str:
 
 
 def localize_forward(
-    ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str | None
+    ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str | None,
+    loss_agrees: bool | None = None,
 ) -> tuple[Divergence | None, dict[str, object]]:
     """The forward origin of a divergence (None if neither a tap nor the loss diverges), and
-    what the hints need to know about it (see :class:`Origin`)."""
+    what the hints need to know about it (see :class:`Origin`). ``loss_agrees``: whether the
+    loss is already known to agree (measured here when None)."""
     modules = module_map(param_map, ref.graph, cand.graph)
     ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
     pairs = {t: cand_taps[translate_tap(t, modules)] for t in ref_taps if translate_tap(t, modules) in cand_taps}
@@ -213,8 +226,10 @@ def localize_forward(
     else:
         # no module output parts: the divergence, if any, is in the loss computation itself
         target = cand_target = loss or ref.graph.meta.losses[0]
-        values = run_values(ref, [target]), run_values(cand, [target])
-        if _agree(values[0][target], values[1][target], tol):
+        if loss_agrees is None:
+            values = run_values(ref, [target]), run_values(cand, [target])
+            loss_agrees = _agree(values[0][target], values[1][target], tol)
+        if loss_agrees:
             return None, {}
     agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged}
     agreed.update({name: name for name in ref.graph.meta.inputs})
@@ -228,9 +243,10 @@ def localize_forward(
             perturbed(cand, param_map.pairs, "candidate", ref),
             target, cand_target, agreed, tol,
         )
-        if origin is not None:  # report the difference the actual weights make, at the tap
+        if origin is not None:  # report the difference the actual weights make, at the tap;
+            # the values measured at the origin were the perturbed ones: no statistics of them
             actual = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
-            origin = replace(origin, diff=actual)
+            origin = replace(origin, diff=actual, ref_value=None, cand_value=None, ref_inputs={})
     if origin is not None:
         found = _divergence(
             step, "forward", origin.ref_node, origin.cand_node, _scope_of(origin.ref_node, tap),
@@ -270,7 +286,7 @@ class Origin:
     ref_node: onnx.NodeProto
     cand_node: onnx.NodeProto | None
     diff: float  # to the nearest candidate value of the same shape
-    ref_value: np.ndarray
+    ref_value: np.ndarray | None  # None where the search ran on perturbed weights
     cand_value: np.ndarray | None  # that nearest candidate value
     ref_constants: tuple[float, ...]  # float constants the reference computes with between the
     cand_constants: tuple[float, ...]  # agreeing inputs and the diverging value; the candidate's
@@ -362,10 +378,11 @@ def _origin_in_region(
     counterpart: dict[str, str] = dict(known)
     for node in region:
         for out in node.output:
-            if out in ref_vals and out not in counterpart:
+            # the diverging value was compared with its counterpart already: it has none
+            if out in ref_vals and out not in counterpart and out != target:
                 match = index.matches(ref_vals[out], tol, first=True)
                 if match:
-                    counterpart[out] = match[0]
+                    counterpart[out] = match[0][0]
     if target not in ref_vals or target in counterpart:
         return None
     producers = {o: n for n in region for o in n.output}
@@ -377,15 +394,23 @@ def _origin_in_region(
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        parted = [i for i in node.input if i in ref_vals and i not in counterpart]
+        # a value that only moves (Identity, Reshape, ...) parts where its input does: an input
+        # counterpart found by value there was a coincidence (BatchNorm at its initial
+        # identity statistics leaves its input unchanged)
+        moves = node.op_type in PASS_THROUGH
+        parted = [
+            i for i in node.input
+            if i in ref_vals and (i not in counterpart or (moves and i not in known))
+        ]
         if parted:
+            for name in parted:  # they part: no counterpart stands, whatever matched by value
+                counterpart.pop(name, None)
             stack.extend(parted)
         else:
-            origins.append(node)
+            origins.append((node, value))
     if not origins:
         return None
-    node = min(origins, key=lambda n: order[id(n)])
-    out = next(o for o in node.output if o in ref_vals and o not in counterpart)
+    node, out = min(origins, key=lambda item: order[id(item[0])])
     sources = [i for i in node.input if i in counterpart and (i in ref_vals or i in ref.feeds)]
     cand_sources = [counterpart[i] for i in sources]
     ref_between = _between(ref.model.graph, sources, target) or [node]
@@ -440,13 +465,16 @@ CONSTANT_ATTRIBUTES = {
 def constant_scalars(graph: LossGraph, dependent: set[str]) -> dict[str, float]:
     """Float constants of a graph that do not depend on what is fed: scalars, or tensors of one
     repeated value (``full``, ``ones_like * m``), as value name -> number."""
-    from lossgraph.autodiff.shapes import constant_values, infer_types
+    from lossgraph.autodiff.shapes import constant_values
 
-    model = onnx.ModelProto()
-    model.opset_import.extend(graph.model.opset_import)
-    model.graph.node.extend(graph.model.graph.node)  # without the initializers: not constants
+    def fold() -> dict[str, np.ndarray]:
+        model = onnx.ModelProto()
+        model.opset_import.extend(graph.model.opset_import)
+        model.graph.node.extend(graph.model.graph.node)  # without the initializers: not constants
+        return constant_values(model, value_types(graph))
+
     out = {}
-    for name, value in constant_values(model, infer_types(graph.model)).items():
+    for name, value in _cached(graph, "constants", fold).items():
         value = np.asarray(value)
         if name in dependent or value.size == 0 or not np.issubdtype(value.dtype, np.floating):
             continue
@@ -478,7 +506,7 @@ def _consumed(nodes: Iterable[onnx.NodeProto], constants: Mapping[str, float]) -
 
 def _closest(ref_value: np.ndarray, index: ValueIndex) -> tuple[float, np.ndarray | None]:
     """The candidate value of the same shape nearest the reference value, and its distance."""
-    candidates = [index.values[c] for c in index.same_shape(ref_value.shape)]
+    candidates = [index.values[c] for c in index.same_shape(ref_value.shape)]  # as they are
     if not candidates:
         return float("inf"), None
     diffs = [float(np.abs(ref_value.astype(np.float64) - c).max()) for c in candidates]
@@ -539,15 +567,16 @@ def _backward_origin(
     ref_names = [n for n in dict.fromkeys(ref_names) if n != loss]
     cand_names = [n for n in dict.fromkeys(cand_names) if n != loss]
     ref_vals, cand_vals = run_values(ref, ref_names), run_values(cand, cand_names)
-    ref_grads = _tap_gradients(ref, loss, ref_names)
-    cand_grads = _tap_gradients(cand, loss, cand_names)
+    ref_grads = _tap_gradients(ref, loss, ref_names, ref_vals)
+    cand_grads = _tap_gradients(cand, loss, cand_names, cand_vals)
     index = ValueIndex(cand_vals)
-    pairs: dict[str, list[str]] = {value: [cand_value]}
+    pairs: dict[str, list[tuple[str, int]]] = {value: [(cand_value, 1)]}
     for name in ref_names[1:]:
         pairs[name] = index.matches(ref_vals[name], tol)
+    # a value equal up to sign has a gradient equal up to the same sign
     parted = {
         name for name, others in pairs.items()
-        if others and not any(_agree(ref_grads[name], cand_grads[c], tol) for c in others)
+        if others and not any(_agree(ref_grads[name], sign * cand_grads[c], tol) for c, sign in others)
     }
     if value not in parted:
         return None
@@ -566,25 +595,35 @@ def _backward_origin(
         if ok:
             node = next((n for n in ok if node_meta(n, STOP_GRADIENT_KEY) == "1"), ok[0])
             others = pairs[name]
-            diff = min(float(np.abs(ref_grads[name].astype(np.float64) - cand_grads[c]).max()) for c in others)
-            cand_between = _between(cand.model.graph, others, loss, stop=set(later.values()))
+            diff = min(
+                float(np.abs(ref_grads[name].astype(np.float64) - sign * cand_grads[c]).max())
+                for c, sign in others
+            )
+            cand_between = _between(
+                cand.model.graph, [c for c, _ in others], loss, stop=set(later.values())
+            )
             cand_node = cand_between[0] if cand_between else None
             status = (
                 {n: "differs" if n in parted else "agrees" for n in pairs if pairs[n]},
-                {c: "agrees" for n in agreeing for c in pairs[n]},
+                {c: "agrees" for n in agreeing for c, _ in pairs[n]},
             )
             return node, cand_node, diff, status
     return None
 
 
-def _tap_gradients(side: Side, loss: str, values: list[str]) -> dict[str, np.ndarray]:
+def _tap_gradients(
+    side: Side, loss: str, values: list[str], known: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """d(loss)/d(value) for each value (zeros where the loss does not depend on it; their
+    shapes from ``known`` values where given, else measured)."""
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
     result = build_gradients(side.model, loss, values, feeds=side.feeds)
     outputs = [g for g in result.grads.values() if g]
     got = OrtRunner(result.model, fed=params, device=side.device, arena=False).run(
         side.feeds, outputs=outputs
     )
-    shapes = run_values(side, values)
+    zero = [v for v, g in result.grads.items() if not g and v not in (known or {})]
+    shapes = {**(known or {}), **(run_values(side, zero) if zero else {})}
     return {v: got[g] if g else np.zeros_like(shapes[v]) for v, g in result.grads.items()}
 
 
@@ -601,7 +640,7 @@ def neighbourhood(
     up to NEIGHBOURHOOD_HOPS away (Constant nodes left out), each with its op, scope, distance
     (negative upstream) and, where known, whether its output agrees with the other side."""
     nodes = [n for n in graph.model.graph.node if n.op_type != "Constant"]
-    by_name = {n.name: n for n in nodes}
+    by_name = {n.name: n for n in nodes if n.name}
     if center not in by_name:
         return None
     producers = {o: n for n in nodes for o in n.output}

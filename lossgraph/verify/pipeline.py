@@ -133,6 +133,15 @@ def _match_dropouts(
             "Dropout masks cannot all be matched (by scope and mask shape); these dropouts get "
             "masks of their own: " + "; ".join(sides) + "."
         )
+    if match.by_position:
+        warnings.append(
+            "Dropouts paired by order and mask shape only (their scopes do not correspond): "
+            + "; ".join(
+                f"reference {describe_dropouts(ref, [j])} with candidate {describe_dropouts(cand, [k])}"
+                for j, k in match.by_position
+            )
+            + "."
+        )
     return match
 
 
@@ -229,12 +238,15 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
         setup.inputs, setup.cand, options.seed, step.step, mask_indices=setup.cand_mask_indices
     )
     cand_side = Side(setup.cand, {**cand_masks, **cand_before}, options.device)
-    loss = step.loss or next(iter(d.name for d in step.losses.values() if not d.passed), None)
+    failing = [d.name for d in step.losses.values() if not d.passed]
+    # the forward search follows a diverging loss; the backward one the step's loss
+    loss = failing[0] if phase == "forward" and failing else (step.loss or next(iter(failing), None))
     found = None
     values: dict[str, Any] = {}
     if options.localize and phase in ("forward", "backward"):
         found, origin = localize_forward(
-            ref_side, cand_side, setup.param_map, setup.tol, step.step, loss
+            ref_side, cand_side, setup.param_map, setup.tol, step.step, loss,
+            loss_agrees=step.losses[loss].passed if loss in step.losses else None,
         )
         values.update(origin)
         if found is None and phase == "backward":

@@ -77,8 +77,10 @@ def _native_dict(diff: NativeDiff) -> dict[str, Any]:
     }
 
 
-def write_json(result: VerifyResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report_dict(result), indent=2, allow_nan=True) + "\n")
+def write_json(result: VerifyResult | Mapping[str, Any], path: str | Path) -> None:
+    """Write the JSON report of a verification (or the report already made from it)."""
+    data = result if isinstance(result, Mapping) else report_dict(result)
+    Path(path).write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def _graph_dict(info: Any) -> dict[str, Any]:

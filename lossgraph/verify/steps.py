@@ -298,15 +298,12 @@ def compare_step(
                 gb = pair.carry_back(gb) if gb is not None else np.zeros_like(ga)
                 gradients[pair.reference] = GradDiff({a.loss: compare_arrays(ga, gb, tol)})
         ours = pair.carry_back(b.params[pair.candidate])
-        parameters[pair.reference] = compare_arrays(a.params[pair.reference], ours, tol)
+        raw = parameters[pair.reference] = compare_arrays(a.params[pair.reference], ours, tol)
         converted = running_variance_convention(pair, a.params, ref_before, cand_before, ref, cand)
         if converted is not None:
             expected, note = converted
             parameters[pair.reference] = compare_arrays(expected, ours, tol)
-            conventions.append(
-                ConventionDiff(**note, raw=compare_arrays(a.params[pair.reference], ours, tol),
-                               converted=parameters[pair.reference])
-            )
+            conventions.append(ConventionDiff(**note, raw=raw, converted=parameters[pair.reference]))
     pairs = param_map.by_reference()
     for key, value in a.opt_state.items():
         param, slot = split_state_key(key)
