@@ -49,6 +49,17 @@ def write_spec(tmp_path: Path):
     return write
 
 
+def write_spec_files(tmp_path_factory, folder: str, sources: dict[str, str]) -> dict[str, Path]:
+    """Write spec files ``<name>.py`` from source texts into a new folder, for fixtures wider
+    than one test (``write_spec`` serves single tests); returns name -> path."""
+    base = tmp_path_factory.mktemp(folder)
+    out = {}
+    for name, source in sources.items():
+        out[name] = base / f"{name}.py"
+        out[name].write_text(textwrap.dedent(source))
+    return out
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """Export ``FILE.py:NAME`` once per session; returns the .onnx path."""

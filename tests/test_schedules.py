@@ -6,11 +6,11 @@ with ``LRSchedule(when="before")``, or every k optimizer steps with ``every=k``)
 from __future__ import annotations
 
 import json
-import textwrap
 import warnings
 
 import numpy as np
 import pytest
+from conftest import write_spec_files
 
 from lossgraph.graph import LossGraph
 from lossgraph.verify.inputs import make_inputs
@@ -161,13 +161,9 @@ def pair_mismatch():
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("schedule_specs")
-    out = {}
-    for name, source in {"torch": TORCH, "paddle": PADDLE}.items():
-        path = folder / f"schedules_{name}.py"
-        path.write_text(textwrap.dedent(source))
-        out[name] = path
-    return out
+    paths = write_spec_files(tmp_path_factory, "schedule_specs",
+                             {"schedules_torch": TORCH, "schedules_paddle": PADDLE})
+    return {"torch": paths["schedules_torch"], "paddle": paths["schedules_paddle"]}
 
 
 def _eager(spec, start, inputs, framework: str):

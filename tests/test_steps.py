@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, write_spec_files
 
 from lossgraph.graph import LossGraph
 from lossgraph.verify.align import ParamPair
@@ -109,13 +109,11 @@ def spec():
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     """The spec files of this module, written once: name -> path."""
-    folder = tmp_path_factory.mktemp("step_specs")
-    out = {}
-    for name, source in {"gan_torch": TORCH_GAN, "gan_paddle": PADDLE_GAN}.items():
-        path = folder / f"{name}.py"
-        path.write_text(f"SCHEDULE = {SCHEDULE!r}\n" + textwrap.dedent(source))
-        out[name] = path
-    return out
+    prelude = f"SCHEDULE = {SCHEDULE!r}\n"
+    return write_spec_files(tmp_path_factory, "step_specs", {
+        "gan_torch": prelude + textwrap.dedent(TORCH_GAN),
+        "gan_paddle": prelude + textwrap.dedent(PADDLE_GAN),
+    })
 
 
 def _ort_steps(path, steps: int):
@@ -487,13 +485,9 @@ def extra():
 
 @pytest.fixture(scope="module")
 def dropout_specs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dropout_specs")
-    out = {}
-    for name, source in {"torch": DROPOUT_TORCH, "paddle": DROPOUT_PADDLE}.items():
-        path = folder / f"dropout_{name}.py"
-        path.write_text(textwrap.dedent(source))
-        out[name] = path
-    return out
+    paths = write_spec_files(tmp_path_factory, "dropout_specs",
+                             {"dropout_torch": DROPOUT_TORCH, "dropout_paddle": DROPOUT_PADDLE})
+    return {"torch": paths["dropout_torch"], "paddle": paths["dropout_paddle"]}
 
 
 def test_dropout_scopes_are_recorded(exported, dropout_specs):
