@@ -205,6 +205,11 @@ CASES: list[Case] = [
          {"strides": [2], "pads": [1, 1]}, name="1d"),
     Case("Conv", (A(1, 2, 5, 5), A(2, 2, 3, 3)), lambda x, w: F.conv2d(x, w, padding=1),
          {"auto_pad": "SAME_UPPER"}, name="same"),
+    # strided kernels of 16+ taps take dW as one correlation Conv, smaller ones as a GEMM
+    Case("Conv", (A(2, 3, 9, 8), A(4, 3, 4, 4)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
+         {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="stride2-4x4"),
+    Case("Conv", (A(2, 3, 7, 6), A(5, 3, 1, 1)), lambda x, w: F.conv2d(x, w, stride=2),
+         {"strides": [2, 2]}, name="1x1-stride2"),
     Case("ConvTranspose", (A(2, 3, 4, 4), A(3, 2, 4, 4), A(2)),
          lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}),

@@ -124,6 +124,10 @@ CASES = [
     Case("Conv", ((1, 3, 7, 8), (2, 3, 2, 3)), _conv(2, stride=(1, 2)),
          {"strides": [1, 2], "auto_pad": "VALID"}, "valid"),
     Case("Conv", ((2, 5, 3, 4), (7, 5, 1, 1), (7,)), _conv(2), {}, "1x1"),
+    Case("Conv", ((2, 5, 7, 6), (3, 5, 1, 1)), _conv(2, stride=2), {"strides": [2, 2]},
+         "1x1-stride2"),
+    Case("Conv", ((2, 3, 9, 8), (4, 3, 4, 4), (4,)), _conv(2, [1, 2], [2, 1], stride=2),
+         {"strides": [2, 2], "pads": [1, 2, 2, 1]}, "stride2-4x4-asymmetric"),
     # --- ConvTranspose ----------------------------------------------------------------------
     Case("ConvTranspose", ((2, 4, 5, 4), (4, 3, 3, 3), (3,)),
          _conv_transpose(2, stride=2, padding=1, output_padding=1),

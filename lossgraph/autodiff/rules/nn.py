@@ -104,8 +104,10 @@ def _conv_geometry(ctx, spatial_in, kernel):
 def unfold(
     ctx, x: str, x_shape, kernel, strides, dilations, begin, end, out_spatial, axis: int = 2
 ) -> str:
-    """The K = prod(kernel) strided windows of ``x`` (padded by begin/end) stacked at ``axis``:
-    ``[N, C, K, *out_spatial]`` by default, kernel offsets in row-major order."""
+    """The K = prod(kernel) strided windows of ``x`` (shape ``x_shape``, padded by begin/end)
+    stacked at ``axis``: ``[N, C, K, *out_spatial]`` by default, kernel offsets in row-major
+    order. The windows are concatenated along ``axis`` as they are and reshaped once: the
+    memory layout is that of stacking them."""
     n = len(kernel)
     if any(begin) or any(end):
         pads = [0, 0, *begin, 0, 0, *end]
@@ -115,11 +117,13 @@ def unfold(
     for offset in itertools.product(*[range(k) for k in kernel]):
         starts = [o * d for o, d in zip(offset, dilations)]
         ends = [st + s * (o_sz - 1) + 1 for st, s, o_sz in zip(starts, strides, out_spatial)]
-        piece = ctx.op("Slice", x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes), ctx.ints(strides))
-        slices.append(ctx.op("Unsqueeze", piece, ctx.ints([axis])))
-    if len(slices) == 1:
-        return slices[0]
-    return ctx.op("Concat", *slices, axis=axis)
+        slices.append(
+            ctx.op("Slice", x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes), ctx.ints(strides))
+        )
+    stacked = slices[0] if len(slices) == 1 else ctx.op("Concat", *slices, axis=axis)
+    shape = [*x_shape[:2], *out_spatial]
+    shape.insert(axis, len(slices))
+    return ctx.reshape(stacked, shape)
 
 
 def _weight_grad(ctx, cols: str, dy: str, n_batch, group, c_in, k_total, c_out, length, w_shape):
@@ -149,13 +153,21 @@ def _input_grad_by_conv(ctx, dy, w, w_shape, kernel, dilations, begin, end, grou
     return ctx.op("Conv", dy, weight, dilations=dilations, pads=pads, group=group, kernel_shape=kernel)
 
 
+#: Strided group-1 kernels with at least this many taps get dW as one correlation Conv; smaller
+#: ones (1x1, 3x3) as a GEMM over their windows. ONNX Runtime runs that correlation as one GEMM
+#: per input channel whose output width is the tap count, so few taps waste the GEMM. Measured
+#: by benchmarks/conv_weight_grad.py.
+CORRELATION_MIN_TAPS = 16
+
+
 def conv_weight_grad(ctx, x, dy, x_shape, y_shape, w_shape, group, geometry) -> str:
     """dW of a Conv. The formulation is chosen by shape, from measurements on ONNX Runtime's
-    CPU kernels (benchmarks/step_time.py): unit strides use one large GEMM over the kernel
-    windows of x; strided group-1 convolutions correlate x^T with dy^T in one Conv; grouped
-    ones unfold and MatMul per group."""
+    CPU kernels (benchmarks/conv_weight_grad.py): unit strides and small strided kernels use
+    one large GEMM over the kernel windows of x; larger strided group-1 kernels correlate x^T
+    with dy^T in one Conv; grouped ones unfold and MatMul per group."""
     kernel, strides, dilations, begin, end = geometry
-    if group == 1 and all(s == 1 for s in strides):
+    unit = all(s == 1 for s in strides)
+    if group == 1 and (unit or math.prod(kernel) < CORRELATION_MIN_TAPS):
         return _weight_grad_by_gemm(ctx, x, dy, x_shape, y_shape, w_shape, geometry)
     if group == 1:
         return _weight_grad_by_conv(ctx, x, dy, kernel, strides, dilations, begin, end)
@@ -174,8 +186,8 @@ def _weight_grad_by_gemm(ctx, x, dy, x_shape, y_shape, w_shape, geometry) -> str
     n, c, o = x_shape[0], x_shape[1], y_shape[1]
     length = n * math.prod(y_shape[2:])
     windows = unfold(
-        ctx, ctx.transpose(x, swap), x_shape, kernel, strides, dilations, begin, end,
-        y_shape[2:], axis=1,
+        ctx, ctx.transpose(x, swap), [c, n, *x_shape[2:]], kernel, strides, dilations, begin,
+        end, y_shape[2:], axis=1,
     )
     windows = ctx.reshape(windows, [c * math.prod(kernel), length])
     dy_rows = ctx.reshape(ctx.transpose(dy, swap), [o, length])
