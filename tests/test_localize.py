@@ -92,3 +92,66 @@ def test_a_sign_flip_is_localized(write_spec, tmp_path):
     lg.export(str(write_spec(flipped, "loc_flipped.py")), cand)
     found = lg.verify(ref, cand).first_divergence
     assert found is not None and found.localized and found.phase == "forward", found
+
+
+def test_parameter_free_modules_pair_through_their_children():
+    from lossgraph.verify.localize import translate_tap, with_parents
+
+    modules = with_parents(
+        {"enc.0": "encoder.0", "enc.2": "encoder.2", "head.fc": "out.fc", "mix.a": "m1.a", "mix.b": "m2.b"}
+    )
+    assert translate_tap("enc#0", modules) == "encoder#0"
+    assert translate_tap("enc.1#0", modules) == "encoder.1#0"  # a Tanh between two Linears
+    assert translate_tap("head#1", modules) == "out#1"
+    assert "mix" not in modules and translate_tap("mix#0", modules) == "mix#0"  # ambiguous
+
+
+RENAMED_TORCH = """
+import torch
+from torch import nn
+import lossgraph as lg
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+def spec():
+    torch.manual_seed(0)
+    return lg.Spec(model=Net(), loss=lambda model, x: model(x).square().mean(),
+                   inputs={"x": lg.Input([3, 4])})
+"""
+
+RENAMED_PADDLE = """
+import paddle
+from paddle import nn
+import lossgraph as lg
+
+class Net(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 4))
+        self.out = nn.Sequential(nn.ReLU(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.out(self.encoder(x))
+
+def spec():
+    paddle.seed(0)
+    return lg.Spec(model=Net(), loss=lambda model, x: model(x).square().mean(),
+                   inputs={"x": lg.Input([3, 4])})
+"""
+
+
+def test_renamed_containers_localize_to_the_parameter_free_layer(write_spec, tmp_path):
+    ref, cand = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    lg.export(str(write_spec(RENAMED_TORCH, "renamed_torch.py")), ref)
+    lg.export(str(write_spec(RENAMED_PADDLE, "renamed_paddle.py")), cand)
+    report = lg.verify(ref, cand, tol=1e-6)
+    assert not report.passed
+    divergence = report.first_divergence
+    assert divergence.scope == "enc.1", divergence

@@ -382,6 +382,7 @@ def _call(scope, shape=(4, 4), p=0.5):
 
 def test_dropouts_match_by_scope_then_position():
     from lossgraph.verify.inputs import match_dropouts
+    from lossgraph.verify.localize import with_parents
 
     same = match_dropouts([_call("a"), _call("b")], [_call("a"), _call("b")])
     assert same.pairs == [(0, 0), (1, 1)] and same.candidate_indices == [0, 1] and same.complete
@@ -391,8 +392,9 @@ def test_dropouts_match_by_scope_then_position():
     twice = match_dropouts([_call("a"), _call("a"), _call("b")], [_call("b"), _call("a"), _call("a")])
     assert twice.candidate_indices == [2, 0, 1]
     # scopes translate through the parameter map's modules, parents included
-    renamed = match_dropouts([_call("enc.drop")], [_call("encoder.drop")], {"enc.fc": "encoder.fc"})
-    assert renamed.complete and renamed.candidate_indices == [0]
+    modules = with_parents({"enc.fc": "encoder.fc"})
+    renamed = match_dropouts([_call("enc.drop")], [_call("encoder.drop")], modules)
+    assert renamed.complete and renamed.candidate_indices == [0] and not renamed.by_position
     # graphs exported before scopes were recorded: position and shape
     old = match_dropouts([{"p": 0.5, "scale": 2.0, "shape": [4, 4]}], [_call("x")])
     assert old.complete

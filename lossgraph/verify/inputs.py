@@ -130,15 +130,15 @@ def match_dropouts(
     """Pair the dropouts of two graphs by scope and position.
 
     A reference dropout corresponds to a candidate dropout of the same mask shape whose scope is
-    the reference's scope translated into the candidate's module paths (``modules``, from the
-    parameter map: parent modules map too); graphs exported before scopes were recorded match on
+    the reference's scope translated into the candidate's module paths (``modules``: the
+    parameter map's :func:`~lossgraph.verify.localize.module_map`, parents included); graphs exported before scopes were recorded match on
     shape alone. Among such candidates the one at the same position is taken, else the first one
     left, so dropouts called in another order still get the same masks. Dropouts left over on
     both sides (a dropout layer renamed, or ``F.dropout`` in place of a layer: scopes that the
     parameters cannot relate) are then paired in order by mask shape alone (``by_position``)."""
     from lossgraph.verify.localize import translate_tap
 
-    modules = _with_parents(modules or {})
+    modules = modules or {}
 
     def fits(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> bool:
         if list(ref["shape"]) != list(cand["shape"]):
@@ -171,19 +171,6 @@ def match_dropouts(
     return DropoutMatch(
         sorted(pairs, key=lambda p: p[1]), indices, unmatched_reference, free, by_position
     )
-
-
-def _with_parents(modules: Mapping[str, str]) -> dict[str, str]:
-    """The module correspondence with the parents it implies: ``enc.fc -> encoder.fc`` maps
-    ``enc -> encoder`` too (dropout layers hold no parameters, their parents often do not
-    either)."""
-    out = dict(modules)
-    for a, b in modules.items():
-        left, right = a.split("."), b.split(".")
-        while len(left) > 1 and len(right) > 1 and left[-1] == right[-1]:
-            left, right = left[:-1], right[:-1]
-            out.setdefault(".".join(left), ".".join(right))
-    return out
 
 
 def dropout_nodes(model: Any) -> dict[int, str]:

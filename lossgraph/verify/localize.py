@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import onnx
@@ -59,12 +59,30 @@ def taps(graph: LossGraph) -> dict[str, str]:
 
 
 def module_map(param_map: ParamMap, ref: LossGraph, cand: LossGraph) -> dict[str, str]:
-    """Reference module path -> candidate module path, from the paired parameters."""
+    """Reference module path -> candidate module path, from the paired parameters and the
+    parents they imply (:func:`with_parents`)."""
     out: dict[str, str] = {}
     for pair in param_map.pairs:
         a = ref.meta.params[pair.reference].module
         b = cand.meta.params[pair.candidate].module
         out.setdefault(a, b)
+    return with_parents(out)
+
+
+def with_parents(modules: Mapping[str, str]) -> dict[str, str]:
+    """The module correspondence with the parents it implies: ``enc.fc -> encoder.fc`` maps
+    ``enc -> encoder`` too, so that modules without parameters of their own (containers,
+    dropout layers' parents) pair. A parent implied two different ways is left out."""
+    implied: dict[str, set[str]] = {}
+    for a, b in modules.items():
+        left, right = a.split("."), b.split(".")
+        while len(left) > 1 and len(right) > 1 and left[-1] == right[-1]:
+            left, right = left[:-1], right[:-1]
+            implied.setdefault(".".join(left), set()).add(".".join(right))
+    out = dict(modules)
+    for a, targets in implied.items():
+        if a not in out and len(targets) == 1:
+            out[a] = targets.pop()
     return out
 
 
@@ -302,17 +320,9 @@ class Origin:
     ref_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def hint_values(self) -> dict[str, object]:
-        return {
-            "ref_inputs": self.ref_inputs,
-            "ref_status": self.ref_status,
-            "cand_status": self.cand_status,
-            "ref_value": self.ref_value,
-            "cand_value": self.cand_value,
-            "ref_constants": self.ref_constants,
-            "cand_constants": self.cand_constants,
-            "origin_constants": self.origin_constants,
-            "transposed_params": self.transposed_params,
-        }
+        """Everything but the nodes and the diff, by field name (shallow: arrays not copied)."""
+        skip = {"ref_node", "cand_node", "diff"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 #: Ops whose output depends on the shape or type of an input, not on its values: how many of
