@@ -1,11 +1,10 @@
 """Forward+backward time: lossgraph's ONNX backward graph on ONNX Runtime vs torch eager.
 
 Both run in this one process, on the same inputs and weights, with the same number of threads,
-in alternating blocks of runs (a block keeps the other side's idle worker threads from
-competing with the one being timed). Prints, per model and loss, the median forward time and
-the median forward+backward time of each side and their ratios (ORT / torch; below 1.0 means
-ONNX Runtime is faster). The forward ratio says how much of the gap the kernels that both
-sides share already explain.
+one run of each in turn per round. Prints, per model and loss, the median forward and
+forward+backward times of each side and the median of the per-round ratios (ORT / torch; below
+1.0 means ONNX Runtime is faster). The forward ratio says how much of the gap the forward
+kernels already explain.
 
     python benchmarks/step_time.py                 # DiscoGAN (both losses) and ResNet-18, batch 8
     python benchmarks/step_time.py --repeat 10 --models discogan
@@ -53,21 +52,27 @@ def torch_backward(spec, tensors, loss: str) -> None:
     out[loss].backward()
 
 
-def timed_blocks(steps: dict[str, Callable[[], object]], repeat: int, rounds: int = 2) -> dict[str, float]:
-    """Median seconds of each step, run in blocks of ``repeat`` (after one warm-up run per
-    block), the blocks alternating over ``rounds`` rounds."""
+def timed_rounds(steps: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``repeat`` rounds, each round running every step once in turn
+    (after one warm-up round)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
+    for round_ in range(repeat + 1):
         for name, step in steps.items():
+            start = time.perf_counter()
             step()
-            for _ in range(repeat):
-                start = time.perf_counter()
-                step()
+            if round_:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
-def measure(target: str, repeat: int) -> list[tuple[str, dict[str, float]]]:
+def paired_ratio(ort: list[float], torch_: list[float]) -> float:
+    """The median of the per-round ratios: runs next to each other share the machine's state
+    (on a shared host, slow phases last seconds), so their ratio is steadier than the ratio of
+    the medians."""
+    return statistics.median(a / b for a, b in zip(ort, torch_))
+
+
+def measure(target: str, repeat: int) -> list[tuple[str, dict[str, list[float]]]]:
     spec = load_spec(target)
     graph = lg.export(spec)
     spec.model.train(spec.train)
@@ -87,13 +92,13 @@ def measure(target: str, repeat: int) -> list[tuple[str, dict[str, float]]]:
             "ort": functools.partial(backward.run, feeds, outputs=outputs),
             "torch": functools.partial(torch_backward, spec, tensors, loss),
         }
-        rows.append((loss, timed_blocks(steps, repeat)))
+        rows.append((loss, timed_rounds(steps, repeat)))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per block (two blocks per side; median reported)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed rounds (medians reported)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -105,10 +110,11 @@ def main() -> None:
     for name in args.models.split(","):
         target, _ = MODELS[name]
         for loss, t in measure(target, args.repeat):
-            ratios.append(t["ort"] / t["torch"])
-            print(f"{name:10s} {loss:10s} {t['ort_fwd'] * 1e3:7.1f}ms {t['torch_fwd'] * 1e3:7.1f}ms "
-                  f"{t['ort_fwd'] / t['torch_fwd']:6.2f} {t['ort'] * 1e3:9.1f}ms "
-                  f"{t['torch'] * 1e3:11.1f}ms {t['ort'] / t['torch']:6.2f}")
+            med = {k: statistics.median(v) for k, v in t.items()}
+            fwd, both = paired_ratio(t["ort_fwd"], t["torch_fwd"]), paired_ratio(t["ort"], t["torch"])
+            ratios.append(both)
+            print(f"{name:10s} {loss:10s} {med['ort_fwd'] * 1e3:7.1f}ms {med['torch_fwd'] * 1e3:7.1f}ms "
+                  f"{fwd:6.2f} {med['ort'] * 1e3:9.1f}ms {med['torch'] * 1e3:11.1f}ms {both:6.2f}")
     print(f"geometric mean fwd+bwd ratio (ORT / torch): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
 
 

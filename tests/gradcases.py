@@ -205,14 +205,22 @@ CASES: list[Case] = [
          {"strides": [2], "pads": [1, 1]}, name="1d"),
     Case("Conv", (A(1, 2, 5, 5), A(2, 2, 3, 3)), lambda x, w: F.conv2d(x, w, padding=1),
          {"auto_pad": "SAME_UPPER"}, name="same"),
-    # strided kernels of 16+ taps take dW as one correlation Conv, smaller ones as a GEMM
+    # strided kernels of 49+ taps take dW as one correlation Conv, smaller ones as a GEMM over
+    # their windows (2-D equal strides: cut from SpaceToDepth)
     Case("Conv", (A(2, 3, 9, 8), A(4, 3, 4, 4)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="stride2-4x4"),
+    Case("Conv", (A(1, 2, 12, 11), A(3, 2, 7, 7)), lambda x, w: F.conv2d(x, w, stride=2, padding=3),
+         {"strides": [2, 2], "pads": [3, 3, 3, 3]}, name="stride2-7x7"),
+    Case("Conv", (A(1, 2, 9, 10), A(3, 2, 3, 3)), lambda x, w: F.conv2d(x, w, stride=(2, 3), dilation=2),
+         {"strides": [2, 3], "dilations": [2, 2]}, name="unequal-strides-dilated"),
     Case("Conv", (A(2, 3, 7, 6), A(5, 3, 1, 1)), lambda x, w: F.conv2d(x, w, stride=2),
          {"strides": [2, 2]}, name="1x1-stride2"),
     Case("ConvTranspose", (A(2, 3, 4, 4), A(3, 2, 4, 4), A(2)),
          lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("ConvTranspose", (A(1, 2, 3, 4), A(2, 3, 7, 7)),
+         lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=3, output_padding=1),
+         {"strides": [2, 2], "pads": [3, 3, 3, 3], "output_padding": [1, 1]}, name="7x7-correlation"),
     Case("ConvTranspose", (A(1, 4, 3, 3), A(4, 1, 3, 3)),
          lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2, dilation=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1], "group": 2},

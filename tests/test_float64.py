@@ -128,6 +128,10 @@ CASES = [
          "1x1-stride2"),
     Case("Conv", ((2, 3, 9, 8), (4, 3, 4, 4), (4,)), _conv(2, [1, 2], [2, 1], stride=2),
          {"strides": [2, 2], "pads": [1, 2, 2, 1]}, "stride2-4x4-asymmetric"),
+    Case("Conv", ((1, 2, 13, 12), (3, 2, 7, 7)), _conv(2, [3, 2], [2, 3], stride=2),
+         {"strides": [2, 2], "pads": [3, 2, 2, 3]}, "stride2-7x7"),
+    Case("Conv", ((1, 2, 11, 10), (3, 2, 3, 3)), _conv(2, [1, 0], [0, 2], stride=3, dilation=2),
+         {"strides": [3, 3], "pads": [1, 0, 0, 2], "dilations": [2, 2]}, "stride3-dilated"),
     # --- ConvTranspose ----------------------------------------------------------------------
     Case("ConvTranspose", ((2, 4, 5, 4), (4, 3, 3, 3), (3,)),
          _conv_transpose(2, stride=2, padding=1, output_padding=1),
@@ -159,6 +163,9 @@ CASES = [
     Case("ConvTranspose", ((1, 2, 5, 4), (2, 2, 3, 3)),
          _conv_transpose(2, [1, 1], [10, 8], stride=2),
          {"strides": [2, 2], "auto_pad": "SAME_LOWER"}, "same-lower"),
+    Case("ConvTranspose", ((1, 2, 3, 4), (2, 3, 7, 7), (3,)),
+         _conv_transpose(2, stride=2, padding=3, output_padding=1),
+         {"strides": [2, 2], "pads": [3, 3, 3, 3], "output_padding": [1, 1]}, "7x7-outpad1"),
     # --- pooling ----------------------------------------------------------------------------
     Case("AveragePool", ((2, 3, 7, 6),),
          lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=True),

@@ -109,21 +109,45 @@ def unfold(
     order. The windows are concatenated along ``axis`` as they are and reshaped once: the
     memory layout is that of stacking them."""
     n = len(kernel)
-    if any(begin) or any(end):
-        pads = [0, 0, *begin, 0, 0, *end]
-        x = ctx.op("Pad", x, ctx.ints(pads), mode="constant")
-    axes = list(range(2, 2 + n))
-    slices = []
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        starts = [o * d for o, d in zip(offset, dilations)]
-        ends = [st + s * (o_sz - 1) + 1 for st, s, o_sz in zip(starts, strides, out_spatial)]
-        slices.append(
-            ctx.op("Slice", x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes), ctx.ints(strides))
-        )
+    if n == 2 and strides[0] == strides[1] > 1:
+        slices = _strided_windows_2d(ctx, x, x_shape, kernel, strides[0], dilations, begin, end, out_spatial)
+    else:
+        if any(begin) or any(end):
+            pads = [0, 0, *begin, 0, 0, *end]
+            x = ctx.op("Pad", x, ctx.ints(pads), mode="constant")
+        axes = list(range(2, 2 + n))
+        slices = []
+        for offset in itertools.product(*[range(k) for k in kernel]):
+            starts = [o * d for o, d in zip(offset, dilations)]
+            ends = [st + s * (o_sz - 1) + 1 for st, s, o_sz in zip(starts, strides, out_spatial)]
+            slices.append(
+                ctx.op("Slice", x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes), ctx.ints(strides))
+            )
     stacked = slices[0] if len(slices) == 1 else ctx.op("Concat", *slices, axis=axis)
     shape = [*x_shape[:2], *out_spatial]
     shape.insert(axis, len(slices))
     return ctx.reshape(stacked, shape)
+
+
+def _strided_windows_2d(ctx, x, x_shape, kernel, stride, dilations, begin, end, out_spatial):
+    """The windows of a 2-D convolution with stride s > 1 in both axes, cut with unit steps
+    from SpaceToDepth(x): padded to a multiple of s, x's channel block b*s + c (b, c the row
+    and column phase) holds the pixels at (s*i + b, s*j + c). ONNX Runtime copies a slice with
+    steps element by element; measured 1.5-2.6x faster (benchmarks/conv_weight_grad.py)."""
+    channels = x_shape[1]
+    padded = [-(-(size + b + e) // stride) * stride for size, b, e in zip(x_shape[2:], begin, end)]
+    tail = [p - size - b for p, size, b in zip(padded, x_shape[2:], begin)]
+    if any(begin) or any(tail):
+        x = ctx.op("Pad", x, ctx.ints([0, 0, *begin, 0, 0, *tail]), mode="constant")
+    blocks = ctx.op("SpaceToDepth", x, blocksize=stride)
+    slices = []
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        reach = [o * d for o, d in zip(offset, dilations)]
+        phase = (reach[0] % stride) * stride + reach[1] % stride
+        starts = [phase * channels, *(r // stride for r in reach)]
+        ends = [(phase + 1) * channels, *(r // stride + o for r, o in zip(reach, out_spatial))]
+        slices.append(ctx.op("Slice", blocks, ctx.ints(starts), ctx.ints(ends), ctx.ints([1, 2, 3])))
+    return slices
 
 
 def _weight_grad(ctx, cols: str, dy: str, n_batch, group, c_in, k_total, c_out, length, w_shape):
@@ -153,11 +177,12 @@ def _input_grad_by_conv(ctx, dy, w, w_shape, kernel, dilations, begin, end, grou
     return ctx.op("Conv", dy, weight, dilations=dilations, pads=pads, group=group, kernel_shape=kernel)
 
 
-#: Strided group-1 kernels with at least this many taps get dW as one correlation Conv; smaller
-#: ones (1x1, 3x3) as a GEMM over their windows. ONNX Runtime runs that correlation as one GEMM
-#: per input channel whose output width is the tap count, so few taps waste the GEMM. Measured
-#: by benchmarks/conv_weight_grad.py.
-CORRELATION_MIN_TAPS = 16
+#: Strided group-1 kernels with at least this many taps (7x7) get dW as one correlation Conv;
+#: smaller ones as a GEMM over their windows. ONNX Runtime runs that correlation as one GEMM
+#: per input channel whose output width is the tap count, so few taps waste the GEMM: measured
+#: (benchmarks/conv_weight_grad.py, 2-D, stride 2) the GEMM is 5-11x faster for 1x1, 1.7-5x for
+#: 3x3, 1.3-3.5x for 4x4 and 2-4.6x for 5x5; at 7x7 the two tie or the Conv is up to 1.2x faster.
+CORRELATION_MIN_TAPS = 49
 
 
 def conv_weight_grad(ctx, x, dy, x_shape, y_shape, w_shape, group, geometry) -> str:
@@ -168,7 +193,7 @@ def conv_weight_grad(ctx, x, dy, x_shape, y_shape, w_shape, group, geometry) -> 
     kernel, strides, dilations, begin, end = geometry
     unit = all(s == 1 for s in strides)
     if group == 1 and (unit or math.prod(kernel) < CORRELATION_MIN_TAPS):
-        return _weight_grad_by_gemm(ctx, x, dy, x_shape, y_shape, w_shape, geometry)
+        return _weight_grad_by_gemm(ctx, dy, y_shape, x, x_shape, geometry, w_shape)
     if group == 1:
         return _weight_grad_by_conv(ctx, x, dy, kernel, strides, dilations, begin, end)
     cols = unfold(ctx, x, x_shape, kernel, strides, dilations, begin, end, y_shape[2:])
@@ -178,20 +203,23 @@ def conv_weight_grad(ctx, x, dy, x_shape, y_shape, w_shape, group, geometry) -> 
     )
 
 
-def _weight_grad_by_gemm(ctx, x, dy, x_shape, y_shape, w_shape, geometry) -> str:
-    """dW = dy [O, N*L] @ windows(x) [C*K, N*L]^T, the windows cut from x^T [C, N, ...]."""
+def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, w_shape) -> str:
+    """A weight gradient as one GEMM: ``rows`` [N, R, *P] against the windows of ``source``
+    [N, S, ...] read at the positions P, summed over the batch and the positions:
+    rows^T [R, N*P] @ windows(source^T) [S*K, N*P]^T -> [R, S*K] -> ``w_shape``. For a Conv the
+    rows are dy and the windows x's; for a ConvTranspose the rows are x and the windows dy's."""
     kernel, strides, dilations, begin, end = geometry
-    rank = len(x_shape)
+    rank = len(rows_shape)
     swap = [1, 0, *range(2, rank)]
-    n, c, o = x_shape[0], x_shape[1], y_shape[1]
-    length = n * math.prod(y_shape[2:])
+    n, r, s = rows_shape[0], rows_shape[1], source_shape[1]
+    length = n * math.prod(rows_shape[2:])
     windows = unfold(
-        ctx, ctx.transpose(x, swap), [c, n, *x_shape[2:]], kernel, strides, dilations, begin,
-        end, y_shape[2:], axis=1,
+        ctx, ctx.transpose(source, swap), [s, n, *source_shape[2:]], kernel, strides, dilations,
+        begin, end, rows_shape[2:], axis=1,
     )
-    windows = ctx.reshape(windows, [c * math.prod(kernel), length])
-    dy_rows = ctx.reshape(ctx.transpose(dy, swap), [o, length])
-    return ctx.reshape(ctx.op("Gemm", dy_rows, windows, transB=1), w_shape)
+    windows = ctx.reshape(windows, [s * math.prod(kernel), length])
+    rows = ctx.reshape(ctx.transpose(rows, swap), [r, length])
+    return ctx.reshape(ctx.op("Gemm", rows, windows, transB=1), w_shape)
 
 
 def _weight_grad_by_conv(ctx, x, dy, kernel, strides, dilations, begin, end) -> str:
@@ -292,6 +320,7 @@ def conv_transpose_grad(ctx, dys):
     kernel = list(w_shape[2:])
     group = ctx.attr("group", 1)
     strides, dilations, begin, end, _ = _conv_transpose_geometry(ctx, x_shape[2:], kernel)
+    geometry = (kernel, strides, dilations, begin, end)
     dx = dw = db = None
     if ctx.wants(0):
         dx = ctx.op(
@@ -299,7 +328,9 @@ def conv_transpose_grad(ctx, dys):
             kernel_shape=kernel,
         )
         # Conv over the (possibly output-padded) dy covers exactly x's extent
-    if ctx.wants(1) and group == 1:
+    if ctx.wants(1) and group == 1 and math.prod(kernel) < CORRELATION_MIN_TAPS:
+        dw = _weight_grad_by_gemm(ctx, x, x_shape, dy, y_shape, geometry, w_shape)
+    elif ctx.wants(1) and group == 1:
         dw = _conv_transpose_weight_grad_by_conv(ctx, x, dy, kernel, strides, dilations, begin, end)
     elif ctx.wants(1):
         # windows of dy, as a Conv with this geometry would read them, one per input position
