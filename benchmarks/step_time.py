@@ -6,7 +6,7 @@ forward+backward times of each side and the median of the per-round ratios (ORT 
 1.0 means ONNX Runtime is faster). The forward ratio says how much of the gap the forward
 kernels already explain.
 
-    python benchmarks/step_time.py                 # DiscoGAN (both losses) and ResNet-18, batch 8
+    python benchmarks/step_time.py                 # DiscoGAN (both losses, batch 4), ResNet-18 (batch 8)
     python benchmarks/step_time.py --repeat 10 --models discogan
 """
 
