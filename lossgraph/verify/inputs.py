@@ -131,8 +131,8 @@ def match_dropouts(
 
     A reference dropout corresponds to a candidate dropout of the same mask shape whose scope is
     the reference's scope translated into the candidate's module paths (``modules``: the
-    parameter map's :func:`~lossgraph.verify.localize.module_map`, parents included); graphs exported before scopes were recorded match on
-    shape alone. Among such candidates the one at the same position is taken, else the first one
+    parameter map's :func:`~lossgraph.verify.localize.module_map`, parents included); graphs
+    exported before scopes were recorded match on shape alone. Among such candidates the one at the same position is taken, else the first one
     left, so dropouts called in another order still get the same masks. Dropouts left over on
     both sides (a dropout layer renamed, or ``F.dropout`` in place of a layer: scopes that the
     parameters cannot relate) are then paired in order by mask shape alone (``by_position``)."""

@@ -82,7 +82,7 @@ def with_parents(modules: Mapping[str, str]) -> dict[str, str]:
     out = dict(modules)
     for a, targets in implied.items():
         if a not in out and len(targets) == 1:
-            out[a] = targets.pop()
+            out[a] = next(iter(targets))
     return out
 
 

@@ -151,7 +151,8 @@ def _strided_windows_2d(ctx, x, x_shape, kernel, stride, dilations, begin, end, 
 
 
 def _weight_grad(ctx, cols: str, dy: str, n_batch, group, c_in, k_total, c_out, length, w_shape):
-    """sum_n dy[n] @ cols[n]^T per group: ``[N,g,Og,L] @ [N,g,L,Cg*K] -> [O, Cg, *kernel]``."""
+    """sum_n dy[n] @ cols[n]^T per group: ``[N,g,Og,L] @ [N,g,L,Cg*K] -> [O, Cg, *kernel]``
+    (for a ConvTranspose: x in place of dy, the windows of dy as ``cols``)."""
     cols = ctx.reshape(cols, [n_batch, group, (c_in // group) * k_total, length])
     dy = ctx.reshape(dy, [n_batch, group, c_out // group, length])
     product = ctx.op("MatMul", dy, ctx.transpose(cols, [0, 1, 3, 2]))
@@ -180,8 +181,8 @@ def _input_grad_by_conv(ctx, dy, w, w_shape, kernel, dilations, begin, end, grou
 #: Strided group-1 kernels with at least this many taps (7x7) get dW as one correlation Conv;
 #: smaller ones as a GEMM over their windows. ONNX Runtime runs that correlation as one GEMM
 #: per input channel whose output width is the tap count, so few taps waste the GEMM: measured
-#: (benchmarks/conv_weight_grad.py, 2-D, stride 2) the GEMM is 5-11x faster for 1x1, 1.7-5x for
-#: 3x3, 1.3-3.5x for 4x4 and 2-4.6x for 5x5; at 7x7 the two tie or the Conv is up to 1.2x faster.
+#: (benchmarks/conv_weight_grad.py, 2-D, stride 2) the GEMM is 5-11x faster for 1x1, 1.5-6x for
+#: 3x3, 1.3-3.5x for 4x4 and 2-5x for 5x5; at 7x7 the two tie or the Conv is up to 1.2x faster.
 CORRELATION_MIN_TAPS = 49
 
 
@@ -334,13 +335,12 @@ def conv_transpose_grad(ctx, dys):
         dw = _conv_transpose_weight_grad_by_conv(ctx, x, dy, kernel, strides, dilations, begin, end)
     elif ctx.wants(1):
         # windows of dy, as a Conv with this geometry would read them, one per input position
+        # (the grouped Conv's contraction with the roles of x and dy exchanged)
         cols = unfold(ctx, dy, y_shape, kernel, strides, dilations, begin, end, x_shape[2:])
-        c_in, c_out = x_shape[1], y_shape[1]
-        length = math.prod(x_shape[2:])
-        cols = ctx.reshape(cols, [x_shape[0], group, (c_out // group) * math.prod(kernel), length])
-        xs = ctx.reshape(x, [x_shape[0], group, c_in // group, length])
-        product = ctx.op("MatMul", xs, ctx.transpose(cols, [0, 1, 3, 2]))
-        dw = ctx.reshape(ctx.reduce_sum(product, [0], keepdims=False), w_shape)
+        dw = _weight_grad(
+            ctx, cols, x, x_shape[0], group, y_shape[1], math.prod(kernel), x_shape[1],
+            math.prod(x_shape[2:]), w_shape,
+        )
     if ctx.input(2) is not None and ctx.wants(2):
         db = _bias_grad(ctx, dy, len(y_shape))
     return [dx, dw, db]
