@@ -1,13 +1,14 @@
-"""dW of a Conv or ConvTranspose on ONNX Runtime: one GEMM over the kernel windows vs one
-correlation Conv.
+"""dW of a Conv or ConvTranspose on ONNX Runtime: one GEMM over the kernel windows (written by
+a grouped one-hot Conv, or cut by Slices and Concat) vs one correlation Conv.
 
-lossgraph's Conv and ConvTranspose rules pick between the two by the kernel's tap count
-(``lossgraph.autodiff.rules.nn.CORRELATION_MIN_TAPS``). This measures both forms for the
-convolutions of ResNet-18 and DiscoGAN (and a few others), each in a one-node graph whose loss
-is ``sum(conv(x, w) * r)``: the time of the backward graph minus the time of the forward graph,
-each the minimum of ``--repeat`` runs in a block (so that no other session's threads compete).
-Both forms are checked to give the same dW. Prints the times, their ratio and the form the rule
-picks.
+lossgraph's Conv and ConvTranspose rules pick the GEMM or the correlation by the kernel's tap
+count (``lossgraph.autodiff.rules.nn.CORRELATION_MIN_TAPS``), and the GEMM's windows are written
+by a Conv wherever the geometry allows (``_expanded_windows``). This measures the three forms
+for the convolutions of ResNet-18 and DiscoGAN (and a few others), each in a one-node graph
+whose loss is ``sum(conv(x, w) * r)``: the kernel time of the backward nodes, each node's
+minimum over ``--repeat`` runs from ONNX Runtime's profiler (whole-run times on this shared
+machine drift 2x between phases). All forms are checked to give the same dW. Prints the times,
+their ratios to the Conv-written GEMM and the form the rule picks.
 
     python benchmarks/conv_weight_grad.py
     python benchmarks/conv_weight_grad.py --repeat 20
@@ -16,13 +17,15 @@ picks.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from lossgraph.autodiff import build_gradients  # noqa: E402
 from lossgraph.autodiff.rules import nn  # noqa: E402
-from lossgraph.verify.runtime import OrtRunner  # noqa: E402
 
 #: name: (x shape, w shape, strides, pads); "transposed" in the name: a ConvTranspose
 SHAPES = {
+    "resnet18 layer1 3x3/1": ([8, 64, 56, 56], [64, 64, 3, 3], [1, 1], [1, 1, 1, 1]),
+    "resnet18 layer2 3x3/1": ([8, 128, 28, 28], [128, 128, 3, 3], [1, 1], [1, 1, 1, 1]),
+    "resnet18 layer3 3x3/1": ([8, 256, 14, 14], [256, 256, 3, 3], [1, 1], [1, 1, 1, 1]),
+    "resnet18 layer4 3x3/1": ([8, 512, 7, 7], [512, 512, 3, 3], [1, 1], [1, 1, 1, 1]),
     "resnet18 conv1 7x7/2": ([8, 3, 224, 224], [64, 3, 7, 7], [2, 2], [3, 3, 3, 3]),
     "resnet18 layer2.0.conv1 3x3/2": ([8, 64, 56, 56], [128, 64, 3, 3], [2, 2], [1, 1, 1, 1]),
     "resnet18 layer3.0.conv1 3x3/2": ([8, 128, 28, 28], [256, 128, 3, 3], [2, 2], [1, 1, 1, 1]),
@@ -89,50 +95,69 @@ def conv_model(op, x_shape, w_shape, strides, pads) -> tuple[onnx.ModelProto, di
     return model, feeds
 
 
-def best_time(runner: OrtRunner, feeds, outputs, repeat: int) -> tuple[float, dict]:
-    values = runner.run(feeds, outputs=outputs)  # warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        runner.run(feeds, outputs=outputs)
-        times.append(time.perf_counter() - start)
-    return min(times), values
+def backward_kernel_time(model: onnx.ModelProto, feeds, output: str, repeat: int) -> tuple[float, np.ndarray]:
+    """Seconds of the backward nodes' kernels (named ``.../grad/...``), each node's minimum over
+    ``repeat`` runs from ONNX Runtime's profiler, summed; and the output's value. Per-node minima
+    are steady on a shared machine whose fast and slow phases make whole-run times vary 2x."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for _ in range(repeat + 1):
+            (value,) = session.run([output], feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    minima: dict[str, float] = {}
+    for event in events:
+        name = event["name"]
+        if event.get("cat") == "Node" and name.endswith("_kernel_time") and "/grad/" in name:
+            minima[name] = min(minima.get(name, float("inf")), event["dur"] * 1e-6)
+    return sum(minima.values()), value
 
 
-def weight_grad_graph(model, feeds, min_taps: int):
-    saved = nn.CORRELATION_MIN_TAPS
+#: form: (CORRELATION_MIN_TAPS, windows written by a Conv where the geometry allows)
+FORMS = {"GEMM": (10**9, True), "unfold": (10**9, False), "Conv": (1, True)}
+
+
+def weight_grad_graph(model, feeds, form: str):
+    min_taps, expanded = FORMS[form]
+    saved = nn.CORRELATION_MIN_TAPS, nn._expanded_windows
     nn.CORRELATION_MIN_TAPS = min_taps
+    if not expanded:
+        nn._expanded_windows = lambda *args: None
     try:
         result = build_gradients(model, "loss", ["w"], feeds=feeds)
     finally:
-        nn.CORRELATION_MIN_TAPS = saved
-    return OrtRunner(result.model), result.grads["w"]
+        nn.CORRELATION_MIN_TAPS, nn._expanded_windows = saved
+    return result.model, result.grads["w"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=8, help="timed runs per graph (minimum reported)")
+    parser.add_argument("--repeat", type=int, default=8, help="profiled runs per graph (per-node minima summed)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    print(f"{'convolution':40s} {'forward':>8s} {'dW GEMM':>8s} {'dW Conv':>8s} {'Conv/GEMM':>9s}  rule picks")
+    print(f"{'convolution':40s} {'GEMM':>8s} {'unfold':>8s} {'Conv':>8s} "
+          f"{'unfold/GEMM':>11s} {'Conv/GEMM':>9s}  rule picks")
     for name, (x_shape, w_shape, strides, pads) in SHAPES.items():
         op = "ConvTranspose" if "transposed" in name else "Conv"
         model, feeds = conv_model(op, x_shape, w_shape, strides, pads)
-        forward, _ = best_time(OrtRunner(model), feeds, ["loss"], args.repeat)
         grads = {}
-        for form, min_taps in (("GEMM", 10**9), ("Conv", 1)):
-            runner, output = weight_grad_graph(model, feeds, min_taps)
-            seconds, values = best_time(runner, feeds, [output], args.repeat)
-            grads[form] = (seconds - forward, values[output])
-            del runner
-        gemm, conv = grads["GEMM"][0], grads["Conv"][0]
-        a, b = grads["GEMM"][1], grads["Conv"][1]
-        if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(a).max())):
-            raise SystemExit(f"{name}: the two forms disagree by {float(np.abs(a - b).max()):.3g}")
+        for form in FORMS:
+            graph, output = weight_grad_graph(model, feeds, form)
+            grads[form] = backward_kernel_time(graph, feeds, output, args.repeat)
+        reference = grads["GEMM"][1]
+        for form, (_, value) in grads.items():
+            if not np.allclose(value, reference, rtol=1e-4, atol=1e-4 * float(np.abs(reference).max())):
+                raise SystemExit(f"{name}: {form} and GEMM disagree by {float(np.abs(value - reference).max()):.3g}")
+        gemm, unfolded, conv = (grads[form][0] for form in FORMS)
         taps = int(np.prod(w_shape[2:]))
-        picks = "Conv" if taps >= nn.CORRELATION_MIN_TAPS else "GEMM"
-        print(f"{name:40s} {forward * 1e3:6.1f}ms {gemm * 1e3:6.1f}ms {conv * 1e3:6.1f}ms "
-              f"{conv / gemm:9.2f}  {picks}")
+        strided = any(s > 1 for s in strides)
+        picks = "Conv" if strided and taps >= nn.CORRELATION_MIN_TAPS else "GEMM"
+        print(f"{name:40s} {gemm * 1e3:6.1f}ms {unfolded * 1e3:6.1f}ms "
+              f"{conv * 1e3:6.1f}ms {unfolded / gemm:11.2f} {conv / gemm:9.2f}  {picks}")
 
 
 if __name__ == "__main__":

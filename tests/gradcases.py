@@ -206,7 +206,9 @@ CASES: list[Case] = [
     Case("Conv", (A(1, 2, 5, 5), A(2, 2, 3, 3)), lambda x, w: F.conv2d(x, w, padding=1),
          {"auto_pad": "SAME_UPPER"}, name="same"),
     # strided kernels of 49+ taps take dW as one correlation Conv, smaller ones as a GEMM over
-    # their windows (2-D equal strides: cut from SpaceToDepth)
+    # their windows: written by a one-hot Conv over the batch stacked along the first spatial
+    # axis, or, where that geometry does not fit (padding beyond the kernel's reach), cut by
+    # Slices (2-D equal strides: from SpaceToDepth)
     Case("Conv", (A(2, 3, 9, 8), A(4, 3, 4, 4)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="stride2-4x4"),
     Case("Conv", (A(1, 2, 12, 11), A(3, 2, 7, 7)), lambda x, w: F.conv2d(x, w, stride=2, padding=3),
@@ -215,6 +217,18 @@ CASES: list[Case] = [
          {"strides": [2, 3], "dilations": [2, 2]}, name="unequal-strides-dilated"),
     Case("Conv", (A(2, 3, 7, 6), A(5, 3, 1, 1)), lambda x, w: F.conv2d(x, w, stride=2),
          {"strides": [2, 2]}, name="1x1-stride2"),
+    Case("Conv", (A(2, 3, 4, 5), A(4, 3, 1, 1)), F.conv2d, name="1x1"),
+    Case("Conv", (A(2, 3, 6, 5), A(4, 3, 1, 1)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
+         {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="1x1-stride2-padded"),
+    Case("Conv", (A(1, 2, 5, 4), A(3, 2, 2, 2)), lambda x, w: F.conv2d(x, w, padding=2),
+         {"pads": [2, 2, 2, 2]}, name="pads-beyond-reach"),
+    Case("Conv", (A(2, 2, 8, 7), A(3, 2, 3, 3)), lambda x, w: F.conv2d(x, w, stride=3, padding=2),
+         {"strides": [3, 3], "pads": [2, 2, 2, 2]}, name="stride3-offset-stack"),
+    Case("Conv", (A(2, 2, 5, 6), A(3, 2, 3, 2)), lambda x, w: F.conv2d(F.pad(x, (1, 0, 0, 2)), w),
+         {"pads": [0, 1, 2, 0]}, name="asymmetric-pads"),
+    Case("Conv", (A(2, 2, 5, 4, 4), A(3, 2, 2, 3, 2)),
+         lambda x, w: F.conv3d(x, w, stride=(2, 1, 1), padding=(1, 0, 1)),
+         {"strides": [2, 1, 1], "pads": [1, 0, 1, 1, 0, 1]}, name="3d"),
     Case("ConvTranspose", (A(2, 3, 4, 4), A(3, 2, 4, 4), A(2)),
          lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
