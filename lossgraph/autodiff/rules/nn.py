@@ -522,7 +522,16 @@ def batch_norm_grad(ctx, dys):
     cshape = _channel_shape(rank, channels)
     scale_b = ctx.reshape(scale, cshape)
     if ctx.attr("training_mode", 0):
-        return _batch_norm_training_grad(ctx, x, dy, scale_b, eps, axes, math.prod(shape) // channels)
+        count = math.prod(shape) // channels
+        batch_mean = ctx.reduce("ReduceMean", x, axes, keepdims=True)
+        centered = ctx.sub(x, batch_mean)
+        batch_var = ctx.reduce("ReduceMean", ctx.mul(centered, centered), axes, keepdims=True)
+        invstd = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.add(batch_var, eps)))
+        xhat = ctx.mul(centered, invstd)
+        dx = _normalized_grad(ctx, x, ctx.mul(dy, scale_b), xhat, invstd, axes, count) if ctx.wants(0) else None
+        dscale = ctx.reduce_sum(ctx.mul(dy, xhat), axes) if ctx.wants(1) else None
+        dbias = ctx.reduce_sum(dy, axes) if ctx.wants(2) else None
+        return [dx, dscale, dbias, None, None]
     invstd_c = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.add(var, eps)))
     invstd = ctx.reshape(invstd_c, cshape)
     centered = ctx.sub(x, ctx.reshape(mean, cshape))
@@ -537,30 +546,6 @@ def batch_norm_grad(ctx, dys):
         coeff = ctx.mul(ctx.mul(scale, cubed), ctx.scalar(-0.5, x))
         dvar = ctx.mul(ctx.reduce_sum(ctx.mul(dy, centered), axes), coeff)
     return [dx, dscale, dbias, dmean, dvar]
-
-
-def _batch_norm_training_grad(ctx, x, dy, scale_b, eps, axes, count):
-    """BatchNormalization with batch statistics: with c = x - mean and k = scale * invstd,
-    dx = k * (dy - sum(dy) / m - c * invstd^2 * sum(dy * c) / m), dscale = invstd * sum(dy * c),
-    dbias = sum(dy). dx is assembled as dy * k + c * b + a with per-channel a and b: six
-    activation-sized tensors written instead of the eleven of the textbook chain
-    (:func:`_normalized_grad`); the statistics are recomputed (the forward op outputs none)."""
-    m = ctx.scalar(float(count), x)
-    centered = ctx.sub(x, ctx.reduce("ReduceMean", x, axes, keepdims=True))
-    variance = ctx.div(ctx.reduce("ReduceSumSquare", centered, axes, keepdims=True), m)
-    invstd = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.add(variance, eps)))
-    sum_dy = ctx.reduce_sum(dy, axes, keepdims=True)
-    sum_dy_c = ctx.reduce_sum(ctx.mul(dy, centered), axes, keepdims=True)
-    dx = None
-    if ctx.wants(0):
-        k = ctx.mul(scale_b, invstd)
-        slope = ctx.neg(ctx.div(ctx.mul(k, ctx.mul(ctx.mul(invstd, invstd), sum_dy_c)), m))
-        offset = ctx.neg(ctx.div(ctx.mul(k, sum_dy), m))
-        dx = ctx.add(ctx.add(ctx.mul(dy, k), ctx.mul(centered, slope)), offset)
-    channels = [ctx.shape(x)[1]]
-    dscale = ctx.reshape(ctx.mul(sum_dy_c, invstd), channels) if ctx.wants(1) else None
-    dbias = ctx.reshape(sum_dy, channels) if ctx.wants(2) else None
-    return [dx, dscale, dbias, None, None]
 
 
 @grad_rule("LayerNormalization")
