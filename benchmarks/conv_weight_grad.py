@@ -3,7 +3,8 @@ a grouped one-hot Conv, or cut by Slices and Concat) vs one correlation Conv.
 
 lossgraph's Conv and ConvTranspose rules pick the GEMM or the correlation by the kernel's tap
 count (``lossgraph.autodiff.rules.nn.CORRELATION_MIN_TAPS``), and the GEMM's windows are written
-by a Conv wherever the geometry allows (``_expanded_windows``). This measures the three forms
+by a Conv wherever the geometry allows and the kernel has at most ``EXPANSION_MAX_TAPS`` taps
+(``_expanded_windows``), else cut by Slices. This measures the three forms
 for the convolutions of ResNet-18 and DiscoGAN (and a few others), each in a one-node graph
 whose loss is ``sum(conv(x, w) * r)``: the kernel time of the backward nodes, each node's
 minimum over ``--repeat`` runs from ONNX Runtime's profiler (whole-run times on this shared
@@ -117,20 +118,18 @@ def backward_kernel_time(model: onnx.ModelProto, feeds, output: str, repeat: int
     return sum(minima.values()), value
 
 
-#: form: (CORRELATION_MIN_TAPS, windows written by a Conv where the geometry allows)
-FORMS = {"GEMM": (10**9, True), "unfold": (10**9, False), "Conv": (1, True)}
+#: form: (CORRELATION_MIN_TAPS, EXPANSION_MAX_TAPS): the windows written by a Conv (for any tap
+#: count) or cut by Slices, or the correlation Conv
+FORMS = {"GEMM": (10**9, 10**9), "unfold": (10**9, 0), "Conv": (1, 0)}
 
 
 def weight_grad_graph(model, feeds, form: str):
-    min_taps, expanded = FORMS[form]
-    saved = nn.CORRELATION_MIN_TAPS, nn._expanded_windows
-    nn.CORRELATION_MIN_TAPS = min_taps
-    if not expanded:
-        nn._expanded_windows = lambda *args: None
+    saved = nn.CORRELATION_MIN_TAPS, nn.EXPANSION_MAX_TAPS
+    nn.CORRELATION_MIN_TAPS, nn.EXPANSION_MAX_TAPS = FORMS[form]
     try:
         result = build_gradients(model, "loss", ["w"], feeds=feeds)
     finally:
-        nn.CORRELATION_MIN_TAPS, nn._expanded_windows = saved
+        nn.CORRELATION_MIN_TAPS, nn.EXPANSION_MAX_TAPS = saved
     return result.model, result.grads["w"]
 
 
@@ -155,7 +154,8 @@ def main() -> None:
         gemm, unfolded, conv = (grads[form][0] for form in FORMS)
         taps = int(np.prod(w_shape[2:]))
         strided = any(s > 1 for s in strides)
-        picks = "Conv" if strided and taps >= nn.CORRELATION_MIN_TAPS else "GEMM"
+        picks = "GEMM" if taps <= nn.EXPANSION_MAX_TAPS else "unfold"
+        picks = "Conv" if strided and taps >= nn.CORRELATION_MIN_TAPS else picks
         print(f"{name:40s} {gemm * 1e3:6.1f}ms {unfolded * 1e3:6.1f}ms "
               f"{conv * 1e3:6.1f}ms {unfolded / gemm:11.2f} {conv / gemm:9.2f}  {picks}")
 

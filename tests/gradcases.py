@@ -207,8 +207,8 @@ CASES: list[Case] = [
          {"auto_pad": "SAME_UPPER"}, name="same"),
     # strided kernels of 49+ taps take dW as one correlation Conv, smaller ones as a GEMM over
     # their windows: written by a one-hot Conv over the batch stacked along the first spatial
-    # axis, or, where that geometry does not fit (padding beyond the kernel's reach), cut by
-    # Slices (2-D equal strides: from SpaceToDepth)
+    # axis, or, for kernels of more than 25 taps and where that geometry does not fit (padding
+    # beyond the kernel's reach), cut by Slices (2-D equal strides: from SpaceToDepth)
     Case("Conv", (A(2, 3, 9, 8), A(4, 3, 4, 4)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="stride2-4x4"),
     Case("Conv", (A(1, 2, 12, 11), A(3, 2, 7, 7)), lambda x, w: F.conv2d(x, w, stride=2, padding=3),
@@ -222,6 +222,8 @@ CASES: list[Case] = [
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="1x1-stride2-padded"),
     Case("Conv", (A(1, 2, 5, 4), A(3, 2, 2, 2)), lambda x, w: F.conv2d(x, w, padding=2),
          {"pads": [2, 2, 2, 2]}, name="pads-beyond-reach"),
+    Case("Conv", (A(1, 2, 8, 7), A(2, 2, 7, 7)), lambda x, w: F.conv2d(x, w, padding=3),
+         {"pads": [3, 3, 3, 3]}, name="7x7-unit-stride"),
     Case("Conv", (A(2, 2, 8, 7), A(3, 2, 3, 3)), lambda x, w: F.conv2d(x, w, stride=3, padding=2),
          {"strides": [3, 3], "pads": [2, 2, 2, 2]}, name="stride3-offset-stack"),
     Case("Conv", (A(2, 2, 5, 6), A(3, 2, 3, 2)), lambda x, w: F.conv2d(F.pad(x, (1, 0, 0, 2)), w),

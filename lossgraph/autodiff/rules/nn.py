@@ -208,6 +208,12 @@ def conv_weight_grad(ctx, x, dy, x_shape, y_shape, w_shape, group, geometry) -> 
     )
 
 
+#: The one-hot Conv that writes the windows multiplies each tap by a K x K matrix, so its cost
+#: grows as K^2: measured (benchmarks/conv_weight_grad.py) it beats the Slices of unfold for 3x3,
+#: ties at 4x4 and 5x5 and loses at 7x7.
+EXPANSION_MAX_TAPS = 25
+
+
 def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, w_shape) -> str:
     """A weight gradient as one GEMM: ``rows`` [N, R, *P] against the windows of ``source``
     [N, S, ...] read at the positions P, summed over the batch and the positions:
@@ -215,8 +221,8 @@ def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, 
     rows are dy and the windows x's; for a ConvTranspose the rows are x and the windows dy's.
 
     The windows are written by one grouped Conv (:func:`_expanded_windows`) where the geometry
-    allows, else cut by :func:`unfold`; a 1x1 kernel with unit strides and no padding reads
-    the source as it is."""
+    allows and the kernel has at most EXPANSION_MAX_TAPS taps, else cut by :func:`unfold`; a 1x1
+    kernel with unit strides and no padding reads the source as it is."""
     kernel, strides, dilations, begin, end = geometry
     rank = len(rows_shape)
     swap = [1, 0, *range(2, rank)]
@@ -225,7 +231,9 @@ def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, 
     if math.prod(kernel) == 1 and all(st == 1 for st in strides) and not any(begin + end):
         windows = ctx.transpose(source, swap)
     else:
-        expanded = _expanded_windows(ctx, source, source_shape, rows_shape, geometry)
+        expanded = None
+        if math.prod(kernel) <= EXPANSION_MAX_TAPS:
+            expanded = _expanded_windows(ctx, source, source_shape, rows_shape, geometry)
         if expanded is not None:
             windows, grid_pads = expanded
             if any(grid_pads):
