@@ -406,7 +406,10 @@ def test_dropouts_match_by_scope_then_position():
 
 
 def test_unmatched_dropouts_get_masks_of_their_own():
-    from lossgraph.verify.inputs import dropout_feeds, match_dropouts
+    import onnx
+
+    from lossgraph.graph import GraphMeta, LossGraph
+    from lossgraph.verify.inputs import dropout_feeds, match_dropouts, with_masks_of
 
     ref = [_call("a"), _call("b", (4, 8))]
     cand = [_call("a"), _call("b", (4, 2)), _call("")]
@@ -414,8 +417,14 @@ def test_unmatched_dropouts_get_masks_of_their_own():
     assert match.pairs == [(0, 0)]
     assert (match.unmatched_reference, match.unmatched_candidate) == ([1], [1, 2])
     assert not set(match.candidate_indices[1:]) & {0, 1}  # no reference mask reused
-    masks = dropout_feeds(cand, 0, 0, indices=match.candidate_indices)
+    graph = LossGraph(onnx.ModelProto(), GraphMeta("paddle", ["loss"], {}, {}, dropout=cand))
+    matched = with_masks_of(graph, match)
+    assert [c["mask_index"] for c in matched.meta.dropout] == match.candidate_indices
+    assert all("mask_index" not in c for c in graph.meta.dropout)  # the caller's graph untouched
+    assert matched.model is graph.model
+    masks = dropout_feeds(matched.meta.dropout, 0, 0)
     np.testing.assert_array_equal(masks["dropout:0"], dropout_feeds(ref, 0, 0)["dropout:0"])
+    assert masks["dropout:1"].shape == (4, 2)
 
 
 DROPOUT_TORCH = '''

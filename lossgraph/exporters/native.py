@@ -11,7 +11,7 @@ are the ONNX Runtime trainer's (``lossgraph.graph.training_schedule``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,10 @@ def run_native(
     steps: int,
     inputs: Mapping[str, np.ndarray],
     seed: int,
-    mask_indices: Sequence[int] | None = None,
 ) -> list[NativeStep]:
-    """Train the graph's spec eagerly for ``steps`` steps from the values ``start``.
-
-    ``mask_indices[k]``: the mask dropout ``k`` draws, as on ONNX Runtime (a candidate's dropouts
-    draw their matched reference dropouts' masks)."""
+    """Train the graph's spec eagerly for ``steps`` steps from the values ``start``, with the
+    dropout masks ONNX Runtime gets (a candidate's dropout calls name their matched reference
+    dropouts' masks)."""
     path, _ = parse_target(meta.source) if meta.source else (None, "")
     if path is None or not Path(path).exists():
         raise VerificationError(
@@ -54,8 +52,8 @@ def run_native(
         )
     spec = load_spec(meta.source)
     if meta.framework == "torch":
-        return _run_torch(spec, meta, start, steps, inputs, seed, mask_indices)
-    return _run_paddle(spec, meta, start, steps, inputs, seed, mask_indices)
+        return _run_torch(spec, meta, start, steps, inputs, seed)
+    return _run_paddle(spec, meta, start, steps, inputs, seed)
 
 
 def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
@@ -86,13 +84,13 @@ def _as_schedule(value: Any) -> LRSchedule | None:
     return value if isinstance(value, LRSchedule) else LRSchedule(value)
 
 
-def _masks(meta: GraphMeta, seed: int, index: int, indices) -> list[np.ndarray]:
+def _masks(meta: GraphMeta, seed: int, index: int) -> list[np.ndarray]:
     """The dropout masks of step ``index``, as ONNX Runtime feeds them (see dropout_feeds)."""
-    feeds = dropout_feeds(meta.dropout, seed, index, indices=indices)
+    feeds = dropout_feeds(meta.dropout, seed, index)
     return [feeds[f"dropout:{k}"] for k in range(len(meta.dropout))]
 
 
-def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeStep]:
+def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     import torch
 
     model = spec.model
@@ -106,7 +104,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeSt
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
 
     def masks_for(index):
-        return [torch.from_numpy(m) for m in _masks(meta, seed, index, indices)]
+        return [torch.from_numpy(m) for m in _masks(meta, seed, index)]
 
     def forward(masks):
         recorder.reset(masks)
@@ -125,7 +123,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed, indices) -> list[NativeSt
                  step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
 
 
-def _run_paddle(spec, meta, start, steps, inputs, seed, indices) -> list[NativeStep]:
+def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     import paddle
 
     model = spec.model
@@ -139,7 +137,7 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, indices) -> list[NativeS
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
 
     def masks_for(index):
-        return [paddle.to_tensor(m) for m in _masks(meta, seed, index, indices)]
+        return [paddle.to_tensor(m) for m in _masks(meta, seed, index)]
 
     def forward(masks):
         recorder.reset(masks)

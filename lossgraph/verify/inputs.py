@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +87,29 @@ def draw_mask(
 
 
 def dropout_feeds(
-    calls: list[Mapping[str, Any]], seed: int, step: int, dtype: Any = np.float32,
-    indices: Sequence[int] | None = None,
+    calls: list[Mapping[str, Any]], seed: int, step: int, dtype: Any = np.float32
 ) -> dict[str, np.ndarray]:
     """Graph inputs ``dropout:<k>`` for one step, from a graph's recorded dropout calls.
 
-    ``indices[k]`` is the mask index dropout ``k`` draws (default ``k``): a candidate's dropout
-    draws the mask of the reference dropout it was matched to."""
+    Dropout ``k`` draws mask index ``calls[k]["mask_index"]`` where the call has one (a
+    candidate's dropouts, given their reference counterparts' indices by :func:`with_masks_of`),
+    else ``k``."""
     return {
         f"dropout:{k}": draw_mask(
-            c["p"], c["scale"], c["shape"], seed, step, k if indices is None else indices[k], dtype
+            c["p"], c["scale"], c["shape"], seed, step, c.get("mask_index", k), dtype
         )
         for k, c in enumerate(calls)
     }
+
+
+def with_masks_of(graph: Any, match: DropoutMatch | None) -> Any:
+    """A copy of the candidate ``graph`` (a LossGraph; the model is shared, not copied) whose
+    dropout calls carry the mask index ``match`` assigns them; ``graph`` as it is without a
+    match."""
+    if match is None:
+        return graph
+    calls = [{**call, "mask_index": index} for call, index in zip(graph.meta.dropout, match.candidate_indices)]
+    return replace(graph, meta=replace(graph.meta, dropout=calls))
 
 
 @dataclass

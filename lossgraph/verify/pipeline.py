@@ -26,6 +26,7 @@ from lossgraph.verify.inputs import (
     load_inputs,
     make_inputs,
     match_dropouts,
+    with_masks_of,
 )
 from lossgraph.verify.results import (
     Divergence,
@@ -74,11 +75,8 @@ class Setup:
     cand_params: dict[str, np.ndarray]
     warnings: list[str]
     dtype: str = "float32"
-    dropout: DropoutMatch | None = None  # which reference mask each candidate dropout gets
-
-    @property
-    def cand_mask_indices(self) -> list[int] | None:
-        return self.dropout.candidate_indices if self.dropout is not None else None
+    #: which reference mask each candidate dropout gets (written into ``cand``'s dropout calls)
+    dropout: DropoutMatch | None = None
 
 
 def prepare(
@@ -108,7 +106,7 @@ def prepare(
     cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
     dropout = _match_dropouts(ref, cand, param_map, warnings)
     return Setup(
-        ref, cand, tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
+        ref, with_masks_of(cand, dropout), tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
         dropout=dropout,
     )
 
@@ -152,12 +150,9 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         return run_steps(
             setup.ref, setup.cand, setup.param_map, setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
-            setup.cand_mask_indices,
         )
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
-    cand_losses = _run_losses(
-        setup.cand, setup.cand_params, setup.inputs, options, "candidate", setup.cand_mask_indices
-    )
+    cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
     losses = {
         name: LossDiff(
             name,
@@ -173,9 +168,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
             setup.ref, setup.cand, setup.param_map,
             _with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
             setup.ref_params, setup.cand_params, setup.tol, options.device,
-            cand_inputs=_with_masks(
-                setup.inputs, setup.cand, options.seed, 0, setup.dtype, setup.cand_mask_indices
-            ),
+            cand_inputs=_with_masks(setup.inputs, setup.cand, options.seed, 0, setup.dtype),
         )
     return [step], None, None
 
@@ -210,18 +203,16 @@ def run_verify(
     if options.native and options.native_runner is not None and options.steps:
         result.native = {
             "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),
-            "candidate": native_diffs(
-                cand, setup.cand_params, cand_run, options, setup.tol, setup.cand_mask_indices
-            ),
+            "candidate": native_diffs(cand, setup.cand_params, cand_run, options, setup.tol),
         }
     return result
 
 
 def _with_masks(
     inputs: Mapping[str, np.ndarray], graph: LossGraph, seed: int, step: int = 0,
-    dtype: str = "float32", mask_indices: list[int] | None = None,
+    dtype: str = "float32",
 ) -> dict[str, np.ndarray]:
-    masks = dropout_feeds(graph.meta.dropout, seed, step, np.dtype(dtype), mask_indices)
+    masks = dropout_feeds(graph.meta.dropout, seed, step, np.dtype(dtype))
     return {**inputs, **masks}
 
 
@@ -234,9 +225,7 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     ref_before = ref_run.before[step.step] if ref_run else setup.ref_params
     cand_before = cand_run.before[step.step] if cand_run else setup.cand_params
     ref_side = Side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, step.step), **ref_before}, options.device)
-    cand_masks = _with_masks(
-        setup.inputs, setup.cand, options.seed, step.step, mask_indices=setup.cand_mask_indices
-    )
+    cand_masks = _with_masks(setup.inputs, setup.cand, options.seed, step.step)
     cand_side = Side(setup.cand, {**cand_masks, **cand_before}, options.device)
     failing = [d.name for d in step.losses.values() if not d.passed]
     # the forward search follows a diverging loss; the backward one the step's loss
@@ -340,14 +329,11 @@ def native_diffs(
     run: Any,
     options: VerifyOptions,
     tol: Tolerance,
-    mask_indices: list[int] | None = None,
 ) -> list[NativeDiff]:
     """One side's ONNX Runtime trajectory (``run``, a Trajectory) against the framework's own
     eager training from the same values ``start``, with the same dropout masks."""
     inputs = dict(_base_inputs(options, graph))
-    native = options.native_runner(
-        graph.meta, start, options.steps, inputs, options.seed, mask_indices=mask_indices
-    )
+    native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed)
     out = []
     for index, (eager, ours) in enumerate(zip(native, run.outcomes)):
         losses = {
@@ -484,11 +470,10 @@ def _run_losses(
     inputs: Mapping[str, np.ndarray],
     options: VerifyOptions,
     side: str,
-    mask_indices: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     runner = OrtRunner(graph.model, fed=params, device=options.device)
     dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in params.values()) else "float32"
-    feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype, mask_indices), **params}
+    feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype), **params}
     values = runner.run(feeds, outputs=graph.meta.losses)
     check_finite(values, side, "loss")
     return values

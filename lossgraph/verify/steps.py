@@ -73,8 +73,6 @@ class Trainer:
     grad_buffers: dict[str, np.ndarray | None] = field(default_factory=dict)
     opt_states: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     opt_steps: dict[str, int] = field(default_factory=dict)
-    #: the mask index each dropout draws (a candidate draws its matched reference dropout's)
-    mask_indices: list[int] | None = None
 
     def __post_init__(self) -> None:
         from lossgraph.optim import build_update
@@ -146,7 +144,7 @@ class Trainer:
             )
         runner, grad_names = self._runner(loss)
         meta = self.graph.meta
-        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype), self.mask_indices)
+        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype))
         feeds = {**inputs, **masks, **self.params}
         outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
         values = runner.run(feeds, outputs=outputs)
@@ -229,13 +227,12 @@ def run_steps(
     device: str,
     seed: int,
     dtype: str = "float32",
-    cand_mask_indices: list[int] | None = None,
 ) -> tuple[list[StepResult], Trajectory, Trajectory]:
-    """Train both graphs ``steps`` steps and compare every step. ``cand_mask_indices``: the
-    candidate's dropout masks (:class:`~lossgraph.verify.inputs.DropoutMatch`)."""
+    """Train both graphs ``steps`` steps and compare every step (the candidate's dropout calls
+    name the masks they draw: :func:`~lossgraph.verify.inputs.with_masks_of`)."""
     trainers = (
         Trainer(ref, device=device, dtype=dtype, seed=seed),
-        Trainer(cand, device=device, dtype=dtype, seed=seed, mask_indices=cand_mask_indices),
+        Trainer(cand, device=device, dtype=dtype, seed=seed),
     )
     check_schedules(*trainers)
     trainers[0].start(ref_params)
