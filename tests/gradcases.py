@@ -207,7 +207,7 @@ CASES: list[Case] = [
          {"auto_pad": "SAME_UPPER"}, name="same"),
     # strided kernels of 49+ taps take dW as one correlation Conv, smaller ones as a GEMM over
     # their windows: written by a one-hot Conv over the batch stacked along the first spatial
-    # axis, or, for kernels of more than 25 taps and where that geometry does not fit (padding
+    # axis, or, for kernels of more than 25 taps or where that geometry does not fit (padding
     # beyond the kernel's reach), cut by Slices (2-D equal strides: from SpaceToDepth)
     Case("Conv", (A(2, 3, 9, 8), A(4, 3, 4, 4)), lambda x, w: F.conv2d(x, w, stride=2, padding=1),
          {"strides": [2, 2], "pads": [1, 1, 1, 1]}, name="stride2-4x4"),

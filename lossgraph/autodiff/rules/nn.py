@@ -226,32 +226,29 @@ def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, 
     kernel, strides, dilations, begin, end = geometry
     rank = len(rows_shape)
     swap = [1, 0, *range(2, rank)]
-    r, s = rows_shape[1], source_shape[1]
+    r, s, taps = rows_shape[1], source_shape[1], math.prod(kernel)
     rows = ctx.transpose(rows, swap)
-    if math.prod(kernel) == 1 and all(st == 1 for st in strides) and not any(begin + end):
+    if taps == 1 and all(st == 1 for st in strides) and not any(begin + end):
         windows = ctx.transpose(source, swap)
+    elif (expanded := _expanded_windows(ctx, source, source_shape, rows_shape, geometry)) is not None:
+        windows, grid_pads = expanded
+        if any(grid_pads):
+            rows = ctx.op("Pad", rows, ctx.ints(grid_pads), mode="constant")
     else:
-        expanded = None
-        if math.prod(kernel) <= EXPANSION_MAX_TAPS:
-            expanded = _expanded_windows(ctx, source, source_shape, rows_shape, geometry)
-        if expanded is not None:
-            windows, grid_pads = expanded
-            if any(grid_pads):
-                rows = ctx.op("Pad", rows, ctx.ints(grid_pads), mode="constant")
-        else:
-            windows = unfold(
-                ctx, ctx.transpose(source, swap), [s, rows_shape[0], *source_shape[2:]], kernel,
-                strides, dilations, begin, end, rows_shape[2:], axis=1,
-            )
+        windows = unfold(
+            ctx, ctx.transpose(source, swap), [s, rows_shape[0], *source_shape[2:]], kernel,
+            strides, dilations, begin, end, rows_shape[2:], axis=1,
+        )
     rows = ctx.reshape(rows, [r, -1])
-    windows = ctx.reshape(windows, [s * math.prod(kernel), -1])
+    windows = ctx.reshape(windows, [s * taps, -1])
     return ctx.reshape(ctx.op("Gemm", rows, windows, transB=1), w_shape)
 
 
 def _expanded_windows(ctx, source, source_shape, rows_shape, geometry):
     """The K windows of ``source`` [N, S, H, ...] at the output positions [N, R, P_h, ...] as
     ``[1, S*K, N*period, ...]`` (channel s*K + k: tap k of channel s), written by one Conv; and
-    the pads that bring the rows^T [R, N, P_h, ...] to that grid. None where it does not fit.
+    the pads that bring the rows^T [R, N, P_h, ...] to that grid. None where it does not fit
+    or the kernel has more than EXPANSION_MAX_TAPS taps.
 
     The batch is stacked along the first spatial axis, each image followed by z zero rows
     (z >= both pads: the bottom padding of one image and the top padding of the next), z such
@@ -276,13 +273,13 @@ def _expanded_windows(ctx, source, source_shape, rows_shape, geometry):
             source_shape[3:], begin[1:], end[1:], dilations[1:], kernel[1:], strides[1:]
         )
     ]
-    if b > reach or out_height > period or others != list(rows_shape[3:]):
+    taps = math.prod(kernel)
+    if taps > EXPANSION_MAX_TAPS or b > reach or out_height > period or others != list(rows_shape[3:]):
         return None
     below = [0] * (2 * rank)
     below[rank + 2] = z
     stacked = ctx.op("Pad", ctx.transpose(source, [1, 0, *range(2, rank)]), ctx.ints(below), mode="constant")
     stacked = ctx.reshape(stacked, [1, s, n * (height + z), *source_shape[3:]])
-    taps = math.prod(kernel)
     one_hot = np.eye(taps, dtype=ctx.np_dtype(ctx.inputs[1])).reshape(taps, 1, *kernel)
     bottom = max(0, reach + 1 - stride - b)  # so that the Conv yields exactly N * period rows
     windows = ctx.op(
