@@ -4,7 +4,9 @@ Both run in this one process, on the same inputs and weights, with the same numb
 one run of each in turn per round. Prints, per model and loss, the median forward and
 forward+backward times of each side and the median of the per-round ratios (ORT / torch; below
 1.0 means ONNX Runtime is faster). The forward ratio says how much of the gap the forward
-kernels already explain.
+kernels already explain. ORT runs as lossgraph runs it (Convs on the NCHWc kernels, see
+lossgraph/verify/nchwc.py); the last column is the same backward graph on the plain im2col
+kernels, measured in the same rounds.
 
     python benchmarks/step_time.py                 # DiscoGAN (both losses, batch 4), ResNet-18 (batch 8)
     python benchmarks/step_time.py --repeat 10 --models discogan
@@ -86,11 +88,13 @@ def measure(target: str, repeat: int) -> list[tuple[str, dict[str, list[float]]]
         result = build_gradients(graph.model, loss, graph.trainable_params(), feeds=inputs)
         outputs = [loss, *[g for g in result.grads.values() if g]]
         backward = OrtRunner(result.model, fed=params)
+        plain = OrtRunner(result.model, fed=params, nchwc=False)
         steps = {
             "ort_fwd": functools.partial(forward.run, feeds, outputs=[loss]),
             "torch_fwd": functools.partial(torch_forward, spec, tensors, loss),
             "ort": functools.partial(backward.run, feeds, outputs=outputs),
             "torch": functools.partial(torch_backward, spec, tensors, loss),
+            "ort_plain": functools.partial(plain.run, feeds, outputs=outputs),
         }
         rows.append((loss, timed_rounds(steps, repeat)))
     return rows
@@ -105,16 +109,18 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"threads: torch {torch.get_num_threads()}, ORT default (cores: {os.cpu_count()})")
     print(f"{'model':10s} {'loss':10s} {'ORT fwd':>9s} {'torch fwd':>9s} {'ratio':>6s} "
-          f"{'ORT fwd+bwd':>11s} {'torch fwd+bwd':>13s} {'ratio':>6s}")
+          f"{'ORT fwd+bwd':>11s} {'torch fwd+bwd':>13s} {'ratio':>6s} {'plain ORT':>10s} {'ratio':>6s}")
     ratios = []
     for name in args.models.split(","):
         target, _ = MODELS[name]
         for loss, t in measure(target, args.repeat):
             med = {k: statistics.median(v) for k, v in t.items()}
             fwd, both = paired_ratio(t["ort_fwd"], t["torch_fwd"]), paired_ratio(t["ort"], t["torch"])
+            plain = paired_ratio(t["ort_plain"], t["torch"])
             ratios.append(both)
             print(f"{name:10s} {loss:10s} {med['ort_fwd'] * 1e3:7.1f}ms {med['torch_fwd'] * 1e3:7.1f}ms "
-                  f"{fwd:6.2f} {med['ort'] * 1e3:9.1f}ms {med['torch'] * 1e3:11.1f}ms {both:6.2f}")
+                  f"{fwd:6.2f} {med['ort'] * 1e3:9.1f}ms {med['torch'] * 1e3:11.1f}ms {both:6.2f} "
+                  f"{med['ort_plain'] * 1e3:8.1f}ms {plain:6.2f}")
     print(f"geometric mean fwd+bwd ratio (ORT / torch): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
 
 

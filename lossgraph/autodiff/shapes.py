@@ -82,7 +82,7 @@ def _measure(
 ) -> dict[str, ValueType]:
     from lossgraph.verify.runtime import OrtRunner
 
-    runner = OrtRunner(model, extra_outputs=names, opt_level="disable")
+    runner = OrtRunner(model, extra_outputs=names, opt_level="disable", nchwc=False)
     values = runner.run(feeds, outputs=names)
     return {
         name: ValueType(

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from lossgraph.errors import UnsupportedOpError, VerificationError
+from lossgraph.verify.nchwc import lower_convs
 
 DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -96,6 +97,7 @@ class OrtRunner:
     """One ONNX Runtime session over a prepared model.
 
     ``fed`` names the initializers that become inputs (parameters, buffers, optimizer state).
+    On the CPU, Convs run on ONNX Runtime's NCHWc kernels where those apply (``nchwc``).
     """
 
     def __init__(
@@ -106,10 +108,15 @@ class OrtRunner:
         device: str = "cpu",
         opt_level: str = "extended",
         arena: bool = True,
+        nchwc: bool = True,
     ) -> None:
         providers = check_device(device)
         check_ops(model)
         prepared = prepare_model(model, fed, extra_outputs)
+        #: how many Convs run on ORT's blocked-layout kernels (see lossgraph.verify.nchwc)
+        self.nchwc_convs = 0
+        if nchwc and device == "cpu":
+            prepared, self.nchwc_convs = lower_convs(prepared)
         options = ort.SessionOptions()
         options.graph_optimization_level = OPT_LEVELS[opt_level]
         options.log_severity_level = 3

@@ -1,0 +1,146 @@
+"""Convs lowered to ONNX Runtime's NCHWc kernels compute what the plain Conv computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from lossgraph.verify import nchwc
+from lossgraph.verify.nchwc import DOMAIN, block_size, lower_convs
+from lossgraph.verify.runtime import OrtRunner
+
+BLOCK = block_size()
+needs_nchwc = pytest.mark.skipif(not BLOCK, reason="this onnxruntime build has no NCHWc kernels")
+
+
+@pytest.fixture(autouse=True)
+def small_shapes_lowered(monkeypatch):
+    """The cases are small; each test that checks the size threshold sets it back."""
+    monkeypatch.setattr(nchwc, "MIN_POSITIONS", 1)
+
+
+def conv_model(x_shape, w_shape, bias=False, dtype=TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info("x", dtype, list(x_shape)),
+              helper.make_tensor_value_info("w", dtype, list(w_shape))]
+    names = ["x", "w"]
+    if bias:
+        inputs.append(helper.make_tensor_value_info("b", dtype, [w_shape[0]]))
+        names.append("b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", names, ["y"], name="conv", **attrs)], "g", inputs,
+        [helper.make_tensor_value_info("y", dtype, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for value in model.graph.input:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        out[value.name] = rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+def float64_conv(model: onnx.ModelProto, feeds) -> np.ndarray:
+    from lossgraph.autodiff.float64 import to_float64
+
+    wide = {k: v.astype(np.float64) for k, v in feeds.items()}
+    return OrtRunner(to_float64(model), nchwc=False).run(wide)["y"]
+
+
+# (x shape, w shape, bias, attributes): every kernel family and each way the channels can sit
+# against the block (below it: NCHW input; unaligned: padded in and out)
+GEOMETRIES = {
+    "rgb-7x7-stride2": ((2, 3, 33, 31), (24, 3, 7, 7), True, {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    "3x3": ((2, 32, 12, 12), (48, 32, 3, 3), False, {"pads": [1, 1, 1, 1]}),
+    "unaligned-channels": ((2, 20, 10, 9), (21, 20, 3, 3), True, {"pads": [1, 1, 1, 1]}),
+    "few-input-channels": ((1, 8, 10, 10), (16, 8, 3, 3), False, {"pads": [1, 1, 1, 1]}),
+    "1x1-stride2": ((2, 32, 9, 9), (16, 32, 1, 1), False, {"strides": [2, 2]}),
+    "4x4-stride2-asymmetric": ((2, 16, 12, 12), (32, 16, 4, 4), True, {"strides": [2, 2], "pads": [1, 2, 2, 1]}),
+    "dilated": ((2, 16, 14, 14), (16, 16, 3, 3), False, {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    "no-pads": ((1, 64, 9, 9), (64, 64, 3, 3), True, {"strides": [2, 2]}),
+}
+
+
+@needs_nchwc
+@pytest.mark.parametrize("case", GEOMETRIES)
+def test_lowered_conv_matches_plain(case):
+    x_shape, w_shape, bias, attrs = GEOMETRIES[case]
+    model = conv_model(x_shape, w_shape, bias, **attrs)
+    lowered, count = lower_convs(model)
+    assert count == 1
+    assert [n.op_type for n in lowered.graph.node if n.domain == DOMAIN][-2:] == ["Conv", "ReorderOutput"]
+    feeds = feeds_for(model)
+    plain = OrtRunner(model, nchwc=False).run(feeds)["y"]
+    fast = OrtRunner(model)
+    assert fast.nchwc_convs == 1
+    got = fast.run(feeds)["y"]
+    want = float64_conv(model, feeds)
+    assert got.shape == plain.shape == want.shape
+    scale = np.abs(want).max()
+    # the blocked kernels sum in another order: as close to float64 as im2col + SGEMM is
+    assert np.abs(got - want).max() <= max(4 * np.abs(plain - want).max(), 1e-6 * scale)
+
+
+@needs_nchwc
+def test_shared_input_and_weight_reordered_once():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 16, 3, 3])
+    nodes = [helper.make_node("Conv", ["x", "w"], [f"y{k}"], name=f"c{k}", pads=[1, 1, 1, 1], strides=[k, k])
+             for k in (1, 2)]
+    graph = helper.make_graph(nodes, "g", [x, w], [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None)
+                                                  for k in (1, 2)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    lowered, count = lower_convs(model)
+    assert count == 2
+    reorders = [n for n in lowered.graph.node if n.op_type == "ReorderInput"]
+    assert len(reorders) == 3  # x once, the weight's two steps once
+    feeds = feeds_for(model)
+    plain = OrtRunner(model, nchwc=False).run(feeds)
+    fast = OrtRunner(model).run(feeds)
+    for name in plain:
+        np.testing.assert_allclose(fast[name], plain[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    {
+        "grouped": ((1, 32, 8, 8), (32, 16, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, TensorProto.FLOAT),
+        "float64": ((1, 16, 8, 8), (16, 16, 3, 3), {"pads": [1, 1, 1, 1]}, TensorProto.DOUBLE),
+        "1-d": ((1, 16, 8), (16, 16, 3), {"pads": [1, 1]}, TensorProto.FLOAT),
+        "channels-not-multiple-of-4": ((1, 18, 8, 8), (16, 18, 3, 3), {"pads": [1, 1, 1, 1]}, TensorProto.FLOAT),
+        "kernel-larger-than-output": ((3, 8, 16, 16), (4, 8, 14, 14), {}, TensorProto.FLOAT),
+        "auto-pad": ((1, 16, 8, 8), (16, 16, 3, 3), {"auto_pad": "SAME_UPPER"}, TensorProto.FLOAT),
+    }.items(),
+    ids=lambda item: item[0],
+)
+def test_convs_the_kernels_do_not_take_stay(case):
+    _, (x_shape, w_shape, attrs, dtype) = case
+    model = conv_model(x_shape, w_shape, dtype=dtype, **attrs)
+    lowered, count = lower_convs(model)
+    assert count == 0 and lowered is model
+    if dtype == TensorProto.FLOAT:  # ONNX Runtime has no float64 Conv (lossgraph decomposes it)
+        runner = OrtRunner(model)
+        assert runner.nchwc_convs == 0
+        runner.run(feeds_for(model))
+
+
+@needs_nchwc
+def test_few_output_positions_stay_on_im2col(monkeypatch):
+    model = conv_model((2, 64, 16, 16), (64, 64, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1])  # 2x8x8
+    monkeypatch.setattr(nchwc, "MIN_POSITIONS", 129)
+    assert lower_convs(model)[1] == 0
+    monkeypatch.setattr(nchwc, "MIN_POSITIONS", 128)
+    assert lower_convs(model)[1] == 1
+
+
+@needs_nchwc
+def test_plain_kernels_on_request():
+    model = conv_model((1, 16, 8, 8), (16, 16, 3, 3), pads=[1, 1, 1, 1])
+    assert OrtRunner(model, nchwc=False).nchwc_convs == 0
+    assert OrtRunner(model).nchwc_convs == 1
