@@ -144,3 +144,39 @@ def test_plain_kernels_on_request():
     model = conv_model((1, 16, 8, 8), (16, 16, 3, 3), pads=[1, 1, 1, 1])
     assert OrtRunner(model, nchwc=False).nchwc_convs == 0
     assert OrtRunner(model).nchwc_convs == 1
+
+
+def random_geometries(count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    drawn = 0
+    while drawn < count:
+        ci = int(rng.choice([1, 2, 3, 5, 8, 16, 20, 32, 36]))
+        co = int(rng.choice([1, 5, 16, 17, 33]))
+        k = [int(v) for v in rng.choice([1, 2, 3, 5], 2)]
+        strides = [int(v) for v in rng.integers(1, 4, 2)]
+        dilations = [int(v) for v in rng.integers(1, 3, 2)]
+        pads = [int(v) for v in rng.integers(0, 3, 4)]
+        size = [int(v) for v in rng.integers(6, 14, 2)]
+        if any((k[a] - 1) * dilations[a] + 1 > size[a] + pads[a] + pads[a + 2] for a in range(2)):
+            continue  # no output
+        drawn += 1
+        yield ((int(rng.integers(1, 3)), ci, *size), (co, ci, *k), bool(rng.integers(2)),
+               {"strides": strides, "dilations": dilations, "pads": pads, "kernel_shape": k})
+
+
+@needs_nchwc
+def test_random_geometries_match_float64():
+    """Channels on both sides of the block, unaligned; kernels, strides, dilations, asymmetric
+    pads drawn at random: every lowered Conv is as close to float64 as the plain one."""
+    lowered = 0
+    for x_shape, w_shape, bias, attrs in random_geometries(40):
+        model = conv_model(x_shape, w_shape, bias, **attrs)
+        runner = OrtRunner(model)
+        lowered += runner.nchwc_convs
+        feeds = feeds_for(model)
+        got = runner.run(feeds)["y"]
+        plain = OrtRunner(model, nchwc=False).run(feeds)["y"]
+        want = float64_conv(model, feeds)
+        scale = max(np.abs(want).max(), 1.0)
+        assert np.abs(got - want).max() <= max(4 * np.abs(plain - want).max(), 1e-6 * scale), (x_shape, w_shape, attrs)
+    assert lowered >= 25  # most draws qualify (kernel no larger than the output, channels % 4)
