@@ -358,16 +358,23 @@ def test_batchnorm_momentum_bug_is_still_caught(cli, exported, tmp_path):
 @pytest.mark.slow
 def test_discogan_train_mode_running_stats_pass(cli, exported, tmp_path):
     """DiscoGAN in training mode, torch vs Paddle, two steps: every running statistic agrees
-    (running variances in the candidate's convention)."""
+    (running variances in the candidate's convention), within the tolerance or, after the first
+    Adam step has amplified float32 rounding in near-zero gradients, as float32 noise."""
     report_path = tmp_path / "disco.json"
     cli("verify", exported(str(EXAMPLES / "discogan/discogan_torch.py:spec_train")),
         exported(str(EXAMPLES / "discogan/discogan_paddle.py:spec_train")),
-        "--steps", "2", "--no-noise-floor", "--no-localize", "--json", report_path)
+        "--steps", "2", "--no-localize", "--json", report_path)
     report = json.loads(report_path.read_text())
     assert len(report["steps"]) == 2
+    noise = {(item["step"], item["what"]) for item in (report["noise_floor"] or {}).get("items", [])
+             if item["verdict"] == "noise"}
     for step in report["steps"]:
         stats = {k: v for k, v in step["parameters"].items() if ".running_" in k}
-        assert stats and all(v["passed"] for v in stats.values()), stats
+        assert stats
+        failed = {k for k, v in stats.items() if not v["passed"]}
+        assert all((step["step"], f"parameter {k}") in noise for k in failed), (step["step"], failed)
+        if step["step"] == 0:
+            assert not failed, failed  # before any update both sides hold the same weights
         converted = {c["parameter"] for c in step["conventions"]}
         assert converted == {k for k in stats if k.endswith("running_var")}
         assert max(c["raw"]["max_abs_diff"] for c in step["conventions"]) > 1e-4
