@@ -76,7 +76,7 @@ class _Conv:
 
     @property
     def padded_out(self) -> int:
-        return -(-self.out_channels // self.block) * self.block
+        return _round_up(self.out_channels, self.block)
 
     @property
     def nchw_input(self) -> bool:
@@ -85,9 +85,11 @@ class _Conv:
 
     @property
     def padded_in(self) -> int:
-        if self.nchw_input:
-            return self.in_channels
-        return -(-self.in_channels // self.block) * self.block
+        return self.in_channels if self.nchw_input else _round_up(self.in_channels, self.block)
+
+
+def _round_up(count: int, block: int) -> int:
+    return -(-count // block) * block
 
 
 def _plan(node: onnx.NodeProto, types, block: int) -> _Conv | None:
@@ -111,7 +113,6 @@ def _plan(node: onnx.NodeProto, types, block: int) -> _Conv | None:
 
 class _Lowering:
     def __init__(self, graph: onnx.GraphProto, block: int) -> None:
-        self.graph = graph
         self.block = block
         self.nodes: list[onnx.NodeProto] = []
         self.constants: list[onnx.TensorProto] = []
