@@ -9,7 +9,7 @@ removed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -31,10 +31,13 @@ def _is_marker(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
     return tag is not None and tag.size == 1 and np.float32(tag.reshape(-1)[0]) == MAGIC
 
 
-def source_value(value: str, producers: Mapping[str, onnx.NodeProto]) -> str:
-    """The value before any reshaping (what the user passed to lossgraph.grad)."""
+def source_value(
+    value: str, producers: Mapping[str, onnx.NodeProto], stop: Container[str] = ()
+) -> str:
+    """The value before any reshaping (what the user passed to lossgraph.grad), or the first
+    value in ``stop`` on the way back."""
     node = producers.get(value)
-    while node is not None and node.op_type in _RELABEL_OPS:
+    while value not in stop and node is not None and node.op_type in _RELABEL_OPS:
         value = node.input[0]
         node = producers.get(value)
     return value
@@ -96,12 +99,14 @@ def _picked_value(graph: onnx.GraphProto, start: str, shape, builder: GradBuilde
     )
 
 
-def remove_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Drop nodes none of whose outputs is used (by another node or as a graph output)."""
+def remove_dead_nodes(graph: onnx.GraphProto, keep: Iterable[str] = ()) -> None:
+    """Drop nodes none of whose outputs is used (by another node, as a graph output or in
+    ``keep``)."""
+    keep = set(keep)
     while True:
-        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        keep = [n for n in graph.node if any(o in used for o in n.output if o)]
-        if len(keep) == len(graph.node):
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output} | keep
+        alive = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(alive) == len(graph.node):
             return
         del graph.node[:]
-        graph.node.extend(keep)
+        graph.node.extend(alive)

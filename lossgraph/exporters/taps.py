@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lossgraph.autodiff.markers import remove_dead_nodes, source_value
+from lossgraph.autodiff.shapes import constant_values, infer_types
 from lossgraph.graph import TAP_KEY, TAP_TAG, set_node_meta, topological_sort
 
 
@@ -118,9 +120,6 @@ def paddle_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
 
 def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
     """Replace every tap marker by a tagged Identity of the tapped value."""
-    from lossgraph.autodiff.markers import remove_dead_nodes, source_value
-    from lossgraph.autodiff.shapes import constant_values, infer_types
-
     graph = model.graph
     consts = constant_values(model)
     types = infer_types(model)
@@ -129,15 +128,17 @@ def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    markers: dict[str, str] = {}  # a marker's result -> the value it marks
     renames: dict[str, str] = {}
-    for node in list(graph.node):
+    for node in list(graph.node):  # in topological order: a nested marker after the inner one
         index = _tap_index(node, consts)
         if index is None or index >= len(names):
             continue
-        tapped = source_value(node.input[-1], producers)
+        tapped = _unmarked(node.input[-1], producers, markers)
         result = _picked(node.output[0], consumers, types, types.get(tapped))
         if result is None:
             continue
+        markers[result] = tapped
         identity = onnx.helper.make_node(
             "Identity", [tapped], [f"{result}/tap"], name=f"tap/{names[index]}"
         )
@@ -149,8 +150,17 @@ def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
     for output in graph.output:
         if output.name in renames:  # a loss that is a module output: keep the name
             _rename_output(graph, renames[output.name], output.name)
-    remove_dead_nodes(graph)
+    remove_dead_nodes(graph, keep=renames.values())  # a tap may be read only as an extra output
     topological_sort(graph)
+
+
+def _unmarked(value: str, producers, markers: dict[str, str]) -> str:
+    """The value a marker's input comes from, before any reshaping and before any earlier
+    marker: a module whose output is its last child's (a Sequential) wraps the child's marked
+    output in its own marker, and tapping that would keep the child's marker (a Concat and a
+    Slice copying the whole tensor on every run) in the graph."""
+    value = source_value(value, producers, stop=markers)
+    return markers.get(value, value)
 
 
 def _rename_output(graph: onnx.GraphProto, current: str, wanted: str) -> None:

@@ -1,0 +1,38 @@
+"""Module-output taps of nested modules: a Sequential's output is its last child's, so the
+child's tap marker sits inside the parent's. Each module on such a chain gets its own tap of
+the real tensor (not of a flattened copy), and no marker's Concat and Slice stay in the graph
+(they copied the whole activation on every run)."""
+
+import numpy as np
+import pytest
+from conftest import DISCOGAN
+
+from lossgraph.autodiff.shapes import constant_values, infer_types
+from lossgraph.exporters.taps import _tap_index
+from lossgraph.graph import TAP_KEY, LossGraph, node_meta
+from lossgraph.verify.inputs import make_inputs
+from lossgraph.verify.runtime import OrtRunner
+
+#: generator_A's output is generator_A.main's, which is its last layer's (a Sigmoid)
+CHAIN = ("generator_A#0", "generator_A.main#0", "generator_A.main.21#0")
+
+
+@pytest.mark.parametrize("side", ["discogan_torch.py", "discogan_paddle.py"])
+def test_nested_module_outputs_each_tap_the_tensor(exported, side):
+    graph = LossGraph.load(exported(f"{DISCOGAN}/{side}"))
+    model = graph.model
+    taps = {node_meta(n, TAP_KEY): n.output[0] for n in model.graph.node if node_meta(n, TAP_KEY)}
+    assert set(CHAIN) <= set(taps)
+    types = infer_types(model)
+    assert {tuple(types[taps[name]].shape) for name in CHAIN} == {(4, 3, 64, 64)}
+    # every tap is a tensor of its module's output rank (a flattened copy was 1-D)
+    assert all(len(types[value].shape) > 1 for value in taps.values())
+    consts = constant_values(model)
+    assert not [n.name for n in model.graph.node if _tap_index(n, consts) is not None]
+    # and the three taps hold the same values
+    params = graph.param_values()
+    values = OrtRunner(model, fed=params, extra_outputs=[taps[name] for name in CHAIN]).run(
+        {**make_inputs(graph.meta.inputs, 0), **params}, outputs=[taps[name] for name in CHAIN]
+    )
+    first, *rest = values.values()
+    assert all(np.array_equal(first, other) for other in rest)
