@@ -18,19 +18,19 @@ their ratios to the Conv-written GEMM and the form the rule picks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from profiling import kernel_times  # noqa: E402
 
 from lossgraph.autodiff import build_gradients  # noqa: E402
 from lossgraph.autodiff.rules import nn  # noqa: E402
@@ -100,21 +100,11 @@ def backward_kernel_time(model: onnx.ModelProto, feeds, output: str, repeat: int
     """Seconds of the backward nodes' kernels (named ``.../grad/...``), each node's minimum over
     ``repeat`` runs from ONNX Runtime's profiler, summed; and the output's value. Per-node minima
     are steady on a shared machine whose fast and slow phases make whole-run times vary 2x."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for _ in range(repeat + 1):
-            (value,) = session.run([output], feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    runs, (value,) = kernel_times(model, feeds, [output], repeat)
     minima: dict[str, float] = {}
-    for event in events:
-        name = event["name"]
-        if event.get("cat") == "Node" and name.endswith("_kernel_time") and "/grad/" in name:
-            minima[name] = min(minima.get(name, float("inf")), event["dur"] * 1e-6)
+    for node, _, seconds in (event for run in runs for event in run):
+        if "/grad/" in node:
+            minima[node] = min(minima.get(node, float("inf")), seconds)
     return sum(minima.values()), value
 
 

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -34,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from step_time import MODELS, torch_backward  # noqa: E402
+from profiling import kernel_times  # noqa: E402
+from step_time import MODELS, backward_step, torch_backward  # noqa: E402
 
 import lossgraph as lg  # noqa: E402
-from lossgraph.autodiff import build_gradients  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
 from lossgraph.verify.inputs import make_inputs  # noqa: E402
 from lossgraph.verify.nchwc import lower_convs  # noqa: E402
-from lossgraph.verify.runtime import OPT_LEVELS, prepare_model  # noqa: E402
+from lossgraph.verify.runtime import prepare_model  # noqa: E402
 
 #: torch's top-level forward ops and autograd functions, by the row (ONNX op) they export to
 #: (one row for Conv and ConvTranspose: torch has one autograd function for both)
@@ -68,29 +65,13 @@ def ort_breakdown(model, outputs, feeds, repeat: int):
     over the session lossgraph runs (NCHWc lowering included); the warm-up run is left out."""
     row_of = {n.name: ROWS.get(n.op_type, n.op_type) for n in model.graph.node if "/grad/" not in n.name}
     prepared, _ = lower_convs(prepare_model(model, feeds))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = OPT_LEVELS["extended"]
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    session = ort.InferenceSession(prepared.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: feeds[i.name] for i in session.get_inputs()}
-    for _ in range(repeat + 1):
-        session.run(outputs, feed)
-    path = session.end_profiling()
-    with open(path) as f:
-        events = json.load(f)
-    os.remove(path)
-    runs = sorted(e["ts"] + e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    runs, _ = kernel_times(prepared, feeds, outputs, repeat)
     table: dict[str, dict] = collections.defaultdict(
         lambda: {"fwd": 0.0, "bwd": 0.0, "kernels": collections.Counter()}
     )
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < runs[0]:
-            continue
-        name, kernel = event["name"][: -len("_kernel_time")], event["args"]["op_name"]
+    for name, kernel, seconds in (event for run in runs[1:] for event in run):
         row = table[row_of.get(name.split("/grad/")[0].split("/nchwc/")[0], "(other)")]
-        ms = event["dur"] / repeat / 1e3
+        ms = seconds * 1e3 / repeat
         if "/grad/" in name:
             row["bwd"] += ms
             row["kernels"][kernel] += ms
@@ -134,10 +115,8 @@ def main() -> None:
     if loss not in graph.meta.losses:
         parser.error(f"--loss must be one of {', '.join(graph.meta.losses)}")
     inputs = make_inputs(spec.inputs, 0)
-    params = graph.param_values()
-    result = build_gradients(graph.model, loss, graph.trainable_params(), feeds=inputs)
-    outputs = [loss, *[g for g in result.grads.values() if g]]
-    ours = ort_breakdown(result.model, outputs, {**inputs, **params}, args.repeat)
+    model, outputs = backward_step(graph, loss, inputs)
+    ours = ort_breakdown(model, outputs, {**inputs, **graph.param_values()}, args.repeat)
     theirs = torch_breakdown(spec, {k: torch.from_numpy(v) for k, v in inputs.items()}, loss, args.repeat)
     print(f"{args.model}, {loss}: ms per step under each side's profiler ({args.repeat} steps)")
     print(f"{'forward op':26s} {'ORT fwd':>8s} {'torch fwd':>9s} {'ORT bwd':>8s} {'torch bwd':>9s}  ORT backward kernels")

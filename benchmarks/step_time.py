@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,13 @@ def torch_backward(spec, tensors, loss: str) -> None:
     out = spec.loss(spec.model, **tensors)
     out = out if isinstance(out, dict) else {"loss": out}
     out[loss].backward()
+
+
+def backward_step(graph, loss: str, inputs) -> tuple[onnx.ModelProto, list[str]]:
+    """The graph with the backward subgraph of ``loss`` appended, and the outputs of one
+    training step: the loss and its gradient for every trainable parameter."""
+    result = build_gradients(graph.model, loss, graph.trainable_params(), feeds=inputs)
+    return result.model, [loss, *[g for g in result.grads.values() if g]]
 
 
 def timed_rounds(steps: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
@@ -85,10 +93,9 @@ def measure(target: str, repeat: int) -> list[tuple[str, dict[str, list[float]]]
     forward = OrtRunner(graph.model, fed=params)
     rows = []
     for loss in graph.meta.losses:
-        result = build_gradients(graph.model, loss, graph.trainable_params(), feeds=inputs)
-        outputs = [loss, *[g for g in result.grads.values() if g]]
-        backward = OrtRunner(result.model, fed=params)
-        plain = OrtRunner(result.model, fed=params, nchwc=False)
+        model, outputs = backward_step(graph, loss, inputs)
+        backward = OrtRunner(model, fed=params)
+        plain = OrtRunner(model, fed=params, nchwc=False)
         steps = {
             "ort_fwd": functools.partial(forward.run, feeds, outputs=[loss]),
             "torch_fwd": functools.partial(torch_forward, spec, tensors, loss),

@@ -129,7 +129,6 @@ def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     markers: dict[str, str] = {}  # a marker's result -> the value it marks
-    renames: dict[str, str] = {}
     for node in list(graph.node):  # in topological order: a nested marker after the inner one
         index = _tap_index(node, consts)
         if index is None or index >= len(names):
@@ -144,7 +143,7 @@ def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
         )
         set_node_meta(identity, TAP_KEY, names[index])
         graph.node.append(identity)
-        renames[result] = f"{result}/tap"
+    renames = {result: f"{result}/tap" for result in markers}
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
     for output in graph.output:
