@@ -1,12 +1,12 @@
 """Forward+backward time: lossgraph's ONNX backward graph on ONNX Runtime vs torch eager.
 
 Both run in this one process, on the same inputs and weights, with the same number of threads,
-one run of each in turn per round. Prints, per model and loss, the median forward and
-forward+backward times of each side and the median of the per-round ratios (ORT / torch; below
-1.0 means ONNX Runtime is faster). The forward ratio says how much of the gap the forward
-kernels already explain. ORT runs as lossgraph runs it (Convs on the NCHWc kernels, see
-lossgraph/verify/nchwc.py); the last column is the same backward graph on the plain im2col
-kernels, measured in the same rounds.
+one run of each in turn per round, each after a short idle gap (``GAP_S``). Prints, per model
+and loss, the median forward and forward+backward times of each side and the median of the
+per-round ratios (ORT / torch; below 1.0 means ONNX Runtime is faster). The forward ratio says
+how much of the gap the forward kernels already explain. ORT runs as lossgraph runs it (Convs
+on the NCHWc kernels, see lossgraph/verify/nchwc.py); the last column is the same backward
+graph on the plain im2col kernels, measured in the same rounds.
 
     python benchmarks/step_time.py                 # DiscoGAN (both losses, batch 4), ResNet-18 (batch 8)
     python benchmarks/step_time.py --repeat 10 --models discogan
@@ -62,12 +62,23 @@ def backward_step(graph, loss: str, inputs) -> tuple[onnx.ModelProto, list[str]]
     return result.model, [loss, *[g for g in result.grads.values() if g]]
 
 
-def timed_rounds(steps: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+#: Seconds of idle before each timed step. Both runtimes' worker threads spin for a while after
+#: a parallel section (ONNX Runtime's intra-op pool, torch's OpenMP), so a step timed right after
+#: the other side's run shares the machine with them: measured here, torch's ResNet-18 step took
+#: 4-7% longer right after an ONNX Runtime run than after idle or after a run of its own, and
+#: without the gap this benchmark read DiscoGAN 0.97-1.05 where it is 1.11-1.19.
+GAP_S = 0.1
+
+
+def timed_rounds(
+    steps: dict[str, Callable[[], object]], repeat: int, gap: float = GAP_S
+) -> dict[str, list[float]]:
     """Seconds of each step over ``repeat`` rounds, each round running every step once in turn
-    (after one warm-up round)."""
+    (after one warm-up round), each step after ``gap`` seconds of idle."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(repeat + 1):
         for name, step in steps.items():
+            time.sleep(gap)
             start = time.perf_counter()
             step()
             if round_:
