@@ -34,8 +34,8 @@ class Input:
 
     Floats are standard normal unless ``low``/``high`` are given (then uniform in [low, high));
     integers are uniform in [low, high) with ``low`` defaulting to 0; ``choices`` draws uniformly
-    from the listed values (e.g. ``choices=[-1.0, 1.0]`` for hinge-embedding targets); booleans are
-    fair coin flips.
+    from the listed values (e.g. ``choices=[-1.0, 1.0]`` for hinge-embedding targets), each of
+    them at least once where the input has room for all; booleans are fair coin flips.
     """
 
     shape: Sequence[int]
