@@ -180,3 +180,49 @@ def test_random_geometries_match_float64():
         scale = max(np.abs(want).max(), 1.0)
         assert np.abs(got - want).max() <= max(4 * np.abs(plain - want).max(), 1e-6 * scale), (x_shape, w_shape, attrs)
     assert lowered >= 25  # most draws qualify (kernel no larger than the output, channels % 4)
+
+
+def conv_loss_model(x_shape, w_shape, **attrs) -> onnx.ModelProto:
+    """sum(Conv(x, w) * r): its gradient for x is a unit-stride Conv by the flipped kernel."""
+    out_shape = [x_shape[0], w_shape[0], *x_shape[2:]]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+              for n, s in (("x", x_shape), ("w", w_shape), ("r", out_shape))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attrs),
+             helper.make_node("Mul", ["y", "r"], ["yr"]),
+             helper.make_node("ReduceSum", ["yr"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@needs_nchwc
+@pytest.mark.parametrize(
+    "x_shape, w_shape, fast",
+    [((2, 32, 9, 9), (48, 32, 3, 3), True), ((1, 16, 7, 7), (32, 16, 5, 5), True),
+     ((2, 32, 8, 8), (20, 32, 3, 3), False), ((2, 8, 8, 8), (16, 8, 3, 3), False)],
+    ids=["3x3", "5x5", "unaligned-out-channels", "few-in-channels"],
+)
+def test_dx_conv_weight_built_from_the_forward_one(x_shape, w_shape, fast):
+    """The dX Conv of a unit-stride Conv reads the forward Conv's blocked weight, its tiles
+    transposed and reordered, where both channel counts fill whole blocks; elsewhere the
+    flipped weight is reordered as it is. Either way it computes what the plain graph does."""
+    from lossgraph.autodiff import build_gradients
+
+    pad = (w_shape[2] - 1) // 2
+    model = conv_loss_model(x_shape, w_shape, pads=[pad] * 4)
+    result = build_gradients(model, "loss", ["x", "w"])
+    lowered, count = lower_convs(result.model)
+    assert count == 2 if x_shape[1] >= BLOCK else count >= 1
+    ops = [n.op_type for n in lowered.graph.node]
+    flipped = [n for n in lowered.graph.node if n.name.endswith("/w_flipped")]
+    assert bool(flipped) == fast
+    if fast:  # the flip the autodiff wrote (Transpose, MatMul by the exchange matrix) is gone
+        assert "MatMul" not in ops
+        # x, dy, the forward weight's two steps, the tile swap
+        assert ops.count("ReorderInput") == 5
+    feeds = feeds_for(result.model)
+    outputs = [result.grads["x"], result.grads["w"]]
+    plain = OrtRunner(result.model, nchwc=False).run(feeds, outputs)
+    got = OrtRunner(result.model).run(feeds, outputs)
+    for name in outputs:
+        scale = np.abs(plain[name]).max()
+        np.testing.assert_allclose(got[name], plain[name], rtol=0, atol=1e-5 * scale)

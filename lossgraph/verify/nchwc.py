@@ -18,6 +18,11 @@ static, ``auto_pad``, input channels at or above the block size that are not a m
 reorder kernel's limit), a kernel larger than its output (the correlation form of a weight
 gradient, where the direct kernel is 3x slower than im2col), or too few output positions to pay
 for reordering the weight (:data:`MIN_POSITIONS`).
+
+The dX convolution of a unit-stride Conv reads the weight flipped and in/out exchanged, which the
+autodiff writes as a Transpose and a MatMul by the exchange matrix (standard ONNX). Lowered, its
+blocked weight is built from the forward convolution's instead, by whole 16x16 tiles
+(:meth:`_Lowering.flipped_weight`), and the flip, no longer read, is dropped.
 """
 
 from __future__ import annotations
@@ -111,9 +116,47 @@ def _plan(node: onnx.NodeProto, types, block: int) -> _Conv | None:
     return _Conv(out_channels, in_channels, (kh, kw), block)
 
 
+def _constant(node: onnx.NodeProto | None) -> np.ndarray | None:
+    if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    return numpy_helper.to_array(attrs["value"].t) if "value" in attrs else None
+
+
+def _flipped_source(weight: str, producers, types) -> str | None:
+    """The OIHW weight W whose spatially flipped, in/out-exchanged copy ``weight`` is, where it is
+    computed as lossgraph's autodiff computes the weight of a unit-stride dX convolution
+    (``lossgraph.autodiff.rules.nn._input_grad_by_conv``, group 1): Reshape(W, [1, O, I, K]),
+    Transpose [0, 2, 1, 3], MatMul by the K x K exchange matrix, Reshape to [I, O, kh, kw]."""
+    node = producers.get(weight)
+    chain = []
+    for op_type in ("Reshape", "MatMul", "Transpose", "Reshape"):
+        if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
+            return None
+        chain.append(node)
+        node = producers.get(node.input[0])
+    shaped, flip, swap, grouped = chain
+    source = grouped.input[0]
+    w_type, out_type = types.get(source), types.get(weight)
+    if w_type is None or out_type is None or len(w_type.shape) != 4:
+        return None
+    o, i, kh, kw = w_type.shape
+    taps = kh * kw
+    perm = [helper.get_attribute_value(a) for a in swap.attribute if a.name == "perm"]
+    exchange = _constant(producers.get(flip.input[1]))
+    view = _constant(producers.get(grouped.input[1]))
+    if perm != [[0, 2, 1, 3]] or view is None or list(view) != [1, o, i, taps]:
+        return None
+    if exchange is None or not np.array_equal(exchange, np.eye(taps)[::-1]):
+        return None
+    return source if list(out_type.shape) == [i, o, kh, kw] else None
+
+
 class _Lowering:
-    def __init__(self, graph: onnx.GraphProto, block: int) -> None:
+    def __init__(self, graph: onnx.GraphProto, block: int, types=None) -> None:
         self.block = block
+        self.types = types or {}
+        self.producers = {o: n for n in graph.node for o in n.output if o}
         self.nodes: list[onnx.NodeProto] = []
         self.constants: list[onnx.TensorProto] = []
         self.reordered: dict[tuple[str, str], str] = {}
@@ -155,6 +198,11 @@ class _Lowering:
         key = (value, "weight")
         if key in self.reordered:
             return self.reordered[key]
+        source = _flipped_source(value, self.producers, self.types)
+        if source is not None and conv.padded_out == conv.out_channels >= self.block:
+            if conv.padded_in == conv.in_channels >= self.block:
+                self.reordered[key] = self.flipped_weight(source, conv, base)
+                return self.reordered[key]
         b, (kh, kw) = self.block, conv.kernel
         o, i = conv.padded_out, conv.padded_in
         if (o, i) != (conv.out_channels, conv.in_channels):
@@ -170,6 +218,34 @@ class _Lowering:
         value = self.op("Reshape", [value, self.ints(f"{base}/w_shape", [o, i, kh, kw])], f"{base}/w")
         self.reordered[key] = value
         return value
+
+    def flipped_weight(self, source: str, conv: _Conv, base: str) -> str:
+        """The blocked weight of a dX convolution, built from the blocked weight of the forward
+        one: with W's OIHWBiBo [O/B, I/B, K, Bi, Bo] (shared with the forward convolution, which
+        reads the same W), the flipped, exchanged copy's OIHWBiBo is [I/B, O/B, K reversed, Bo,
+        Bi]. One ReorderInput swaps Bi and Bo in each B x B tile (viewing the weight as
+        [O*I*K/B^2, B, B, 1]); one Gather of whole tiles swaps the block indices and reverses the
+        taps. Measured on a 512x512x3x3 kernel (per-node profile): 1.3 ms for the tile swap and
+        1.0 ms for the Gather, against 3.4 ms for the Transpose, 0.9 ms for the MatMul and 1.7 ms
+        for the two ReorderInputs of the flip as written (ORT's Transpose copies element by
+        element where the innermost axis moves; ReorderInput is vectorized). ResNet-18's
+        training step: 1.5% faster (40 interleaved rounds)."""
+        b, (kh, kw) = self.block, conv.kernel
+        i, o, taps = conv.out_channels, conv.in_channels, kh * kw
+        forward = _Conv(o, i, conv.kernel, b)
+        tiles = self.weight(source, forward, f"{base}/forward")
+        value = self.op("Reshape", [tiles, self.ints(f"{base}/w_by_tile", [o * i * taps // (b * b), b, b, 1])],
+                        f"{base}/w_by_tile")
+        value = self.op("ReorderInput", [value], f"{base}/w_tiles_swapped", DOMAIN)
+        value = self.op("Reshape", [value, self.ints(f"{base}/w_tiles", [o * i * taps // (b * b), b * b])],
+                        f"{base}/w_tiles")
+        ob, ib = o // b, i // b
+        order = (np.arange(ob)[None, :, None] * ib + np.arange(ib)[:, None, None]) * taps
+        order = (order + np.arange(taps)[::-1][None, None, :]).reshape(-1)
+        name = self.name(f"{base}/w_tile_order")
+        self.constants.append(numpy_helper.from_array(order.astype(np.int64), name))
+        value = self.op("Gather", [value, name], f"{base}/w_flipped", axis=0)
+        return self.op("Reshape", [value, self.ints(f"{base}/w_shape", [i, o, kh, kw])], f"{base}/w")
 
     def conv(self, node: onnx.NodeProto, conv: _Conv) -> None:
         base = f"{node.name or node.output[0]}/nchwc"
@@ -196,6 +272,18 @@ class _Lowering:
         )
 
 
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose results nothing reads (the flip a dX convolution no longer
+    reads once its blocked weight comes from the forward one's); ONNX ops have no side effects."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
+
+
 def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose eligible Convs run on the NCHWc kernels, and how many they are.
 
@@ -213,14 +301,14 @@ def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         return model, 0
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    lowering = _Lowering(out.graph, block)
+    lowering = _Lowering(out.graph, block, types)
     for node, plan in zip(model.graph.node, plans):
         if plan is None:
             lowering.nodes.append(node)
         else:
             lowering.conv(node, plan)
     del out.graph.node[:]
-    out.graph.node.extend(lowering.nodes)
+    out.graph.node.extend(_live(lowering.nodes, {o.name for o in out.graph.output}))
     out.graph.initializer.extend(lowering.constants)
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
