@@ -7,6 +7,7 @@ by running the graph once on ONNX Runtime with zero-free seeded inputs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def infer_types(
     for tensor in model.graph.initializer:
         types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
     except Exception:  # inference can fail on unusual graphs; fall back to measuring
         inferred = model
     graph = inferred.graph
@@ -75,6 +76,34 @@ def infer_types(
     if missing and feeds is not None:
         types.update(_measure(model, missing, feeds))
     return types
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its large initializers declared as typed graph inputs instead: shape
+    inference needs their types, not their data (only small ones can feed shapes), and
+    serializing the weights to and from the inference took most of its time (DiscoGAN's 66 MB:
+    0.34 s a call; lossgraph infers several times per verify)."""
+    graph = model.graph
+    large = [t for t in graph.initializer if _element_count(t) > FOLD_LIMIT]
+    if not large:
+        return model
+    declared = {i.name for i in graph.input}
+    light = onnx.helper.make_graph(
+        list(graph.node),
+        graph.name,
+        [*graph.input, *(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in large if t.name not in declared)],
+        list(graph.output),
+        initializer=[t for t in graph.initializer if _element_count(t) <= FOLD_LIMIT],
+        value_info=list(graph.value_info),
+    )
+    out = onnx.helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    out.functions.extend(model.functions)
+    return out
+
+
+def _element_count(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
 
 
 def _measure(
@@ -144,25 +173,43 @@ def _int_attr(node: onnx.NodeProto, name: str, default):
 
 
 def _evaluate(model: onnx.ModelProto, node: onnx.NodeProto, inputs) -> list | None:
+    names = tuple(f"in{i}" if name else "" for i, name in enumerate(node.input))
+    signature = (
+        node.op_type,
+        node.domain,
+        tuple(attr.SerializeToString() for attr in node.attribute),
+        tuple(onnx.helper.np_dtype_to_tensor_dtype(v.dtype) if n else 0 for n, v in zip(names, inputs)),
+        len(node.output),
+        tuple((o.domain, o.version) for o in model.opset_import),
+    )
+    try:
+        return _evaluator(signature).run(None, {n: v for n, v in zip(names, inputs) if n})
+    except Exception:  # not foldable here: the rule will say what it needs
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _evaluator(signature):
+    """A reference evaluator of one node, by op, attributes, input types and opsets: building
+    one takes milliseconds, running it microseconds, and an exporter's graph folds the same
+    few computations (Cast, Expand, Reshape of shapes) hundreds of times."""
     from onnx.reference import ReferenceEvaluator
 
-    names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
-    single = onnx.helper.make_node(
-        node.op_type, names, [f"out{i}" for i in range(len(node.output))], domain=node.domain
-    )
-    single.attribute.extend(node.attribute)
+    op_type, domain, attributes, dtypes, n_outputs, opsets = signature
+    names = [f"in{i}" if dtype else "" for i, dtype in enumerate(dtypes)]
+    single = onnx.helper.make_node(op_type, names, [f"out{i}" for i in range(n_outputs)], domain=domain)
+    for serialized in attributes:
+        single.attribute.add().ParseFromString(serialized)
     graph = onnx.helper.make_graph(
         [single],
         "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for n, v in zip(names, inputs) if n],
-        [onnx.helper.make_tensor_value_info(f"out{i}", 0, None) for i in range(len(node.output))],
+        [onnx.helper.make_tensor_value_info(n, dtype, None) for n, dtype in zip(names, dtypes) if n],
+        [onnx.helper.make_tensor_value_info(f"out{i}", 0, None) for i in range(n_outputs)],
     )
-    folded = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
-    try:
-        return ReferenceEvaluator(folded).run(None, {n: v for n, v in zip(names, inputs) if n})
-    except Exception:  # not foldable here: the rule will say what it needs
-        return None
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets]
+    )
+    return ReferenceEvaluator(model)
 
 
 def _literal_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

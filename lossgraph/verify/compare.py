@@ -49,23 +49,34 @@ class ValueDiff:
 
 
 def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ValueDiff:
-    """Compare two arrays of one shape in float64 under the tolerance rule."""
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape:
+    """Compare two arrays of one shape in float64 under the tolerance rule.
+
+    Each float64 pass reads the float32 values directly (no widened copies first): a training
+    step compares hundreds of arrays, and the plain form (18 passes) took a fifth of
+    ``lossgraph verify --grads --steps 3`` on DiscoGAN."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
         raise VerificationError(
-            f"Cannot compare values of shapes {list(ref.shape)} and {list(cand.shape)}."
+            f"Cannot compare values of shapes {list(reference.shape)} and {list(candidate.shape)}."
         )
-    if ref.size == 0:
-        return ValueDiff(0.0, 0.0, 0.0, True, ref.shape)
-    diff = np.abs(cand - ref)
-    magnitude = np.abs(ref)
+    if reference.size == 0:
+        return ValueDiff(0.0, 0.0, 0.0, True, reference.shape)
+    diff = np.subtract(candidate, reference, dtype=np.float64, out=np.empty(reference.shape))
+    np.abs(diff, out=diff)
     max_abs = float(diff.max())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(magnitude > 0, diff / magnitude, np.where(diff > 0, np.inf, 0.0))
-    required = float(np.max(diff - tol.rtol * magnitude).clip(min=0.0))
-    passed = bool(np.all(diff <= tol.atol + tol.rtol * magnitude))
-    return ValueDiff(max_abs, float(rel.max()), required, passed, ref.shape)
+    magnitude = np.abs(reference, dtype=np.float64, out=np.empty(reference.shape))
+    max_rel = 0.0
+    if max_abs > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.divide(diff, magnitude, out=np.empty(reference.shape))  # x / 0 = inf where the reference is 0; 0 / 0 = nan
+        max_rel = float(np.fmax.reduce(rel, axis=None))  # fmax skips the nans (0 / 0: no diff)
+        max_rel = 0.0 if np.isnan(max_rel) else max_rel
+    if tol.rtol == 0:
+        return ValueDiff(max_abs, max_rel, max_abs, max_abs <= tol.atol, reference.shape)
+    bound = np.multiply(magnitude, tol.rtol, out=magnitude)
+    required = max(float(np.max(diff - bound)), 0.0)
+    passed = bool(np.all(diff <= np.add(bound, tol.atol, out=bound)))
+    return ValueDiff(max_abs, max_rel, required, passed, reference.shape)
 
 
 def find_non_finite(values: Mapping[str, np.ndarray]) -> list[str]:
