@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,18 @@ def rename_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
     rename_values(graph, renames)
     current = [renames.get(n, n) for n in current]
     rename_values(graph, {old: new for old, new in zip(current, names) if old != new})
+
+
+def live_nodes(nodes: Sequence[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` (in topological order) without those whose results nothing reads on the way to
+    ``outputs``; ONNX ops have no side effects, and ONNX Runtime runs every node it is given."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:

@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lossgraph.graph import live_nodes
+
 DOMAIN = "com.microsoft.nchwc"
 
 #: Output positions (batch x output height x width) below which a Conv stays on im2col: the weight
@@ -272,18 +274,6 @@ class _Lowering:
         )
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` without those whose results nothing reads (the flip a dX convolution no longer
-    reads once its blocked weight comes from the forward one's); ONNX ops have no side effects."""
-    needed = set(outputs)
-    keep = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output if o):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    return keep[::-1]
-
-
 def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose eligible Convs run on the NCHWc kernels, and how many they are.
 
@@ -308,7 +298,7 @@ def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         else:
             lowering.conv(node, plan)
     del out.graph.node[:]
-    out.graph.node.extend(_live(lowering.nodes, {o.name for o in out.graph.output}))
+    out.graph.node.extend(live_nodes(lowering.nodes, {o.name for o in out.graph.output}))
     out.graph.initializer.extend(lowering.constants)
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
