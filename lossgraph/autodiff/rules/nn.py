@@ -228,12 +228,14 @@ def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, 
     swap = [1, 0, *range(2, rank)]
     r, s, taps = rows_shape[1], source_shape[1], math.prod(kernel)
     rows = ctx.transpose(rows, swap)
+    positions = [rows_shape[0], *rows_shape[2:]]  # the GEMM's inner dimension, N x P
     if taps == 1 and all(st == 1 for st in strides) and not any(begin + end):
         windows = ctx.transpose(source, swap)
     elif (expanded := _expanded_windows(ctx, source, source_shape, rows_shape, geometry)) is not None:
         windows, grid_pads = expanded
         if any(grid_pads):
             rows = ctx.op("Pad", rows, ctx.ints(grid_pads), mode="constant")
+            positions[1] += grid_pads[rank + 2]
     else:
         windows = unfold(
             ctx, ctx.transpose(source, swap), [s, rows_shape[0], *source_shape[2:]], kernel,
@@ -241,7 +243,7 @@ def _weight_grad_by_gemm(ctx, rows, rows_shape, source, source_shape, geometry, 
         )
     rows = ctx.reshape(rows, [r, -1])
     windows = ctx.reshape(windows, [s * taps, -1])
-    return ctx.reshape(ctx.op("Gemm", rows, windows, transB=1), w_shape)
+    return ctx.gemm_nt(rows, windows, r, s * taps, math.prod(positions), w_shape)
 
 
 def _expanded_windows(ctx, source, source_shape, rows_shape, geometry):
