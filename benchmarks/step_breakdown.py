@@ -38,7 +38,7 @@ import lossgraph as lg  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
 from lossgraph.verify.inputs import make_inputs  # noqa: E402
 from lossgraph.verify.nchwc import lower_convs  # noqa: E402
-from lossgraph.verify.runtime import prepare_model  # noqa: E402
+from lossgraph.verify.runtime import prepare_model, reshapes_as_views  # noqa: E402
 
 #: torch's top-level forward ops and autograd functions, by the row (ONNX op) they export to
 #: (one row for Conv and ConvTranspose: torch has one autograd function for both)
@@ -62,10 +62,13 @@ BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
 
 def ort_breakdown(model, outputs, feeds, repeat: int):
     """{row: {"fwd": ms, "bwd": ms, "kernels": Counter}} per run, from ONNX Runtime's profiler
-    over the session lossgraph runs (NCHWc lowering included); the warm-up run is left out."""
+    over the session lossgraph runs (NCHWc lowering and reshaped outputs as views included); the
+    warm-up run is left out."""
     row_of = {n.name: ROWS.get(n.op_type, n.op_type) for n in model.graph.node if "/grad/" not in n.name}
     prepared, _ = lower_convs(prepare_model(model, feeds))
-    runs, _ = kernel_times(prepared, feeds, outputs, repeat)
+    prepared, views = reshapes_as_views(prepared)
+    fetched = list(dict.fromkeys(views[o][0] if o in views else o for o in outputs))
+    runs, _ = kernel_times(prepared, feeds, fetched, repeat)
     table: dict[str, dict] = collections.defaultdict(
         lambda: {"fwd": 0.0, "bwd": 0.0, "kernels": collections.Counter()}
     )

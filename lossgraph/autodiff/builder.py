@@ -21,7 +21,7 @@ ops that have rules themselves, so a backward graph can be differentiated again.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -201,17 +201,18 @@ class GradBuilder:
         parts = contributions[value]
         if len(parts) > 1:
             origin = self.producers.get(value)
-            total = self._merged_products(parts, origin) or self.emit("Sum", parts, 1, {}, origin)[0]
+            total = self._merged_products(parts) or self.emit("Sum", parts, 1, {}, origin)[0]
             contributions[value] = [total]
         return contributions[value][0]
 
-    def _merged_products(self, parts: list[str], origin: onnx.NodeProto | None) -> str | None:
+    def _merged_products(self, parts: list[str]) -> str | None:
         """sum_i reshape(A_i @ B_i^T) as reshape([A_1 ... A_n] @ [B_1 ... B_n]^T), the factors
         concatenated along their inner dimension, where every part is such a product (a weight
         that several convolutions use: :meth:`GradContext.gemm_nt`) and copying the factors
         costs fewer element passes than the Sum over the products. DiscoGAN's generators use
         their 512x256x4x4 kernels twice per cycle, on 4x4 maps: each product (2.1M elements)
-        is 6x the size of its factors."""
+        is 6x the size of its factors. The merged nodes are named and tagged after the first
+        use's forward node."""
         products = [self.products.get(p) for p in parts]
         if any(p is None for p in products) or len({(p.rows, p.cols, p.shape) for p in products}) > 1:
             return None
@@ -227,6 +228,7 @@ class GradBuilder:
             del self.products[part]
             self.producers.pop(part, None)
             self.producers.pop(product.gemm, None)
+        origin = first.origin
         a = self.emit("Concat", [p.a for p in products], 1, {"axis": 1}, origin)[0]
         b = self.emit("Concat", [p.b for p in products], 1, {"axis": 1}, origin)[0]
         shape = self.constant(np.asarray(first.shape, dtype=np.int64), origin)
@@ -246,6 +248,7 @@ class _Product:
     shape: tuple[int, ...]
     gemm: str
     nodes: tuple[str, str]
+    origin: onnx.NodeProto = field(compare=False)
 
 
 def _node_label(node: onnx.NodeProto) -> str:
@@ -383,7 +386,7 @@ class GradContext:
         gemm = self.op("Gemm", a, b, transB=1)
         out = self.reshape(gemm, shape)
         nodes = (self.b.producers[gemm].name, self.b.producers[out].name)
-        self.b.products[out] = _Product(a, b, rows, cols, inner, tuple(shape), gemm, nodes)
+        self.b.products[out] = _Product(a, b, rows, cols, inner, tuple(shape), gemm, nodes, self.node)
         return out
 
     def transpose(self, x: str, perm: Sequence[int]) -> str:
