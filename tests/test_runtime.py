@@ -38,6 +38,8 @@ def test_outputs_of_reshapes_are_fetched_unreshaped():
     rewritten, views = reshapes_as_views(model)
     assert {k: v[0] for k, v in views.items()} == {"ab_2x6": "ab", "a2_out": "a2", "ab_3x4": "ab"}
     assert [o.name for o in rewritten.graph.output] == ["ab", "a2", "a_flat", "ab_az"]
+    declared = {o.name: o.type.tensor_type.elem_type for o in rewritten.graph.output}
+    assert declared["a_flat"] == declared["ab_az"] == TensorProto.FLOAT  # kept as declared
     ops = [n.op_type for n in rewritten.graph.node]
     assert ops.count("Reshape") == 2 and "Identity" not in ops  # the others were only for outputs
     assert [o.name for o in model.graph.output][0] == "ab_2x6"  # the model itself is unchanged

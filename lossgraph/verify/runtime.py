@@ -128,14 +128,16 @@ def reshapes_as_views(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
         return model, {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    names = []
+    kept: dict[str, onnx.ValueInfoProto] = {}
     for output in out.graph.output:
         name = views[output.name][0] if output.name in views else output.name
-        if name not in names:
-            names.append(name)
+        if name not in kept:
+            kept[name] = onnx.ValueInfoProto(name=name)
+            if output.name not in views:  # an output kept as it is keeps its declared type
+                kept[name].CopyFrom(output)
     del out.graph.output[:]
-    out.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
-    live = live_nodes(list(out.graph.node), set(names))
+    out.graph.output.extend(kept.values())
+    live = live_nodes(list(out.graph.node), set(kept))
     del out.graph.node[:]
     out.graph.node.extend(live)
     return out, views
