@@ -3,10 +3,10 @@ forward op, side by side in one run.
 
 Each row is one kind of forward op (Conv, MaxPool, BatchNormalization, ...): the time its forward
 nodes take and the time the backward nodes built from it take, on each side. lossgraph's
-backward nodes are named after the forward node they come from (``<node>/grad/<i>``, and
-``/nchwc/`` for the reorders of lossgraph.verify.nchwc), so ONNX Runtime's per-node kernel
-times add up by origin; the ONNX Runtime backward columns also say which kernels that time
-went to. torch's rows are its profiler's top-level forward ops and the autograd functions of
+backward nodes are named after the forward node they come from (``<node>/grad/<i>``; and
+``/nchwc/`` for the reorders of lossgraph.verify.nchwc, ``/col2im/`` for the nodes of
+lossgraph.verify.conv_transpose), so ONNX Runtime's per-node kernel times add up by origin; the
+ONNX Runtime backward columns also say which kernels that time went to. torch's rows are its profiler's top-level forward ops and the autograd functions of
 the backward pass (each with everything it calls). Both profilers add overhead (ONNX Runtime's
 about 20-30% here), so compare shares and the rows with each other, not the totals with
 ``step_time.py``'s.
@@ -36,6 +36,7 @@ from step_time import MODELS, backward_step, torch_backward  # noqa: E402
 
 import lossgraph as lg  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
+from lossgraph.verify.conv_transpose import lower_conv_transposes  # noqa: E402
 from lossgraph.verify.inputs import make_inputs  # noqa: E402
 from lossgraph.verify.nchwc import lower_convs  # noqa: E402
 from lossgraph.verify.runtime import prepare_model, reshapes_as_views  # noqa: E402
@@ -62,10 +63,10 @@ BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
 
 def ort_breakdown(model, outputs, feeds, repeat: int):
     """{row: {"fwd": ms, "bwd": ms, "kernels": Counter}} per run, from ONNX Runtime's profiler
-    over the session lossgraph runs (NCHWc lowering and reshaped outputs as views included); the
-    warm-up run is left out."""
+    over the session lossgraph runs (ConvTranspose rewrite, NCHWc lowering and reshaped outputs
+    as views included); the warm-up run is left out."""
     row_of = {n.name: ROWS.get(n.op_type, n.op_type) for n in model.graph.node if "/grad/" not in n.name}
-    prepared, _ = lower_convs(prepare_model(model, feeds))
+    prepared, _ = lower_convs(lower_conv_transposes(prepare_model(model, feeds))[0])
     prepared, views = reshapes_as_views(prepared)
     fetched = list(dict.fromkeys(views[o][0] if o in views else o for o in outputs))
     runs, _ = kernel_times(prepared, feeds, fetched, repeat)
@@ -73,7 +74,7 @@ def ort_breakdown(model, outputs, feeds, repeat: int):
         lambda: {"fwd": 0.0, "bwd": 0.0, "kernels": collections.Counter()}
     )
     for name, kernel, seconds in (event for run in runs[1:] for event in run):
-        row = table[row_of.get(name.split("/grad/")[0].split("/nchwc/")[0], "(other)")]
+        row = table[row_of.get(name.split("/grad/")[0].split("/nchwc/")[0].split("/col2im/")[0], "(other)")]
         ms = seconds * 1e3 / repeat
         if "/grad/" in name:
             row["bwd"] += ms

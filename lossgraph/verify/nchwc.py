@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lossgraph.graph import live_nodes
+from lossgraph.verify.rewrite import NodeWriter
 
 DOMAIN = "com.microsoft.nchwc"
 
@@ -154,35 +155,13 @@ def _flipped_source(weight: str, producers, types) -> str | None:
     return source if list(out_type.shape) == [i, o, kh, kw] else None
 
 
-class _Lowering:
+class _Lowering(NodeWriter):
     def __init__(self, graph: onnx.GraphProto, block: int, types=None) -> None:
+        super().__init__(graph)
         self.block = block
         self.types = types or {}
         self.producers = {o: n for n in graph.node for o in n.output if o}
-        self.nodes: list[onnx.NodeProto] = []
-        self.constants: list[onnx.TensorProto] = []
         self.reordered: dict[tuple[str, str], str] = {}
-        taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-        taken |= {i.name for i in graph.input} | {t.name for t in graph.initializer}
-        self.taken = taken
-
-    def name(self, base: str) -> str:
-        candidate, k = base, 0
-        while candidate in self.taken:
-            k += 1
-            candidate = f"{base}_{k}"
-        self.taken.add(candidate)
-        return candidate
-
-    def op(self, op_type: str, inputs: list[str], base: str, domain: str = "", **attrs) -> str:
-        out = self.name(base)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
-        return out
-
-    def ints(self, base: str, values: list[int]) -> str:
-        name = self.name(base)
-        self.constants.append(numpy_helper.from_array(np.array(values, np.int64), name))
-        return name
 
     def reorder(self, value: str, base: str) -> str:
         """``value`` (NCHW) in NCHWc, once however many convolutions read it."""

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from lossgraph.errors import UnsupportedOpError, VerificationError
 from lossgraph.graph import live_nodes
+from lossgraph.verify.conv_transpose import lower_conv_transposes
 from lossgraph.verify.nchwc import lower_convs
 
 DEVICES = ("cpu", "cuda")
@@ -153,7 +154,9 @@ class OrtRunner:
     """One ONNX Runtime session over a prepared model.
 
     ``fed`` names the initializers that become inputs (parameters, buffers, optimizer state).
-    On the CPU, Convs run on ONNX Runtime's NCHWc kernels where those apply (``nchwc``).
+    On the CPU, ConvTransposes with few positions per image run as one GEMM and a Col2Im
+    (``col2im``, see lossgraph.verify.conv_transpose) and Convs on ONNX Runtime's NCHWc
+    kernels where those apply (``nchwc``).
     """
 
     def __init__(
@@ -166,10 +169,15 @@ class OrtRunner:
         arena: bool = True,
         nchwc: bool = True,
         views: bool = True,
+        col2im: bool = True,
     ) -> None:
         providers = check_device(device)
         check_ops(model)
         prepared = prepare_model(model, fed, extra_outputs)
+        #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.verify.conv_transpose)
+        self.col2im_conv_transposes = 0
+        if col2im and device == "cpu":
+            prepared, self.col2im_conv_transposes = lower_conv_transposes(prepared)
         #: how many Convs run on ORT's blocked-layout kernels (see lossgraph.verify.nchwc)
         self.nchwc_convs = 0
         if nchwc and device == "cpu":
