@@ -124,6 +124,7 @@ def test_cli_grads_discogan_torch_vs_paddle(cli, exported, tmp_path):
     assert "Gradients: 62/62 parameters within tolerance" in " ".join(result.stdout.split())
 
 
+@pytest.mark.slow  # 50-90 s, most of it the float64 re-run of both DiscoGAN gradient graphs
 def test_cli_grads_catch_what_forward_losses_miss(cli, exported, tmp_path):
     import json
 
