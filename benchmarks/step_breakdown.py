@@ -6,10 +6,10 @@ nodes take and the time the backward nodes built from it take, on each side. los
 backward nodes are named after the forward node they come from (``<node>/grad/<i>``; and
 ``/nchwc/`` for the reorders of lossgraph.verify.nchwc, ``/col2im/`` for the nodes of
 lossgraph.verify.conv_transpose), so ONNX Runtime's per-node kernel times add up by origin; the
-ONNX Runtime backward columns also say which kernels that time went to. torch's rows are its profiler's top-level forward ops and the autograd functions of
-the backward pass (each with everything it calls). Both profilers add overhead (ONNX Runtime's
-about 20-30% here), so compare shares and the rows with each other, not the totals with
-``step_time.py``'s.
+ONNX Runtime backward columns also say which kernels that time went to. torch's rows are its
+profiler's top-level forward ops and the autograd functions of the backward pass (each with
+everything it calls). Both profilers add overhead (ONNX Runtime's about 20-30% here), so compare
+shares and the rows with each other, not the totals with ``step_time.py``'s.
 
     python benchmarks/step_breakdown.py                      # ResNet-18, batch 8
     python benchmarks/step_breakdown.py --model discogan --loss dis_loss
@@ -36,10 +36,8 @@ from step_time import MODELS, backward_step, torch_backward  # noqa: E402
 
 import lossgraph as lg  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
-from lossgraph.verify.conv_transpose import lower_conv_transposes  # noqa: E402
 from lossgraph.verify.inputs import make_inputs  # noqa: E402
-from lossgraph.verify.nchwc import lower_convs  # noqa: E402
-from lossgraph.verify.runtime import prepare_model, reshapes_as_views  # noqa: E402
+from lossgraph.verify.runtime import lower_for_cpu, prepare_model, reshapes_as_views  # noqa: E402
 
 #: torch's top-level forward ops and autograd functions, by the row (ONNX op) they export to
 #: (one row for Conv and ConvTranspose: torch has one autograd function for both)
@@ -66,7 +64,7 @@ def ort_breakdown(model, outputs, feeds, repeat: int):
     over the session lossgraph runs (ConvTranspose rewrite, NCHWc lowering and reshaped outputs
     as views included); the warm-up run is left out."""
     row_of = {n.name: ROWS.get(n.op_type, n.op_type) for n in model.graph.node if "/grad/" not in n.name}
-    prepared, _ = lower_convs(lower_conv_transposes(prepare_model(model, feeds))[0])
+    prepared, _, _ = lower_for_cpu(prepare_model(model, feeds))
     prepared, views = reshapes_as_views(prepared)
     fetched = list(dict.fromkeys(views[o][0] if o in views else o for o in outputs))
     runs, _ = kernel_times(prepared, feeds, fetched, repeat)

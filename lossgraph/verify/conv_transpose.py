@@ -98,7 +98,9 @@ class _Rewrite(NodeWriter):
             self.op("Add", [image, bias], f"{base}/biased", out=node.output[0])
 
 
-def lower_conv_transposes(model: onnx.ModelProto, every: bool = False) -> tuple[onnx.ModelProto, int]:
+def lower_conv_transposes(
+    model: onnx.ModelProto, every: bool = False, types=None
+) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose ConvTransposes with few positions per image (``every``: all that
     the rewrite can express; benchmarks measure both sides of the choice) run as Gemm + Col2Im,
     and how many they are. The model comes back as it is (no copy) where there is nothing to
@@ -107,7 +109,7 @@ def lower_conv_transposes(model: onnx.ModelProto, every: bool = False) -> tuple[
 
     if _default_opset(model) < COL2IM_OPSET or not any(n.op_type == "ConvTranspose" for n in model.graph.node):
         return model, 0
-    types = infer_types(model)
+    types = infer_types(model) if types is None else types
     chosen = [
         _expressible(node, types) and (every or _faster(node, types)) for node in model.graph.node
     ]

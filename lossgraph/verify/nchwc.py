@@ -253,7 +253,7 @@ class _Lowering(NodeWriter):
         )
 
 
-def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def lower_convs(model: onnx.ModelProto, types=None) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` whose eligible Convs run on the NCHWc kernels, and how many they are.
 
     The model comes back as it is (no copy) where there is nothing to lower or this build of
@@ -263,7 +263,7 @@ def lower_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     block = block_size()
     if not block or not any(n.op_type == "Conv" for n in model.graph.node):
         return model, 0
-    types = infer_types(model)
+    types = infer_types(model) if types is None else types
     plans = [_plan(node, types, block) for node in model.graph.node]
     count = sum(p is not None for p in plans)
     if not count:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from lossgraph.autodiff.shapes import infer_types
 from lossgraph.errors import UnsupportedOpError, VerificationError
 from lossgraph.graph import live_nodes
 from lossgraph.verify.conv_transpose import lower_conv_transposes
@@ -95,6 +96,25 @@ def prepare_model(
     return out
 
 
+def lower_for_cpu(
+    model: onnx.ModelProto, col2im: bool = True, nchwc: bool = True
+) -> tuple[onnx.ModelProto, int, int]:
+    """``model`` with the CPU session's rewrites, as asked: ConvTransposes with few positions per
+    image as Gemm + Col2Im (lossgraph.verify.conv_transpose), then Convs on the NCHWc kernels
+    (lossgraph.verify.nchwc); and how many nodes each rewrote. One type inference serves both:
+    the first rewrite keeps every existing value's name and type, and the second reads only
+    those (the Convs' inputs, outputs and weights)."""
+    types = None
+    if (col2im or nchwc) and any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node):
+        types = infer_types(model)
+    conv_transposes = convs = 0
+    if col2im:
+        model, conv_transposes = lower_conv_transposes(model, types=types)
+    if nchwc:
+        model, convs = lower_convs(model, types=types)
+    return model, conv_transposes, convs
+
+
 def reshapes_as_views(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, tuple[str, np.ndarray]]]:
     """``model`` with each graph output that a Reshape computes (through Identities, from a
     constant shape) replaced by that Reshape's input, and for each such output the value the
@@ -174,14 +194,11 @@ class OrtRunner:
         providers = check_device(device)
         check_ops(model)
         prepared = prepare_model(model, fed, extra_outputs)
-        #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.verify.conv_transpose)
-        self.col2im_conv_transposes = 0
-        if col2im and device == "cpu":
-            prepared, self.col2im_conv_transposes = lower_conv_transposes(prepared)
-        #: how many Convs run on ORT's blocked-layout kernels (see lossgraph.verify.nchwc)
-        self.nchwc_convs = 0
-        if nchwc and device == "cpu":
-            prepared, self.nchwc_convs = lower_convs(prepared)
+        #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.verify.conv_transpose) and
+        #: how many Convs on ORT's blocked-layout kernels (see lossgraph.verify.nchwc)
+        self.col2im_conv_transposes = self.nchwc_convs = 0
+        if device == "cpu":
+            prepared, self.col2im_conv_transposes, self.nchwc_convs = lower_for_cpu(prepared, col2im, nchwc)
         #: graph outputs computed by a Reshape: (the value the session returns, the shape)
         self.views: dict[str, tuple[str, np.ndarray]] = {}
         if views:
