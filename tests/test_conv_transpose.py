@@ -4,8 +4,8 @@ and only where the rewrite applies and pays."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
+from feeds import feeds_for
 from onnx import TensorProto, helper
 
 from lossgraph.verify.conv_transpose import lower_conv_transposes
@@ -24,16 +24,6 @@ def conv_transpose_model(x_shape, w_shape, bias=False, dtype=TensorProto.FLOAT, 
         [helper.make_tensor_value_info("y", dtype, None)],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for value in model.graph.input:
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
-        out[value.name] = rng.standard_normal(shape).astype(dtype)
-    return out
 
 
 # (x shape, w shape [Ci, Co, kh, kw], bias, attributes): each has at least 2 images and at most

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from feeds import feeds_for
 from onnx import TensorProto, helper
 
 from lossgraph.verify import nchwc
@@ -34,16 +35,6 @@ def conv_model(x_shape, w_shape, bias=False, dtype=TensorProto.FLOAT, **attrs) -
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return onnx.shape_inference.infer_shapes(model)
-
-
-def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for value in model.graph.input:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
-        out[value.name] = rng.standard_normal(shape).astype(dtype)
-    return out
 
 
 def float64_conv(model: onnx.ModelProto, feeds) -> np.ndarray:
