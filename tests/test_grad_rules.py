@@ -159,3 +159,64 @@ def test_unknown_op_names_the_op_and_the_rules():
 
     with pytest.raises(UnsupportedOpError, match="No gradient rule for op 'Celu'.*Rules exist for: Abs, Add"):
         build_gradients(model, "loss", ["x"])
+
+
+def test_rules_emit_only_differentiable_ops():
+    """Every op a rule writes has a rule itself (or is declared non-differentiable), so any
+    backward graph can be differentiated again: checked over every case of the table."""
+    load_rules()
+    known = set(RULES) | set(NON_DIFFERENTIABLE)
+    emitted: dict[str, set[str]] = {}
+    for case in CASES:
+        rng = np.random.default_rng(0)
+        values = draw(case, rng)
+        model, _ = case_model(case, values, rng)
+        wrt = [f"in{i}" for i, a in enumerate(case.args) if not a.constant and a.diff]
+        result = build_gradients(model, "loss", wrt, feeds=float_feeds(case, values, np.float32))
+        for node in result.model.graph.node[len(model.graph.node):]:
+            if node.op_type not in known:
+                emitted.setdefault(node.op_type, set()).add(case.id)
+    assert not emitted, f"ops written by rules without a rule of their own: {emitted}"
+
+
+@pytest.mark.parametrize(
+    "w_shape, attrs",
+    [((4, 2, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "group": 2}),  # grouped: unfold
+     ((3, 4, 6, 6), {"strides": [2, 2], "pads": [2, 2, 2, 2]})],  # 36 taps: unfold, no one-hot Conv
+    ids=["grouped-3x3-stride2", "6x6-stride2"],
+)
+def test_second_order_through_strided_weight_gradients(w_shape, attrs):
+    """d/dx of a function of dW, where dW's windows are cut from SpaceToDepth blocks: against
+    torch's double backward."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 9, 10)).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attrs)
+    y_shape = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(w), stride=attrs["strides"], padding=attrs["pads"][0],
+        groups=attrs.get("group", 1)).shape
+    r = rng.standard_normal(tuple(y_shape)).astype(np.float32)
+    q = rng.standard_normal(w_shape).astype(np.float32)
+    nodes = [conv, helper.make_node("Mul", ["y", "r"], ["yr"]),
+             helper.make_node("ReduceSum", ["yr"], ["loss"], keepdims=0)]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(v.shape)) for n, v in (("x", x), ("w", w))]
+    inits = [numpy_helper.from_array(r, "r"), numpy_helper.from_array(q, "q")]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    first = build_gradients(model, "loss", ["w"])
+    assert "SpaceToDepth" in {n.op_type for n in first.model.graph.node}
+    outer = first.model
+    outer.graph.node.extend([helper.make_node("Mul", [first.grads["w"], "q"], ["gq"]),
+                             helper.make_node("ReduceSum", ["gq"], ["loss2"], keepdims=0)])
+    del outer.graph.output[:]
+    outer.graph.output.append(helper.make_tensor_value_info("loss2", TensorProto.FLOAT, []))
+    second = build_gradients(onnx.shape_inference.infer_shapes(outer), "loss2", ["x"])
+    got = OrtRunner(second.model).run({"x": x, "w": w}, [second.grads["x"]])[second.grads["x"]]
+
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, stride=attrs["strides"], padding=attrs["pads"][0],
+                                    groups=attrs.get("group", 1))
+    (gw,) = torch.autograd.grad((ty * torch.from_numpy(r).double()).sum(), tw, create_graph=True)
+    (gx,) = torch.autograd.grad((gw * torch.from_numpy(q).double()).sum(), tx)
+    assert close(got, gx.numpy(), 1e-5)

@@ -30,6 +30,25 @@ def transpose_grad(ctx, dys):
     return [ctx.transpose(dys[0], np.argsort(perm).tolist())]
 
 
+@grad_rule("SpaceToDepth")
+def space_to_depth_grad(ctx, dys):
+    # DepthToSpace in DCR mode is SpaceToDepth's exact inverse (ONNX defines them as a pair)
+    return [ctx.op("DepthToSpace", dys[0], blocksize=ctx.attr("blocksize"), mode="DCR")]
+
+
+@grad_rule("DepthToSpace")
+def depth_to_space_grad(ctx, dys):
+    block = ctx.attr("blocksize")
+    mode = ctx.attr("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "DCR":
+        return [ctx.op("SpaceToDepth", dys[0], blocksize=block)]
+    # CRD: y[n, c, h*b + i, w*b + j] = x[n, (c*b + i)*b + j, h, w]
+    n, channels, height, width = ctx.shape(ctx.inputs[0])
+    blocks = ctx.reshape(dys[0], [n, channels // (block * block), height, block, width, block])
+    return [ctx.reshape(ctx.transpose(blocks, [0, 1, 3, 5, 2, 4]), [n, channels, height, width])]
+
+
 @grad_rule("Expand", nondiff=(1,), broadcasting=True)
 def expand_grad(ctx, dys):
     return [dys[0], None]
