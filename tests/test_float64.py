@@ -504,3 +504,14 @@ def test_exported_total_variation_runs_in_float64():
     for name in graph.meta.losses:
         assert losses64[name].dtype == np.float64
         assert abs(float(losses64[name]) - float(losses32[name])) <= 1e-6
+
+
+def test_decompositions_write_only_differentiable_ops():
+    """The noise floor differentiates float64 graphs, so every op a decomposition writes needs a
+    gradient rule (or a non-differentiable declaration)."""
+    from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, load_rules
+
+    load_rules()
+    known = set(RULES) | set(NON_DIFFERENTIABLE)
+    written = {(n.op_type, case.id) for case in CASES for n in to_float64(_node_model(case)).graph.node}
+    assert {(op, case) for op, case in written if op not in known} == set()
