@@ -21,8 +21,9 @@ for reordering the weight (:data:`MIN_POSITIONS`).
 
 The dX convolution of a unit-stride Conv reads the weight flipped and in/out exchanged, which the
 autodiff writes as a Transpose and a MatMul by the exchange matrix (standard ONNX). Lowered, its
-blocked weight is built from the forward convolution's instead, by whole 16x16 tiles
-(:meth:`_Lowering.flipped_weight`), and the flip, no longer read, is dropped.
+blocked weight is built from the forward convolution's instead, by whole block x block tiles
+(16x16 with AVX-512, 8x8 with AVX2; :meth:`_Lowering.flipped_weight`), and the flip, no longer
+read, is dropped.
 """
 
 from __future__ import annotations
