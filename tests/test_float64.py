@@ -166,6 +166,11 @@ CASES = [
     Case("ConvTranspose", ((1, 2, 3, 4), (2, 3, 7, 7), (3,)),
          _conv_transpose(2, stride=2, padding=3, output_padding=1),
          {"strides": [2, 2], "pads": [3, 3, 3, 3], "output_padding": [1, 1]}, "7x7-outpad1"),
+    Case("ConvTranspose", ((2, 4, 3, 4), (4, 3, 4, 4), (6,)),
+         _conv_transpose(2, stride=2, padding=1, groups=2),
+         {"strides": [2, 2], "pads": [1, 1, 1, 1], "group": 2}, "group2-4x4-stride2"),
+    Case("ConvTranspose", ((2, 3, 4, 3), (3, 2, 1, 1)), _conv_transpose(2, stride=2, output_padding=1),
+         {"strides": [2, 2], "output_padding": [1, 1]}, "1x1-stride2"),
     # --- pooling ----------------------------------------------------------------------------
     Case("AveragePool", ((2, 3, 7, 6),),
          lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=True),

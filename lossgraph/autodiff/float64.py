@@ -509,10 +509,45 @@ def _zero_insert(r: _Rewrite, x: str, spatial: Sequence[int],
     return r.reshape(x, [0, 0, *up]), up
 
 
+def _conv_transpose_by_phases(r: _Rewrite, x: str, w: str, spatial: Sequence[int],
+                              kernel: Sequence[int], strides: Sequence[int], group: int,
+                              group_channels: int, out_group: int, heads: Sequence[int],
+                              out: Sequence[int]) -> str:
+    """A strided ConvTranspose without dilation as one unit-stride correlation for all output
+    phases at once: the full output at s·q + p only receives kernel taps p + s·m, so phase p is
+    x correlated with that reversed sub-kernel, and every phase reads the same M = ceil(k / s)
+    windows of x (sub-kernels with fewer taps padded with zeros). The phases are stacked as
+    output channels of one MatMul, interleaved by Reshape and Transpose, and the full output
+    cropped to the pads. The zero-inserted form (:func:`_zero_insert`) cuts s^n times as many
+    windows, most of them of inserted zeros."""
+    n = len(kernel)
+    taps = [-(-k // s) for k, s in zip(kernel, strides)]  # M per axis
+    periods = [-(-(h + o) // s) for h, o, s in zip(heads, out, strides)]  # Q: phase length
+    if any(m * s > k for m, s, k in zip(taps, strides, kernel)):
+        tail = [m * s - k for m, s, k in zip(taps, strides, kernel)]
+        w = r.op("Pad", w, r.ints([0] * (n + 2) + [0, 0, *tail]))
+    # [C, O/g, (M1, s1), ...] -> [g, s1, ..., O/g, C/g, M1, ...]: rows (phase, o), cols (c, m)
+    w = r.reshape(w, [group, group_channels, out_group, *(v for m, s in zip(taps, strides) for v in (m, s))])
+    perm = [0, *(4 + 2 * a for a in range(n)), 2, 1, *(3 + 2 * a for a in range(n))]
+    phases = math.prod(strides)
+    w_cols = r.reshape(r.op("Transpose", w, perm=perm), [group, phases * out_group, -1])
+    y = _correlate(r, x, spatial, w_cols, group * phases * out_group, group, group_channels, taps,
+                   [1] * n, [1] * n, [m - 1 for m in taps],
+                   [q - size for q, size in zip(periods, spatial)], flip=True)
+    # [N, (g, s1, ..., O/g), Q1, ...] -> [N, g, O/g, Q1, s1, Q2, s2, ...] -> [N, O, Q1·s1, ...]
+    y = r.reshape(y, [0, group, *strides, out_group, *periods])
+    perm = [0, 1, 2 + n, *(axis for a in range(n) for axis in (3 + n + a, 2 + a))]
+    full = r.reshape(r.op("Transpose", y, perm=perm),
+                     [0, group * out_group, *(q * s for q, s in zip(periods, strides))])
+    ends = [h + o for h, o in zip(heads, out)]
+    return r.op("Slice", full, r.ints(heads), r.ints(ends), r.ints(range(2, 2 + n)))
+
+
 @_replaces("ConvTranspose")
 def _conv_transpose(r: _Rewrite) -> str:
-    """A stride-1 correlation of the zero-inserted input with the flipped, group-transposed
-    kernel: y[p] = Σ_k x_up[p + head - k·d] · w[k]."""
+    """Strided without dilation: all output phases in one correlation
+    (:func:`_conv_transpose_by_phases`). Otherwise a stride-1 correlation of the zero-inserted
+    input with the flipped, group-transposed kernel: y[p] = Σ_k x_up[p + head - k·d] · w[k]."""
     x, w = r.input(0), r.input(1)
     w_shape = r.shape(w)
     n = len(w_shape) - 2
@@ -523,6 +558,10 @@ def _conv_transpose(r: _Rewrite) -> str:
     group = r.attr("group", 1)
     heads, out = _transpose_geometry(r, spatial, kernel, strides, dilations)
     group_channels, out_group = w_shape[0] // group, w_shape[1]
+    if any(s > 1 for s in strides) and all(d == 1 for d in dilations):
+        y = _conv_transpose_by_phases(r, x, w, spatial, kernel, strides, group, group_channels,
+                                      out_group, heads, out)
+        return _add_bias(r, y, r.input(2), n)
     w_cols = r.reshape(w, [group, group_channels, out_group, -1])
     w_cols = r.reshape(r.op("Transpose", w_cols, perm=[0, 2, 1, 3]), [group, out_group, -1])
     x_up, up = _zero_insert(r, x, spatial, strides)
