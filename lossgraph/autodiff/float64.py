@@ -523,8 +523,8 @@ def _conv_transpose_by_phases(r: _Rewrite, x: str, w: str, spatial: Sequence[int
     n = len(kernel)
     taps = [-(-k // s) for k, s in zip(kernel, strides)]  # M per axis
     periods = [-(-(h + o) // s) for h, o, s in zip(heads, out, strides)]  # Q: phase length
-    if any(m * s > k for m, s, k in zip(taps, strides, kernel)):
-        tail = [m * s - k for m, s, k in zip(taps, strides, kernel)]
+    tail = [m * s - k for m, s, k in zip(taps, strides, kernel)]
+    if any(tail):
         w = r.op("Pad", w, r.ints([0] * (n + 2) + [0, 0, *tail]))
     # [C, O/g, (M1, s1), ...] -> [g, s1, ..., O/g, C/g, M1, ...]: rows (phase, o), cols (c, m)
     w = r.reshape(w, [group, group_channels, out_group, *(v for m, s in zip(taps, strides) for v in (m, s))])
