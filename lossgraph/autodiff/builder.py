@@ -297,9 +297,11 @@ class GradContext:
         return self.b.types[name].numpy_dtype
 
     def attr(self, name: str, default: Any = None) -> Any:
+        """The attribute's value (a string attribute as ``str``), or ``default``."""
         for attr in self.node.attribute:
             if attr.name == name:
-                return helper.get_attribute_value(attr)
+                value = helper.get_attribute_value(attr)
+                return value.decode() if isinstance(value, bytes) else value
         return default
 
     def const_value(self, name: str | None) -> np.ndarray | None:

@@ -10,8 +10,7 @@ from lossgraph.errors import UnsupportedOpError
 
 
 def _reduction(ctx) -> str:
-    value = ctx.attr("reduction", b"none")
-    return value.decode() if isinstance(value, bytes) else value
+    return ctx.attr("reduction", "none")
 
 
 @grad_rule("Gather", nondiff=(1,))

@@ -8,8 +8,7 @@ from lossgraph.autodiff.rules.nn import log_softmax_backward
 
 
 def _reduction(ctx) -> str:
-    value = ctx.attr("reduction", b"mean")
-    return value.decode() if isinstance(value, bytes) else value
+    return ctx.attr("reduction", "mean")
 
 
 def nll_input_grad(ctx, dy: str, log_probs: str, target: str, weight: str | None) -> str:

@@ -78,8 +78,7 @@ def dy_like(ctx) -> str:
 
 
 def _auto_pad(ctx) -> str:
-    value = ctx.attr("auto_pad", b"NOTSET")
-    return value.decode() if isinstance(value, bytes) else value
+    return ctx.attr("auto_pad", "NOTSET")
 
 
 def _conv_geometry(ctx, spatial_in, kernel):

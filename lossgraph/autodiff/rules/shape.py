@@ -39,9 +39,7 @@ def space_to_depth_grad(ctx, dys):
 @grad_rule("DepthToSpace")
 def depth_to_space_grad(ctx, dys):
     block = ctx.attr("blocksize")
-    mode = ctx.attr("mode", "DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "DCR":
+    if ctx.attr("mode", "DCR") == "DCR":
         return [ctx.op("SpaceToDepth", dys[0], blocksize=block)]
     # CRD: y[n, c, h*b + i, w*b + j] = x[n, (c*b + i)*b + j, h, w]
     n, channels, height, width = ctx.shape(ctx.inputs[0])
@@ -178,8 +176,7 @@ def pad_grad(ctx, dys):
     for k, axis in enumerate(axes):
         before[axis] = pads[k]
         after[axis] = pads[k + len(axes)]
-    mode = ctx.attr("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = ctx.attr("mode", "constant")
     if mode == "constant" and min(before + after) >= 0:
         ends = [before[i] + shape[i] for i in range(rank)]
         dx = ctx.op("Slice", dys[0], ctx.ints(before), ctx.ints(ends), ctx.ints(range(rank)))
