@@ -69,3 +69,10 @@ def load_rules() -> None:
         reduce,
         shape,
     )
+
+
+def known_ops() -> frozenset[str]:
+    """Every op type the autodiff can pass through: those with a rule and those declared
+    non-differentiable (all rule families loaded)."""
+    load_rules()
+    return frozenset(RULES) | frozenset(NON_DIFFERENTIABLE)
