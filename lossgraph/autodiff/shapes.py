@@ -73,9 +73,54 @@ def infer_types(
             if attr.name == "value":
                 types[node.output[0]] = ValueType(attr.t.data_type, tuple(attr.t.dims))
     missing = [o for n in model.graph.node for o in n.output if o and o not in types]
+    if missing:
+        missing = _type_from_constants(model, types, missing)
     if missing and feeds is not None:
         types.update(_measure(model, missing, feeds))
     return types
+
+
+def _type_from_constants(
+    model: onnx.ModelProto, types: dict[str, ValueType], missing: list[str]
+) -> list[str]:
+    """Type the values inference left open from what :func:`constant_values` folds, then infer
+    again with those values as initializers (an Expand or Reshape to a computed shape gets its
+    type once the shape is a constant); return what is still open. ONNX's data propagation
+    stops at Expand: torch's exporter writes a bias-free Conv's zero bias as
+    ``Expand(0, Expand(Shape(w)[0:1], [1]))``, which left 36 values of DiscoGAN open (72 in
+    float64) and sent every gradient build to run the whole graph to measure them."""
+    folded = constant_values(model, types)
+    for name in missing:
+        if name in folded:
+            value = folded[name]
+            types[name] = ValueType(onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+    missing = [name for name in missing if name not in types]
+    if not missing:
+        return []
+    values = {
+        o for n in model.graph.node
+        if n.op_type != "Constant" and all(o in folded for o in n.output if o)
+        for o in n.output if o
+    }
+    if not values:
+        return missing
+    second = onnx.ModelProto()
+    second.CopyFrom(_without_weights(model))
+    kept = [n for n in second.graph.node if not (set(n.output) & values)]
+    del second.graph.node[:]
+    second.graph.node.extend(kept)
+    second.graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(folded[name]), name) for name in values
+    )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(second, data_prop=True)
+    except Exception:
+        return missing
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        value_type = _from_value_info(info)
+        if value_type is not None and info.name in missing:
+            types[info.name] = value_type
+    return [name for name in missing if name not in types]
 
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
