@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import DISCOGAN
 from onnx import TensorProto, helper, numpy_helper
 
 import lossgraph.autodiff.shapes as shapes
 from lossgraph.autodiff.float64 import to_float64
 from lossgraph.autodiff.shapes import infer_types
-
-from conftest import DISCOGAN
 
 
 def _zero_bias_conv(extra_nodes=(), extra_outputs=()) -> onnx.ModelProto:
