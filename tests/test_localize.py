@@ -155,3 +155,27 @@ def test_renamed_containers_localize_to_the_parameter_free_layer(write_spec, tmp
     assert not report.passed
     divergence = report.first_divergence
     assert divergence.scope == "enc.1", divergence
+
+
+def test_moves_of_parameters_stand_for_the_candidates_parameters():
+    """A parameter the reference only moves (Transposes, chained; a Reshape) pairs with the
+    candidate's parameter as stored, with the composed permutation where only Transposes move it."""
+    from onnx import helper
+
+    from lossgraph.verify.localize import _moved_parameters
+
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["wt"], ["wtt"], perm=[1, 0, 2, 3]),
+        helper.make_node("Identity", ["wtt"], ["wtt_same"]),
+        helper.make_node("Reshape", ["b", "shape"], ["b4"]),
+        helper.make_node("Transpose", ["b4"], ["b4t"], perm=[1, 0, 2, 3]),
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),  # not a parameter
+        helper.make_node("Relu", ["w"], ["computed"]),  # not a move
+        helper.make_node("Transpose", ["u"], ["ut"], perm=[1, 0]),  # a parameter without a pair
+    ]
+    moved = _moved_parameters(nodes, {"w": 1, "b": 1, "u": 1}, {"w": "W", "b": "B"})
+    assert moved == {
+        "wt": ("w", (0, 1, 3, 2)), "wtt": ("w", (1, 0, 3, 2)), "wtt_same": ("w", (1, 0, 3, 2)),
+        "b4": ("b", None), "b4t": ("b", None),
+    }

@@ -56,6 +56,10 @@ BUGS = [
         "discogan/discogan_paddle_planted.py:kernel_transposed", ("--no-noise-floor",), 0, "forward",
         "discriminator_A.conv5", "transposes", "a converted Conv kernel with its spatial axes swapped",
         ("discogan",)),
+    Bug("conv_kernel_transpose_dropped", "discogan/discogan_paddle_planted.py:kernel_transposed",
+        "discogan/discogan_torch.py:spec", ("--no-noise-floor",), 0, "forward", "discriminator_A.conv5",
+        "reference transposes", "the other direction: the reference (Paddle) swaps a kernel's spatial "
+        "axes before its Conv, the port (torch) uses the kernel as stored", ("discogan",)),
     Bug("missing_detach", "bugs/bugs_torch.py:gan_train", "bugs/bugs_paddle.py:gan_no_detach",
         ("--steps", "2"), 0, "backward", "generator", "detach", "the D step backpropagates into G"),
     Bug("adam_epsilon", "bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier_adam_epsilon",

@@ -66,7 +66,16 @@ def transposed_weight(ctx: HintContext) -> str | None:
     """The candidate transposes a parameter the reference uses as stored at the origin."""
     moved = ctx.values.get("transposed_params") or []
     if not moved:
-        return None
+        kept = ctx.values.get("ref_transposed_params") or []
+        if not kept:
+            return None
+        ref_param, cand_param, perm = kept[0]
+        return (
+            f"The reference transposes {ref_param} (perm {list(perm)}) before "
+            f"{ctx.divergence.op_type}; the candidate uses {cand_param} as stored: the port leaves "
+            f"out a transposition, or its weight was converted to another layout than the one "
+            f"the reference reads."
+        )
     ref_param, cand_param, perm = moved[0]
     info = ctx.ref.meta.params.get(ref_param)
     if info is not None and info.layer_type == "Linear":

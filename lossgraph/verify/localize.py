@@ -220,9 +220,22 @@ def _divergence(
     )
 
 
-def _scope_of(node: onnx.NodeProto | None, tap: str) -> str:
+def _scope_of(
+    node: onnx.NodeProto | None, tap: str, cand_node: onnx.NodeProto | None = None,
+    modules: Mapping[str, str] | None = None,
+) -> str:
+    """The module path of a divergence, in the reference's names: the reference node's scope;
+    else the candidate node's, translated back through the module map (PaddlePaddle's graphs
+    carry no scopes, so a Paddle reference relies on a torch candidate's) where it lies inside
+    the diverging tap's module; else that module."""
+    module = tap.partition("#")[0]
     scope = node_meta(node, SCOPE_KEY) if node is not None else None
-    return scope or tap.partition("#")[0]
+    theirs = node_meta(cand_node, SCOPE_KEY) if cand_node is not None and not scope else None
+    if theirs and modules is not None:
+        mine = translate_tap(theirs, {b: a for a, b in modules.items()})
+        if not module or mine == module or mine.startswith(module + "."):
+            scope = mine
+    return scope or module
 
 
 def localize_forward(
@@ -266,10 +279,8 @@ def localize_forward(
             actual = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
             origin = replace(origin, diff=actual, ref_value=None, cand_value=None, ref_inputs={})
     if origin is not None:
-        found = _divergence(
-            step, "forward", origin.ref_node, origin.cand_node, _scope_of(origin.ref_node, tap),
-            origin.diff, loss,
-        )
+        scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules)
+        found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss)
         return found, origin.hint_values()
     if diverged:
         node = _producer(ref.model.graph, target)
@@ -312,6 +323,8 @@ class Origin:
     #: (reference parameter, candidate parameter, perm): parameters the origin consumes that
     #: the candidate transposes on the way
     transposed_params: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    #: the same for parameters the reference transposes and the candidate uses as stored
+    ref_transposed_params: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     #: value name -> "agrees" / "differs", on each side, for the neighbourhood in reports
     ref_status: Mapping[str, str] = field(default_factory=dict)
     cand_status: Mapping[str, str] = field(default_factory=dict)
@@ -386,6 +399,8 @@ def _origin_in_region(
     cand_vals = run_values(cand, cand_names)
     index = ValueIndex(cand_vals)
     counterpart: dict[str, str] = dict(known)
+    moved = _moved_parameters(region, ref.graph.meta.params, counterpart)
+    counterpart.update({value: counterpart[param] for value, (param, _) in moved.items()})
     for node in region:
         for out in node.output:
             # the diverging value was compared with its counterpart already: it has none
@@ -435,6 +450,10 @@ def _origin_in_region(
         for i in node.input if i in params and i in counterpart
         for n in cand_between if n.op_type == "Transpose" and n.input[0] == counterpart[i]
     )
+    ref_transposed = tuple(
+        (moved[i][0], counterpart[moved[i][0]], moved[i][1])
+        for i in node.input if i in moved and moved[i][1] and list(moved[i][1]) != sorted(moved[i][1])
+    )
     ref_consts = constant_scalars(ref.graph, ref_dependent)
     cand_consts = constant_scalars(cand.graph, cand_dependent)
     return Origin(
@@ -447,6 +466,7 @@ def _origin_in_region(
         cand_constants=_consumed(cand_between, cand_consts),
         origin_constants=_consumed([node], ref_consts),
         transposed_params=transposed,
+        ref_transposed_params=ref_transposed,
         ref_inputs={i: ref_vals[i] for i in node.input if i in ref_vals},
         ref_status={v: "agrees" if v in counterpart else "differs" for v in ref_vals},
         cand_status={
@@ -458,6 +478,34 @@ def _origin_in_region(
 
 def _perm(node: onnx.NodeProto) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def _moved_parameters(
+    region: Sequence[onnx.NodeProto], params: Mapping[str, object], counterpart: Mapping[str, str]
+) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """Values of the region that only move a paired parameter (PASS_THROUGH ops, chained), as
+    value -> (parameter, perm): the composed Transpose permutation (``()`` where none is on the
+    way), or None where another move (a Reshape of a bias to [1, C, 1, 1]) is. The candidate
+    may use the parameter as stored, so such a value has no counterpart of its own to be found
+    by value: it stands for the candidate's parameter, and a wrong move shows at its consumer."""
+    moved: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+    for node in region:
+        if node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        source = node.input[0]
+        if source in moved:
+            param, perm = moved[source]
+        elif source in params and source in counterpart:
+            param, perm = source, ()
+        else:
+            continue
+        if node.op_type == "Transpose" and perm is not None:
+            order = _perm(node)
+            perm = tuple(perm[i] for i in order) if perm else tuple(order)
+        elif node.op_type not in ("Identity", "Cast"):
+            perm = None
+        moved[node.output[0]] = (param, perm)
+    return moved
 
 
 #: Ops that relabel or move values without computing: the candidate's version of an origin is
@@ -548,7 +596,8 @@ def localize_backward(
         if origin is not None:
             node, cand_node, diff, status = origin
             values.update(ref_status=status[0], cand_status=status[1])
-            found = _divergence(step, "backward", node, cand_node, _scope_of(node, tap), diff, loss)
+            scope = _scope_of(node, tap, cand_node, modules)
+            found = _divergence(step, "backward", node, cand_node, scope, diff, loss)
         else:
             node = _producer(ref.model.graph, value)
             cand_node = _producer(cand.model.graph, cand_value)
