@@ -2,6 +2,7 @@
 phase and module scope, with the right likely cause; the correct ports pass."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -30,6 +31,7 @@ def test_bug_is_localized(cli, exported, bug, tmp_path):
     assert result.exit_code == 1, result.stdout
     found = report["first_divergence"]
     assert found["localized"], found
+    assert 0 < found["max_abs_diff"] < math.inf, found  # a size, not a placeholder
     assert (found["step"], found["phase"]) == (bug.step, bug.phase), found
     assert found["scope"].startswith(bug.scope), found
     if not bug.scope:

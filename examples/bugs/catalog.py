@@ -47,11 +47,18 @@ BUGS = [
         (), 0, "forward", "", "reduction", "KL divergence 'mean' where 'batchmean' was meant"),
     Bug("cross_entropy_axis", "bugs/bugs_torch.py:ce_spatial", "bugs/bugs_paddle.py:ce_last_axis",
         (), 0, "forward", "", "class axis", "Paddle's cross_entropy takes the classes last"),
+    Bug("cross_entropy_axis_reversed", "bugs/bugs_paddle.py:ce_last_axis", "bugs/bugs_torch.py:ce_spatial",
+        (), 0, "forward", "", "class axis", "the other direction: a Paddle original whose classes "
+        "are the last axis, ported to torch's cross_entropy (classes on axis 1)"),
     Bug("avgpool_exclusive", "bugs/bugs_torch.py:pooled", "bugs/bugs_paddle.py:pooled_exclusive",
         (), 0, "forward", "pool", "count_include_pad", "AvgPool padding counted in torch, not in Paddle"),
     Bug("batchnorm_epsilon", "discogan/discogan_torch.py:spec", "bugs/bugs_paddle.py:discogan_bn_epsilon",
         ("--grads", "--no-noise-floor"), 0, "forward", "discriminator_B.bn3", "BatchNorm epsilon",
         "one BatchNorm of DiscoGAN at epsilon 1e-3", ("discogan",)),
+    Bug("batchnorm_epsilon_reversed", "bugs/bugs_paddle.py:discogan_bn_epsilon", "discogan/discogan_torch.py:spec",
+        ("--no-noise-floor",), 0, "forward", "discriminator_B.bn3", "constant differs",
+        "the other direction: the Paddle original's BatchNorm at epsilon 1e-3, the torch port's at "
+        "1e-5", ("discogan",)),
     Bug("conv_kernel_transposed", "discogan/discogan_torch.py:spec",
         "discogan/discogan_paddle_planted.py:kernel_transposed", ("--no-noise-floor",), 0, "forward",
         "discriminator_A.conv5", "transposes", "a converted Conv kernel with its spatial axes swapped",

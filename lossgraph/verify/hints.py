@@ -195,21 +195,40 @@ def differing_constants(ctx: HintContext) -> str | None:
 @hint
 def cross_entropy_axis(ctx: HintContext) -> str | None:
     """torch's class axis is 1; a port whose scores reach the loss through a Transpose that
-    moves another axis there (Paddle's cross_entropy takes the last axis) has other classes."""
+    moves another axis there (Paddle's cross_entropy takes the last axis) has other classes.
+    Either side may be the Paddle one."""
     ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
-    ops = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
-    if ref_node is None or cand_node is None or cand_node.op_type not in ops:
+    if ref_node is None or cand_node is None:
         return None
-    source = next((n for n in ctx.cand.model.graph.node if cand_node.input[0] in n.output), None)
-    if source is None or source.op_type != "Transpose":
+    for side, other, graph, node in (("candidate", "reference", ctx.cand, cand_node),
+                                     ("reference", "candidate", ctx.ref, ref_node)):
+        axis = _class_axis_moved(graph.model.graph, node)
+        if axis is not None:
+            return (
+                f"Cross-entropy class axis: the {side} takes axis {axis} of the scores as the "
+                f"classes (Paddle's cross_entropy defaults to axis=-1), the {other} axis 1 (torch)."
+            )
+    return None
+
+
+CLASS_AXIS_LOSSES = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
+
+
+def _class_axis_moved(graph: onnx.GraphProto, node: onnx.NodeProto) -> int | None:
+    """The scores' axis a cross-entropy reads as its classes where a Transpose moves an axis
+    other than 1 there: ``node`` is the loss (its scores come from the Transpose) or the
+    Transpose (a loss reads it)."""
+    transpose = None
+    if node.op_type in CLASS_AXIS_LOSSES:
+        transpose = next((n for n in graph.node if node.input[0] in n.output), None)
+    elif node.op_type == "Transpose" and any(
+        n.op_type in CLASS_AXIS_LOSSES and n.input[0] == node.output[0] for n in graph.node
+    ):
+        transpose = node
+    if transpose is None or transpose.op_type != "Transpose":
         return None
-    perm = _attributes(source).get("perm") or []
-    if len(perm) < 2 or perm[1] == 1:
-        return None
-    return (
-        f"Cross-entropy class axis: the candidate takes axis {perm[1]} of the scores as the "
-        f"classes (Paddle's cross_entropy defaults to axis=-1), the reference axis 1 (torch)."
-    )
+    perm = _attributes(transpose).get("perm") or []
+    return perm[1] if len(perm) >= 2 and perm[1] != 1 else None
 
 
 @hint

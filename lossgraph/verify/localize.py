@@ -276,8 +276,12 @@ def localize_forward(
         )
         if origin is not None:  # report the difference the actual weights make, at the tap;
             # the values measured at the origin were the perturbed ones: no statistics of them
-            actual = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
-            origin = replace(origin, diff=actual, ref_value=None, cand_value=None, ref_inputs={})
+            origin = replace(origin, diff=_max_diff(ref_values[target], cand_values[cand_target]),
+                             ref_value=None, cand_value=None, ref_inputs={})
+    if origin is not None and diverged and origin.cand_value is None and origin.ref_value is not None:
+        # the other side computes nothing of the origin's shape (another decomposition: a
+        # BatchNorm's var + eps): the size of the difference is the one measured at the tap
+        origin = replace(origin, diff=_max_diff(ref_values[target], cand_values[cand_target]))
     if origin is not None:
         scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules)
         found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss)
@@ -285,9 +289,13 @@ def localize_forward(
     if diverged:
         node = _producer(ref.model.graph, target)
         cand_node = _producer(cand.model.graph, cand_target)
-        diff = float(np.abs(ref_values[target].astype(np.float64) - cand_values[cand_target]).max())
+        diff = _max_diff(ref_values[target], cand_values[cand_target])
         return _divergence(step, "forward", node, cand_node, tap.partition("#")[0], diff, loss), {}
     return None, {}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).max())
 
 
 def perturbed(side: Side, pairs, which: str, ref: Side | None = None) -> Side:
@@ -422,7 +430,8 @@ def _origin_in_region(
         # a value that only moves (Identity, Reshape, ...) parts where its input does: an input
         # counterpart found by value there was a coincidence (BatchNorm at its initial
         # identity statistics leaves its input unchanged)
-        moves = node.op_type in PASS_THROUGH
+        # (a Transpose reorders what it moves: its input may agree where its output does not)
+        moves = node.op_type in PASS_THROUGH and node.op_type != "Transpose"
         parted = [
             i for i in node.input
             if i in ref_vals and (i not in counterpart or (moves and i not in known))
@@ -567,7 +576,7 @@ def _closest(ref_value: np.ndarray, index: ValueIndex) -> tuple[float, np.ndarra
     candidates = [index.values[c] for c in index.same_shape(ref_value.shape)]  # as they are
     if not candidates:
         return float("inf"), None
-    diffs = [float(np.abs(ref_value.astype(np.float64) - c).max()) for c in candidates]
+    diffs = [_max_diff(ref_value, c) for c in candidates]
     best = int(np.argmin(diffs))
     return diffs[best], candidates[best]
 
@@ -601,7 +610,7 @@ def localize_backward(
         else:
             node = _producer(ref.model.graph, value)
             cand_node = _producer(cand.model.graph, cand_value)
-            diff = float(np.abs(a.astype(np.float64) - b).max())
+            diff = _max_diff(a, b)
             found = _divergence(step, "backward", node, cand_node, tap.partition("#")[0], diff, loss)
         return found, values
     return None, {}
