@@ -34,6 +34,7 @@ def test_bug_is_localized(cli, exported, bug, tmp_path):
     assert 0 < found["max_abs_diff"] < math.inf, found  # a size, not a placeholder
     assert (found["step"], found["phase"]) == (bug.step, bug.phase), found
     assert found["scope"].startswith(bug.scope), found
+    assert found["op_type"] == (bug.op or found["op_type"]), found
     if not bug.scope:
         assert found["scope"] == "", found
     assert bug.hint.lower() in (found["hint"] or "").lower(), found

@@ -1,5 +1,6 @@
 """The bug gallery: real porting bugs, each a (reference, candidate) pair, and where
-``lossgraph verify`` must find it: the step, the phase, the module scope and the likely cause.
+``lossgraph verify`` must find it: the step, the phase, the module scope and the likely cause
+(and, where given, the op). Some pairs are listed both ways: either framework may be the reference.
 
     python examples/bugs/catalog.py            # prints the table
     python examples/bugs/catalog.py --run NAME # exports the pair and runs lossgraph verify
@@ -29,6 +30,7 @@ class Bug:
     hint: str  # a phrase the likely cause must contain
     about: str = ""
     tags: tuple[str, ...] = field(default=())
+    op: str = ""  # the op the report must name ("" = not checked)
 
     def target(self, which: str) -> str:
         return str(EXAMPLES / (self.reference if which == "reference" else self.candidate))
@@ -45,11 +47,14 @@ BUGS = [
         (), 0, "forward", "", "clamps log", "hand-written BCE with +1e-12 instead of the -100 clamp"),
     Bug("kl_mean_vs_batchmean", "bugs/bugs_torch.py:kl_batchmean", "bugs/bugs_paddle.py:kl_mean",
         (), 0, "forward", "", "reduction", "KL divergence 'mean' where 'batchmean' was meant"),
+    Bug("kl_mean_vs_batchmean_reversed", "bugs/bugs_paddle.py:kl_mean", "bugs/bugs_torch.py:kl_batchmean",
+        (), 0, "forward", "", "reduction", "the other direction: a Paddle original with 'mean', ported "
+        "with 'batchmean'", op="Div"),
     Bug("cross_entropy_axis", "bugs/bugs_torch.py:ce_spatial", "bugs/bugs_paddle.py:ce_last_axis",
         (), 0, "forward", "", "class axis", "Paddle's cross_entropy takes the classes last"),
     Bug("cross_entropy_axis_reversed", "bugs/bugs_paddle.py:ce_last_axis", "bugs/bugs_torch.py:ce_spatial",
         (), 0, "forward", "", "class axis", "the other direction: a Paddle original whose classes "
-        "are the last axis, ported to torch's cross_entropy (classes on axis 1)"),
+        "are the last axis, ported to torch's cross_entropy (classes on axis 1)", op="Transpose"),
     Bug("avgpool_exclusive", "bugs/bugs_torch.py:pooled", "bugs/bugs_paddle.py:pooled_exclusive",
         (), 0, "forward", "pool", "count_include_pad", "AvgPool padding counted in torch, not in Paddle"),
     Bug("batchnorm_epsilon", "discogan/discogan_torch.py:spec", "bugs/bugs_paddle.py:discogan_bn_epsilon",
@@ -66,7 +71,7 @@ BUGS = [
     Bug("conv_kernel_transpose_dropped", "discogan/discogan_paddle_planted.py:kernel_transposed",
         "discogan/discogan_torch.py:spec", ("--no-noise-floor",), 0, "forward", "discriminator_A.conv5",
         "reference transposes", "the other direction: the reference (Paddle) swaps a kernel's spatial "
-        "axes before its Conv, the port (torch) uses the kernel as stored", ("discogan",)),
+        "axes before its Conv, the port (torch) uses the kernel as stored", ("discogan",), op="Conv"),
     Bug("missing_detach", "bugs/bugs_torch.py:gan_train", "bugs/bugs_paddle.py:gan_no_detach",
         ("--steps", "2"), 0, "backward", "generator", "detach", "the D step backpropagates into G"),
     Bug("adam_epsilon", "bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier_adam_epsilon",
@@ -102,7 +107,7 @@ def main() -> None:
         sys.exit(subprocess.run(["lossgraph", "verify", str(out / "reference.onnx"),
                                  str(out / "candidate.onnx"), *bug.args]).returncode)
     for bug in BUGS:
-        print(f"{bug.name:24s} step {bug.step} {bug.phase:8s} {bug.scope or '(loss)':24s} {bug.about}")
+        print(f"{bug.name:30s} step {bug.step} {bug.phase:8s} {bug.scope or '(loss)':24s} {bug.about}")
 
 
 if __name__ == "__main__":

@@ -258,10 +258,19 @@ def localize_forward(
         # no module output parts: the divergence, if any, is in the loss computation itself
         target = cand_target = loss or ref.graph.meta.losses[0]
         if loss_agrees is None:
-            values = run_values(ref, [target]), run_values(cand, [target])
-            loss_agrees = _agree(values[0][target], values[1][target], tol)
+            ref_values.update(run_values(ref, [target]))
+            cand_values.update(run_values(cand, [target]))
+            loss_agrees = _agree(ref_values[target], cand_values[target], tol)
         if loss_agrees:
             return None, {}
+
+    def measured() -> float:
+        """The difference at the tap (or loss) being localized."""
+        if target not in ref_values:
+            ref_values.update(run_values(ref, [target]))
+            cand_values.update(run_values(cand, [cand_target]))
+        return _max_diff(ref_values[target], cand_values[cand_target])
+
     agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged}
     agreed.update({name: name for name in ref.graph.meta.inputs})
     agreed.update({p.reference: p.candidate for p in param_map.pairs})
@@ -276,12 +285,11 @@ def localize_forward(
         )
         if origin is not None:  # report the difference the actual weights make, at the tap;
             # the values measured at the origin were the perturbed ones: no statistics of them
-            origin = replace(origin, diff=_max_diff(ref_values[target], cand_values[cand_target]),
-                             ref_value=None, cand_value=None, ref_inputs={})
-    if origin is not None and diverged and origin.cand_value is None and origin.ref_value is not None:
+            origin = replace(origin, diff=measured(), ref_value=None, cand_value=None, ref_inputs={})
+    if origin is not None and origin.cand_value is None and origin.ref_value is not None:
         # the other side computes nothing of the origin's shape (another decomposition: a
         # BatchNorm's var + eps): the size of the difference is the one measured at the tap
-        origin = replace(origin, diff=_max_diff(ref_values[target], cand_values[cand_target]))
+        origin = replace(origin, diff=measured())
     if origin is not None:
         scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules)
         found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss)
@@ -289,13 +297,19 @@ def localize_forward(
     if diverged:
         node = _producer(ref.model.graph, target)
         cand_node = _producer(cand.model.graph, cand_target)
-        diff = _max_diff(ref_values[target], cand_values[cand_target])
-        return _divergence(step, "forward", node, cand_node, tap.partition("#")[0], diff, loss), {}
+        return _divergence(step, "forward", node, cand_node, tap.partition("#")[0], measured(), loss), {}
     return None, {}
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b).max())
+    """max |a - b|, element by element in memory order where only the shapes differ ([1] vs
+    []); inf where the sizes differ too."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b)
+    if a.shape != b.shape:
+        if a.size != b.size:
+            return float("inf")
+        b = b.reshape(a.shape)
+    return float(np.abs(a - b).max(initial=0.0))
 
 
 def perturbed(side: Side, pairs, which: str, ref: Side | None = None) -> Side:
@@ -416,6 +430,8 @@ def _origin_in_region(
                 match = index.matches(ref_vals[out], tol, first=True)
                 if match:
                     counterpart[out] = match[0][0]
+                elif (reshaped := _reshaped_counterpart(node, out, ref_vals, counterpart, index)) is not None:
+                    counterpart[out] = reshaped
     if target not in ref_vals or target in counterpart:
         return None
     producers = {o: n for n in region for o in n.output}
@@ -520,6 +536,25 @@ def _moved_parameters(
 #: Ops that relabel or move values without computing: the candidate's version of an origin is
 #: the first node after them.
 PASS_THROUGH = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+#: The moves among them that keep the values and their order: the output is the input reshaped.
+RESHAPES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _reshaped_counterpart(
+    node: onnx.NodeProto, out: str, ref_vals: Mapping[str, np.ndarray], counterpart: Mapping[str, str],
+    index: ValueIndex,
+) -> str | None:
+    """The counterpart of a reshape's output that matching by value cannot find because the
+    other side never has that shape (Paddle reshapes a sum to [1] where torch keeps []): its
+    input's counterpart. None where the shape is unchanged or the other side has values of that
+    shape: then no match is a sign that the values differ."""
+    source = node.input[0] if node.input else ""
+    if node.op_type not in RESHAPES or node.domain not in ("", "ai.onnx") or source not in counterpart:
+        return None
+    shape = ref_vals[out].shape
+    if source not in ref_vals or ref_vals[source].shape == shape or index.same_shape(shape):
+        return None
+    return counterpart[source]
 
 #: Attributes that are numeric constants of a computation (an epsilon, a slope, a bound), and
 #: the ops they are that for ("*": every op).
