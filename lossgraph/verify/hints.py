@@ -63,7 +63,8 @@ def hints_for(context: HintContext) -> str | None:
 
 @hint
 def transposed_weight(ctx: HintContext) -> str | None:
-    """The candidate transposes a parameter the reference uses as stored at the origin."""
+    """One side transposes a parameter that the other uses as stored, at the origin (the
+    candidate: ``transposed_params``; the reference: ``ref_transposed_params``)."""
     moved = ctx.values.get("transposed_params") or []
     if not moved:
         kept = ctx.values.get("ref_transposed_params") or []
@@ -211,6 +212,7 @@ def cross_entropy_axis(ctx: HintContext) -> str | None:
     return None
 
 
+#: Losses whose class axis is 1 in ONNX, as in torch.
 CLASS_AXIS_LOSSES = ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
 
 
