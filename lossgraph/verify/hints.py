@@ -154,29 +154,36 @@ NORMALIZATIONS = {"BatchNormalization": "BatchNorm", "LayerNormalization": "Laye
 
 @hint
 def normalization_epsilon(ctx: HintContext) -> str | None:
-    """A BatchNorm/LayerNorm epsilon of the reference that the candidate does not use."""
-    node, diff = ctx.node("ref"), _constant_difference(ctx)
-    if node is None or node.op_type not in NORMALIZATIONS or not diff:
+    """A BatchNorm/LayerNorm epsilon of one side that the other does not use. The side whose
+    origin is the normalization op says which epsilon it has; the other side may decompose
+    the normalization (Paddle's ``var + eps``), so its constants say which it uses instead."""
+    diff = _constant_difference(ctx)
+    if not diff:
         return None
-    epsilon = float(np.float32(_attributes(node).get("epsilon", 1e-5)))
     only_ref, only_cand = diff
-    if _missing([epsilon], only_ref):  # the candidate uses the same epsilon
-        return None
-    small = [v for v in only_cand if 0 < v < 0.1]
-    other = f"; the candidate computes with {_fmt_list(small)} instead" if small else ""
-    return (
-        f"{NORMALIZATIONS[node.op_type]} epsilon at {ctx.divergence.scope}: the reference uses "
-        f"{epsilon:g}{other} (epsilon defaults and names differ: eps vs epsilon)."
-    )
+    for side, other, node, mine, theirs in (("reference", "candidate", ctx.node("ref"), only_ref, only_cand),
+                                            ("candidate", "reference", ctx.node("cand"), only_cand, only_ref)):
+        if node is None or node.op_type not in NORMALIZATIONS:
+            continue
+        epsilon = float(np.float32(_attributes(node).get("epsilon", 1e-5)))
+        if _missing([epsilon], mine):  # the other side uses the same epsilon
+            continue
+        small = [v for v in theirs if 0 < v < 0.1]
+        instead = f"; the {other} computes with {_fmt_list(small)} instead" if small else ""
+        return (
+            f"{NORMALIZATIONS[node.op_type]} epsilon at {ctx.divergence.scope}: the {side} uses "
+            f"{epsilon:g}{instead} (epsilon defaults and names differ: eps vs epsilon)."
+        )
+    return None
 
 
 @hint
 def differing_constants(ctx: HintContext) -> str | None:
     """The origin computes with a constant the candidate does not use (a margin, a clamp bound,
     a weighting); normalization epsilons and BCE's clamp have hints of their own."""
-    node, diff = ctx.node("ref"), _constant_difference(ctx)
+    diff = _constant_difference(ctx)
     origin = ctx.values.get("origin_constants") or ()
-    if not diff or not origin or (node is not None and node.op_type in NORMALIZATIONS):
+    if not diff or not origin or normalization_epsilon(ctx):
         return None
     only_ref, only_cand = diff
     missing = [c for c in origin if c in only_ref]
