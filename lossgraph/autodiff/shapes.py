@@ -58,16 +58,9 @@ def infer_types(
     types: dict[str, ValueType] = {}
     for tensor in model.graph.initializer:
         types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
-    except Exception:  # inference can fail on unusual graphs; fall back to measuring
-        inferred = model
-    graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        value_type = _from_value_info(info)
-        if value_type is not None:
-            types.setdefault(info.name, value_type)
-    for node in graph.node:
+    for name, value_type in _inferred(_without_weights(model)).items():
+        types.setdefault(name, value_type)
+    for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute:
             attr = node.attribute[0]
             if attr.name == "value":
@@ -112,15 +105,25 @@ def _type_from_constants(
     second.graph.initializer.extend(
         numpy_helper.from_array(np.asarray(folded[name]), name) for name in values
     )
-    try:
-        inferred = onnx.shape_inference.infer_shapes(second, data_prop=True)
-    except Exception:
-        return missing
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        value_type = _from_value_info(info)
-        if value_type is not None and info.name in missing:
-            types[info.name] = value_type
+    inferred = _inferred(second)
+    types.update({name: inferred[name] for name in missing if name in inferred})
     return [name for name in missing if name not in types]
+
+
+def _inferred(model: onnx.ModelProto) -> dict[str, ValueType]:
+    """The static types ONNX shape inference (with data propagation) gives the values of
+    ``model``; where it fails on an unusual graph, those the model declares (the rest is
+    folded or measured)."""
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:
+        graph = model.graph
+    types: dict[str, ValueType] = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        value_type = _from_value_info(info)
+        if value_type is not None:
+            types.setdefault(info.name, value_type)
+    return types
 
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
