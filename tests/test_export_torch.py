@@ -112,6 +112,30 @@ def test_nodes_carry_scope_source_and_torch_metadata(exported):
     assert "criterion(l2" in source["code"]
 
 
+def test_a_spec_under_a_folder_named_lossgraph_keeps_its_source_lines(tmp_path):
+    """Users clone into a folder named lossgraph: library code is where the installed package
+    really is, not any path containing '/lossgraph/'."""
+    folder = tmp_path / "lossgraph" / "examples"
+    folder.mkdir(parents=True)
+    spec_file = folder / "net.py"
+    spec_file.write_text(BATCH_NORM)
+    out = tmp_path / "net.onnx"
+    lg.export(str(spec_file), out)
+    graph = LossGraph.load(out)
+    sources = [json.loads(node_meta(n, SOURCE_KEY)) for n in graph.model.graph.node
+               if node_meta(n, SOURCE_KEY)]
+    assert sources and all(s["file"] == str(spec_file) for s in sources)
+    assert any("self.bn(self.fc(x))" in s["code"] for s in sources)
+
+
+def test_library_files_are_told_by_where_the_package_is():
+    import lossgraph.exporters.common as common
+
+    assert common.is_library_file(common.__file__)
+    assert common.is_library_file("/opt/venv/lib/python3.11/site-packages/torch/nn/modules/conv.py")
+    assert not common.is_library_file("/home/user/lossgraph/examples/model.py")
+
+
 def test_detach_is_marked_as_stop_gradient(exported):
     graph = LossGraph.load(exported(f"{LOSSES}/losses_torch.py:gan"))
     marked = [n for n in graph.model.graph.node if node_meta(n, STOP_GRADIENT_KEY) == "1"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import sysconfig
 import types
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -18,7 +20,6 @@ from lossgraph.graph import GraphMeta, LossGraph, OptimizerInfo, ParamInfo
 from lossgraph.spec import Spec, normalize_losses, parse_target
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
-_LIBRARY_PARTS = ("site-packages", "dist-packages", "/lossgraph/")
 
 
 def package_versions(*names: str) -> dict[str, str]:
@@ -78,10 +79,36 @@ def spec_code_objects(spec: Spec) -> Iterator[types.CodeType]:
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
 
 
+def library_roots() -> tuple[Path, ...]:
+    """Folders whose files are library code, not a user's: the installed lossgraph package (found
+    where it really is, so a user's folder named ``lossgraph`` is not mistaken for it), the
+    standard library and every site-packages folder."""
+    paths = sysconfig.get_paths()
+    roots = {Path(__file__).resolve().parents[1]}
+    roots.update(Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    roots.update(Path(p).resolve() for p in sys.path if p and Path(p).name in _SITE_FOLDERS)
+    return tuple(sorted(roots))
+
+
+_SITE_FOLDERS = ("site-packages", "dist-packages")
+
+
+def is_library_file(file: str, roots: tuple[Path, ...] | None = None) -> bool:
+    """Whether ``file`` (a path from a stack trace) is library code rather than a user's."""
+    if file.startswith("<"):  # <frozen ...>, <string>: never a user's source line
+        return True
+    path = Path(file)
+    if any(part in _SITE_FOLDERS for part in path.parts):
+        return True
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root) for root in roots or library_roots())
+
+
 def innermost_user_frame(stack_trace: str) -> dict[str, Any] | None:
     """The innermost frame of a Python stack trace that is user code (not a library)."""
     frames = [m.groupdict() for m in _FRAME.finditer(stack_trace or "")]
-    user = [f for f in frames if not any(part in f["file"] for part in _LIBRARY_PARTS)]
+    roots = library_roots()
+    user = [f for f in frames if not is_library_file(f["file"], roots)]
     if not user:
         return None
     frame = user[-1]
