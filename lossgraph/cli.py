@@ -87,7 +87,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and report ONNX Runtime vs native per step (needs the spec files).")
 @click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
 @click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
-@click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise.")
+@click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor).")
 def verify(
@@ -117,8 +117,10 @@ def verify(
     backward graphs in ONNX).
 
     Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
-    element-wise. A diff above it is re-run in float64: if it shrinks by orders of magnitude it is
-    float32 rounding noise and does not count (unless --strict). Exit codes: 0 all within
+    element-wise. Noise rule: both graphs are re-run in float64 (with the hyper-parameters each
+    framework's float32 run computes with); a diff above the tolerance is float32 rounding noise
+    when the float64 re-run of the same comparison is within the tolerance, and semantic
+    otherwise. Noise does not count (unless --strict). Exit codes: 0 all within
     tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """
     from lossgraph.verify.pipeline import VerifyOptions, run_verify

@@ -33,6 +33,14 @@ GRAD_MARKER_TAG = -2.718281e38
 #: The tag value of a module-output tap marker, and the node metadata naming a tap.
 TAP_TAG = -3.141592e38
 TAP_KEY = "lossgraph.tap"
+#: How a piecewise node's gradient treats a tie or a kink, where the framework op it was exported
+#: from differs from the ONNX op's default rule (the exporters set it; the autodiff reads it):
+#: ``open`` (Clip: no gradient at the bounds, as hardtanh and relu6), ``first`` (Max/Min: input 0
+#: takes a tie whole, as torch's clamp with tensor bounds), ``one`` (ReduceMax/ReduceMin: the first
+#: tied element takes the gradient whole, as torch.max(x, dim)), ``positive`` (LeakyRelu: slope 1
+#: at 0, as Paddle's leaky_relu).
+TIE_KEY = "lossgraph.tie"
+TIES = ("open", "first", "one", "positive")
 #: Without optimizers in the spec, training steps (on ORT and natively) use plain SGD, under
 #: this name, with this learning rate, on every trainable parameter.
 DEFAULT_OPTIMIZER = "sgd"

@@ -126,7 +126,9 @@ class GradBuilder:
             rule = RULES.get(node.op_type)
             nondiff = rule.nondiff if rule else ()
             if any(inp in requires for i, inp in enumerate(node.input) if i not in nondiff):
-                requires.update(o for o in node.output if o and self._is_float(o))
+                # an op without a rule may carry the gradient in any output (a sequence of
+                # tensors, say): the backward pass then names it instead of dropping the gradient
+                requires.update(o for o in node.output if o and (rule is None or self._is_float(o)))
         contributes = set(seeds)
         for node in reversed(self.graph.node):
             if self._blocks(node) or not any(o in contributes for o in node.output):

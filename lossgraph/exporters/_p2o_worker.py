@@ -103,10 +103,55 @@ def stop_gradient_points(model_json: str) -> list[str]:
     return points
 
 
+#: Ops kept whole instead of decomposed into primitives: their decompositions (relu into
+#: ``maximum(x, 0)``, relu6 into maximum and minimum, leaky_relu into ``maximum(x, a*x)``,
+#: hardswish and hardsigmoid into Max/Min chains) lose the op's gradient at its kinks (Paddle's
+#: relu'(0) is 0, maximum's tie gives half), and paddle2onnx has a converter for each.
+KEPT_WHOLE = ("pd_op.relu", "pd_op.relu6", "pd_op.leaky_relu", "pd_op.hardswish",
+              "pd_op.hardsigmoid")
+
+
+#: Kept-whole ops whose attributes the parent needs: paddle2onnx 2.1.0 writes LeakyRelu with a
+#: garbage alpha and hardtanh as Clip(-1, 1) whatever its bounds, so the parent sets them from
+#: the program; relu6 and hardtanh mark their Clip's bounds as passing no gradient.
+ATTRIBUTES_PREFIX = "LOSSGRAPH-OP-ATTRIBUTES: "
+ATTRIBUTES_OF = ("leaky_relu", "hardtanh", "relu6")
+
+
+def _attributes(op: dict) -> dict:
+    out = {}
+    for attr in op.get("A", []) if isinstance(op.get("A"), list) else []:
+        if isinstance(attr, dict) and isinstance(attr.get("AT"), dict) and "N" in attr:
+            out[attr["N"]] = attr["AT"].get("D")
+    return out
+
+
+def op_attributes(model_json: str) -> dict[str, dict]:
+    """paddle2onnx's name (``p2o.pd_op.<op>.<k>.0``) of each output of the ops in
+    ``ATTRIBUTES_OF`` -> the op's type and attributes."""
+    with open(model_json) as f:
+        program = json.load(f)
+    counters: dict[str, int] = {}
+    found = {}
+    for block in program["program"]["regions"][0]["blocks"]:
+        for op in block["ops"]:
+            dialect, _, name = str(op.get("#", "")).partition(".")
+            if dialect != PD_OP_DIALECT or name in STRUCTURAL_OPS:
+                continue
+            counter = counters.get(name, 0)
+            counters[name] = counter + 1
+            if name in ATTRIBUTES_OF:
+                found[f"p2o.pd_op.{name}.{counter}.0"] = {"op": name, **_attributes(op)}
+    return found
+
+
 def main(argv: list[str]) -> int:
     model_json, params, out, opset = argv
     import paddle2onnx
+    from paddle.base import core
     from paddle2onnx.convert import decompose_program
+
+    core._set_prim_forward_blacklist(*KEPT_WHOLE)
 
     decomposed = decompose_program(model_json)
     missing = unsupported_ops(decomposed)
@@ -114,6 +159,7 @@ def main(argv: list[str]) -> int:
         print(UNSUPPORTED_PREFIX + ",".join(missing), flush=True)
         return EXIT_UNSUPPORTED
     print(STOP_GRADIENT_PREFIX + ",".join(stop_gradient_points(decomposed)), flush=True)
+    print(ATTRIBUTES_PREFIX + json.dumps(op_attributes(decomposed)), flush=True)
     paddle2onnx.export(
         model_json,
         params,

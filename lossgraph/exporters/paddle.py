@@ -26,7 +26,11 @@ import onnx
 from onnx import numpy_helper
 
 from lossgraph.errors import ExportError, SpecError, one_line
-from lossgraph.exporters._p2o_worker import STOP_GRADIENT_PREFIX, UNSUPPORTED_PREFIX
+from lossgraph.exporters._p2o_worker import (
+    ATTRIBUTES_PREFIX,
+    STOP_GRADIENT_PREFIX,
+    UNSUPPORTED_PREFIX,
+)
 from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
@@ -45,6 +49,7 @@ from lossgraph.exporters.training import (
 )
 from lossgraph.graph import (
     STOP_GRADIENT_KEY,
+    TIE_KEY,
     LossGraph,
     OptimizerInfo,
     ParamInfo,
@@ -253,6 +258,12 @@ def _convert(
         if name
     ]
     _mark_stop_gradients(proto, stops)
+    attributes = next(
+        (json.loads(line[len(ATTRIBUTES_PREFIX):]) for line in log.splitlines()
+         if line.startswith(ATTRIBUTES_PREFIX)),
+        {},
+    )
+    _mend_kept_ops(proto, attributes)
     expected = len(names) + len(trace.state)
     if len(proto.graph.output) != expected or not proto.graph.node:
         raise ExportError(
@@ -403,6 +414,8 @@ def _param_of_constant(node: onnx.NodeProto, param_names: Mapping[str, str]) -> 
         return None
     if node.attribute[0].name != "value":
         return None
+    if node.output[0] in param_names:  # create_parameter's own name ("net_0.w_0")
+        return param_names[node.output[0]]
     base, sep, suffix = node.output[0].rpartition("_")
     if sep and suffix.isdigit() and base in param_names:
         return param_names[base]
@@ -425,6 +438,40 @@ def _mark_stop_gradients(proto: onnx.ModelProto, values: list[str]) -> None:
             graph.node.append(node)
         set_node_meta(node, STOP_GRADIENT_KEY, "1")
     topological_sort(graph)
+
+
+def _mend_kept_ops(proto: onnx.ModelProto, attributes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set what paddle2onnx gets wrong in the ops the worker keeps whole, from the program's own
+    attributes (``value -> {"op", attributes}``): LeakyRelu's alpha (paddle2onnx writes garbage)
+    and marked ``positive`` (Paddle's slope at 0 is 1); hardtanh's bounds (paddle2onnx writes
+    Clip(-1, 1) whatever they are); hardtanh's and relu6's Clip marked ``open`` (Paddle passes no
+    gradient at the bounds)."""
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    for value, attrs in attributes.items():
+        node = producers.get(value)
+        while node is not None and node.op_type == "Identity" and node.input[0] in producers:
+            node = producers[node.input[0]]
+        if node is None:
+            continue
+        op = attrs.get("op")
+        if op == "leaky_relu" and node.op_type == "LeakyRelu":
+            slope = float(attrs.get("negative_slope", 0.01))
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("alpha", slope))
+            set_node_meta(node, TIE_KEY, "positive")
+        elif op in ("hardtanh", "relu6") and node.op_type == "Clip":
+            if op == "hardtanh":
+                for index, key in ((1, "t_min"), (2, "t_max")):
+                    bound = numpy_helper.from_array(
+                        np.asarray(attrs.get(key, (-1.0, 1.0)[index - 1]), np.float32),
+                        f"{value}/{key}",
+                    )
+                    graph.initializer.append(bound)
+                    while len(node.input) <= index:
+                        node.input.append("")
+                    node.input[index] = bound.name
+            set_node_meta(node, TIE_KEY, "open")
 
 
 def _remove_identities(proto: onnx.ModelProto) -> None:

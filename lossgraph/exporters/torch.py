@@ -12,6 +12,7 @@ import ast
 import contextlib
 import io
 import logging
+import re
 from typing import Any
 
 from lossgraph.errors import ExportError, SpecError, one_line
@@ -38,6 +39,7 @@ from lossgraph.graph import (
     SCOPE_KEY,
     SOURCE_KEY,
     STOP_GRADIENT_KEY,
+    TIE_KEY,
     LossGraph,
     OptimizerInfo,
     ParamInfo,
@@ -209,6 +211,35 @@ def _annotate_nodes(proto: Any) -> None:
         fx_node = node_meta(node, "pkg.torch.onnx.fx_node") or ""
         if node.op_type == "Identity" and any(t in fx_node for t in _STOP_GRADIENT_TARGETS):
             set_node_meta(node, STOP_GRADIENT_KEY, "1")
+        tie = torch_tie(node.op_type, fx_node)
+        if tie is not None:
+            set_node_meta(node, TIE_KEY, tie)
+
+
+#: (ONNX op, aten ops) -> the tie convention (``lossgraph.graph.TIE_KEY``) of those aten ops'
+#: derivatives where it is not the ONNX op's default rule (measured against torch autograd).
+_TORCH_TIES = {
+    ("Clip", ("aten.hardtanh.", "aten.hardtanh_.", "aten.relu6.")): "open",
+    ("Max", ("aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor",
+             "aten.clamp_.Tensor")): "first",
+    ("Min", ("aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor",
+             "aten.clamp_.Tensor")): "first",
+    ("ReduceMax", ("aten.max.dim",)): "one",
+    ("ReduceMin", ("aten.min.dim",)): "one",
+}
+_FX_TARGET = re.compile(r"target=torch\.ops\.(aten\.[\w.]+)")
+
+
+def torch_tie(op_type: str, fx_node: str) -> str | None:
+    """The tie convention of a node exported from the aten op its ``fx_node`` metadata names."""
+    match = _FX_TARGET.search(fx_node)
+    if match is None:
+        return None
+    target = match.group(1)
+    for (onnx_op, aten_ops), tie in _TORCH_TIES.items():
+        if op_type == onnx_op and any(target.startswith(a) for a in aten_ops):
+            return tie
+    return None
 
 
 def _scope_from_name_scopes(text: str | None) -> str:

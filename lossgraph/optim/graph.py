@@ -28,9 +28,12 @@ Operand = str | float | np.floating
 class UpdateGraph:
     """The nodes, inputs, outputs and constants of one update graph."""
 
-    def __init__(self, dtype: str) -> None:
+    def __init__(self, dtype: str, scalars: str | None = None) -> None:
         self.dtype = dtype
         self.np_dtype, self.onnx_type = DTYPES[dtype]
+        #: Python scalars (hyper-parameters) are rounded to this dtype first: "float32" in a
+        #: float64 graph re-runs the float32 program's arithmetic exactly (see OptimizerUpdate)
+        self.scalar_dtype = DTYPES[scalars or dtype][0]
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
@@ -54,13 +57,18 @@ class UpdateGraph:
         """A scalar constant, rounded to the graph's dtype (or to ``onnx_type``)."""
         onnx_type = self.onnx_type if onnx_type is None else onnx_type
         np_dtype = np.float64 if onnx_type == TensorProto.DOUBLE else self.np_dtype
-        array = np.asarray(self.np_dtype(value), dtype=np_dtype)
+        array = np.asarray(self.round(value), dtype=np_dtype)
         key = (onnx_type, array.tobytes())  # keeps -0.0 apart from 0.0
         if key not in self._consts:
             name = f"const/{np.dtype(np_dtype).name}/{float(array)!r}"
             self.initializers.append(numpy_helper.from_array(array, name))
             self._consts[key] = name
         return self._consts[key]
+
+    def round(self, value: float | np.floating) -> np.floating:
+        """A Python scalar as the graph computes with it: rounded to the scalar dtype, then held
+        in the graph's dtype."""
+        return self.np_dtype(self.scalar_dtype(value))
 
     def node(self, op_type: str, inputs: Sequence[str], name: str, **attrs: object) -> str:
         self._names[name] += 1
@@ -106,7 +114,7 @@ class ParamScope:
 
     def cast(self, value: float) -> np.floating:
         """A Python float as the graph's dtype (what a kernel makes of a scalar argument)."""
-        return self.graph.np_dtype(value)
+        return self.graph.round(value)
 
     def state(self, slot: str, shape: Sequence[int] | None = None) -> str:
         """The input holding optimizer state ``slot`` (the parameter's shape by default)."""

@@ -93,9 +93,11 @@ class OptimizerUpdate:
         params: Mapping[str, ParamInfo],
         dtype: str = "float32",
         device: str = "cpu",
+        scalars: str | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise VerificationError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+        for name in (dtype, scalars or dtype):
+            if name not in DTYPES:
+                raise VerificationError(f"Unknown dtype {name!r}; use one of {', '.join(DTYPES)}.")
         rule = RULES.get((info.framework, info.cls))
         if rule is None:
             known = ", ".join(f"{f} {c}" for f, c in RULES)
@@ -106,8 +108,9 @@ class OptimizerUpdate:
         self.info = info
         self.dtype = dtype
         self.np_dtype = DTYPES[dtype][0]
+        self.scalar_dtype = DTYPES[scalars or dtype][0]
         self.members: list[_Member] = []
-        graph = UpdateGraph(dtype)
+        graph = UpdateGraph(dtype, scalars)
         for index, group in enumerate(info.groups):
             for name in group["params"]:
                 if name not in params:
@@ -130,7 +133,7 @@ class OptimizerUpdate:
 
     def _initial(self, member: _Member, slot: Slot) -> np.ndarray:
         shape = member.shape if slot.shape is None else slot.shape
-        return np.full(shape, slot.init, dtype=self.np_dtype)
+        return np.full(shape, self.scalar_dtype(slot.init), dtype=self.np_dtype)
 
     def init_state(self, params: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The framework's state before the first step; ``params`` (optional) are checked
@@ -182,9 +185,10 @@ class OptimizerUpdate:
             feeds[f"{m.name}:grad"] = np.asarray(grad, self.np_dtype) if run else zeros
             keys = {s.name: f"{m.name}:{s.name}" for s in m.slots}
             own = {slot: state[key] for slot, key in keys.items() if key in state}
-            scalars, kept = m.rule.prepare(m.hp, lrs[m.group], own, self.np_dtype)
+            scalars, kept = m.rule.prepare(m.hp, lrs[m.group], own, self.scalar_dtype)
+            kept = {k: np.asarray(v, self.np_dtype) for k, v in kept.items()}
             for key, scalar in scalars.items():
-                feeds[f"{m.name}:{key}"] = np.asarray(scalar, self.np_dtype)
+                feeds[f"{m.name}:{key}"] = np.asarray(self.scalar_dtype(scalar), self.np_dtype)
             for slot in m.slots:
                 if slot.in_graph:
                     current = own.get(slot.name)
@@ -208,6 +212,9 @@ def build_update(
     params: Mapping[str, ParamInfo],
     dtype: str = "float32",
     device: str = "cpu",
+    scalars: str | None = None,
 ) -> OptimizerUpdate:
-    """The update graph of an exported optimizer, ready to step (see :mod:`lossgraph.optim`)."""
-    return OptimizerUpdate(info, params, dtype=dtype, device=device)
+    """The update graph of an exported optimizer, ready to step (see :mod:`lossgraph.optim`).
+    ``scalars="float32"`` with ``dtype="float64"``: hyper-parameters and per-step scalars take
+    the values a float32 run computes with (the noise floor's exact re-run of float32 training)."""
+    return OptimizerUpdate(info, params, dtype=dtype, device=device, scalars=scalars)

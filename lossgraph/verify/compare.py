@@ -7,12 +7,13 @@ reports the smallest ``tol`` that would have passed with the given ``rtol``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from lossgraph.errors import VerificationError
+from lossgraph.errors import UnsupportedOpError, VerificationError
 
 TOLERANCE_RULE = "|candidate - reference| <= tol + rtol * |reference|, element-wise"
 
@@ -61,6 +62,9 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance)
         )
     if reference.size == 0:
         return ValueDiff(0.0, 0.0, 0.0, True, reference.shape)
+    non_finite = _non_finite_diff(reference, candidate, tol)
+    if non_finite is not None:
+        return non_finite
     diff = np.subtract(candidate, reference, dtype=np.float64, out=np.empty(reference.shape))
     np.abs(diff, out=diff)
     max_abs = float(diff.max())
@@ -79,6 +83,29 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance)
     return ValueDiff(max_abs, max_rel, required, passed, reference.shape)
 
 
+def _non_finite_diff(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ValueDiff | None:
+    """NaN or Inf where the other side has something else is a difference of size inf (NaN/Inf
+    on one side only is a divergence); the same NaN/Inf on both sides counts as equal there and
+    the rest is compared. None when both are finite (the common case, checked cheaply)."""
+    if not (_is_float(reference) or _is_float(candidate)):
+        return None
+    finite_ref, finite_cand = np.isfinite(reference), np.isfinite(candidate)
+    if finite_ref.all() and finite_cand.all():
+        return None
+    both = ~finite_ref & ~finite_cand
+    same = both & ((np.isnan(reference) & np.isnan(candidate)) | (reference == candidate))
+    if np.any(finite_ref != finite_cand) or not np.array_equal(both, same):
+        return ValueDiff(float("inf"), float("inf"), float("inf"), False, reference.shape)
+    keep = finite_ref & finite_cand
+    inner = compare_arrays(reference[keep], candidate[keep], tol)
+    return ValueDiff(inner.max_abs_diff, inner.max_rel_diff, inner.required_tol, inner.passed,
+                     reference.shape)
+
+
+def _is_float(value: np.ndarray) -> bool:
+    return np.issubdtype(value.dtype, np.floating)
+
+
 def find_non_finite(values: Mapping[str, np.ndarray]) -> list[str]:
     """Names of the float arrays that hold NaN or Inf."""
     return [
@@ -86,16 +113,6 @@ def find_non_finite(values: Mapping[str, np.ndarray]) -> list[str]:
         for name, value in values.items()
         if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value))
     ]
-
-
-def check_finite(values: Mapping[str, np.ndarray], side: str, what: str) -> None:
-    """Raise VerificationError if any float value holds NaN or Inf (checked before comparing)."""
-    bad = find_non_finite(values)
-    if bad:
-        raise VerificationError(
-            f"The {side} graph produced NaN or Inf in {what} {', '.join(bad)}; values with NaN/Inf "
-            f"cannot be compared (check the inputs' ranges, e.g. log of a non-positive value)."
-        )
 
 
 def summarize(value: np.ndarray) -> dict[str, object]:
@@ -109,3 +126,14 @@ def summarize(value: np.ndarray) -> dict[str, object]:
     if finite.size != v64.size:
         stats["non_finite"] = int(v64.size - finite.size)
     return stats
+
+
+@contextmanager
+def on_side(side: str, path: str) -> Iterator[None]:
+    """An op that cannot be differentiated or run is named with the side whose graph holds it,
+    in every mode alike (``--grads``, ``--steps``, localization)."""
+    try:
+        yield
+    except UnsupportedOpError as error:
+        where = f"The {side} graph ({path})" if path else f"The {side} graph"
+        raise UnsupportedOpError(f"{where}: {error}") from error

@@ -110,6 +110,27 @@ def run_values(side: Side, names: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def first_non_finite(side: Side) -> onnx.NodeProto | None:
+    """The first node, in the graph's order, that outputs NaN or Inf with the side's feeds."""
+    graph = side.model.graph
+    names = _float_values(side.graph, [o for node in graph.node for o in node.output if o])
+    values = run_values(side, names)
+    for node in graph.node:
+        if any(o in values and not np.all(np.isfinite(values[o])) for o in node.output):
+            return node
+    return None
+
+
+def describe_node(node: onnx.NodeProto | None) -> str:
+    """``Log node 'n12' in scope criterion (from x, w)`` for messages."""
+    if node is None:
+        return "no node (the graph's inputs hold NaN or Inf)"
+    scope = node_meta(node, SCOPE_KEY)
+    where = f" in scope {scope}" if scope else ""
+    inputs = ", ".join(i for i in node.input if i)
+    return f"{node.op_type} node {node.name!r}{where} (from {inputs})"
+
+
 #: Intermediate values agree when they differ by less than this fraction of their magnitude
 #: (plus the absolute tolerance): float32 rounding grows along a graph, a real difference does
 #: not stay below it. Inside a region they may also agree up to sign: exporters decompose

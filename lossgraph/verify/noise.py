@@ -2,10 +2,12 @@
 
 Both graphs are converted to float64 (``lossgraph.autodiff.float64``) and everything that was
 compared — the forward check, gradients, training steps — is run again from the same values
-(the float32 inputs and weights, widened). A difference that comes from float32 rounding
-shrinks by orders of magnitude in float64; a semantic difference (another formula, another
-constant) stays. Each diff above the tolerance is classified; the verdict is ``noise`` when all
-of them are noise, ``semantic`` when any is not.
+(the float32 inputs and weights, widened), with every hyper-parameter at the value the float32
+program computes with (a framework that rounds 0.9 to float32 is re-run with that float32 0.9).
+The float64 run is the exact-arithmetic answer to "do the two graphs compute the same". The
+rule: a difference above the tolerance is **noise** when the float64 re-run of the same
+comparison is within the tolerance, and **semantic** otherwise. The verdict is ``noise`` when
+every diff above the tolerance is noise, ``semantic`` when any is not.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from lossgraph.graph import LossGraph
-from lossgraph.verify.results import StepResult
+from lossgraph.verify.compare import ValueDiff
+from lossgraph.verify.results import GradDiff, StepResult
 
-#: A diff is rounding noise when its float64 counterpart is smaller than this fraction of it.
-NOISE_RATIO = 1e-2
+#: The rule, as reports and ``lossgraph verify --help`` state it.
+NOISE_RULE = "noise when the float64 re-run of the same comparison is within the tolerance"
 
 
 def widen(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -49,12 +52,18 @@ def noise_floor(setup: Any, options: Any, steps32: list[StepResult]) -> dict[str
         dtype="float64",
     )
     steps64, _, _ = compare(setup64, options, dtype="float64")
+    return classify(steps32, steps64)
+
+
+def classify(steps32: list[StepResult], steps64: list[StepResult]) -> dict[str, Any]:
+    """Each float32 diff above the tolerance, noise where the float64 re-run of the same
+    comparison (``steps64``, compared under the same tolerance) passes, semantic elsewhere."""
     items = []
     for s32, s64 in zip(steps32, steps64):
         for what, d32, d64 in _paired_diffs(s32, s64):
             if d32.passed:
                 continue
-            noise = d64.max_abs_diff <= NOISE_RATIO * d32.max_abs_diff
+            noise = d64.passed
             items.append({
                 "step": s32.step,
                 "what": what,
@@ -65,8 +74,7 @@ def noise_floor(setup: Any, options: Any, steps32: list[StepResult]) -> dict[str
     verdict = "none" if not items else ("noise" if all(i["verdict"] == "noise" for i in items) else "semantic")
     return {
         "verdict": verdict,
-        "ratio": NOISE_RATIO,
-        "rule": f"noise when the float64 diff is below {NOISE_RATIO:g} x the float32 diff",
+        "rule": NOISE_RULE,
         "max_float32_diff": max((i["float32"] for i in items), default=0.0),
         "max_float64_diff": max((i["float64"] for i in items), default=0.0),
         "items": items,
@@ -90,3 +98,34 @@ def _paired_diffs(a: StepResult, b: StepResult):
     if a.lr is not None and b.lr is not None:
         yield "learning rate", a.lr, b.lr
 
+
+
+def semantic_view(steps: list[StepResult], floor: dict[str, Any]) -> list[StepResult]:
+    """The steps as the verdict sees them: every diff the noise floor classified as noise
+    counts as passed, so the first failing step and its phase are those of a semantic diff."""
+    noise = {(i["step"], i["what"]) for i in floor.get("items", []) if i["verdict"] == "noise"}
+    return [_with_noise_passed(step, {what for s, what in noise if s == step.step}) for step in steps]
+
+
+def _passed(diff: ValueDiff) -> ValueDiff:
+    return replace(diff, passed=True)
+
+
+def _with_noise_passed(step: StepResult, noise: set[str]) -> StepResult:
+    if not noise:
+        return step
+
+    def keep(what: str, diff: ValueDiff) -> ValueDiff:
+        return _passed(diff) if what in noise else diff
+
+    return replace(
+        step,
+        losses={n: replace(d, diff=keep(f"loss {n}", d.diff)) for n, d in step.losses.items()},
+        gradients={
+            name: GradDiff({loss: keep(f"gradient {name} ({loss})", d) for loss, d in g.losses.items()})
+            for name, g in step.gradients.items()
+        },
+        parameters={n: keep(f"parameter {n}", d) for n, d in step.parameters.items()},
+        optimizer_state={n: keep(f"optimizer state {n}", d) for n, d in step.optimizer_state.items()},
+        lr=keep("learning rate", step.lr) if step.lr is not None else None,
+    )

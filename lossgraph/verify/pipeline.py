@@ -15,10 +15,17 @@ from typing import Any
 import numpy as np
 
 from lossgraph.autodiff import build_gradients
-from lossgraph.errors import VerificationError
+from lossgraph.errors import InternalError, VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
-from lossgraph.verify.compare import Tolerance, ValueDiff, check_finite, compare_arrays, summarize
+from lossgraph.verify.compare import (
+    Tolerance,
+    ValueDiff,
+    compare_arrays,
+    find_non_finite,
+    on_side,
+    summarize,
+)
 from lossgraph.verify.inputs import (
     DropoutMatch,
     describe_dropouts,
@@ -153,6 +160,11 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         )
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
     cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
+    check_not_both_non_finite(
+        ref_losses, cand_losses, "loss",
+        lambda: _side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
+                                  **setup.ref_params}, options.device),
+    )
     losses = {
         name: LossDiff(
             name,
@@ -193,9 +205,13 @@ def run_verify(
     )
     failing = next((step for step in steps if not step.passed), None)
     if failing is not None and options.noise_floor:
-        from lossgraph.verify.noise import noise_floor
+        from lossgraph.verify.noise import noise_floor, semantic_view
 
         result.noise_floor = noise_floor(setup, options, steps)
+        if not options.strict:
+            # the first divergence is the first semantic diff, never one the report calls noise
+            semantic = next((s for s in semantic_view(steps, result.noise_floor) if not s.passed), None)
+            failing = semantic or failing
     if failing is not None:
         noise = result.noise_only and not options.strict
         quick = replace(options, localize=options.localize and not noise)
@@ -227,6 +243,10 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     ref_side = Side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, step.step), **ref_before}, options.device)
     cand_masks = _with_masks(setup.inputs, setup.cand, options.seed, step.step)
     cand_side = Side(setup.cand, {**cand_masks, **cand_before}, options.device)
+    if phase == "forward":
+        non_finite = _non_finite_divergence(step, ref_side, cand_side, setup)
+        if non_finite is not None:
+            return non_finite
     failing = [d.name for d in step.losses.values() if not d.passed]
     # the forward search follows a diverging loss; the backward one the step's loss
     loss = failing[0] if phase == "forward" and failing else (step.loss or next(iter(failing), None))
@@ -246,8 +266,16 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
             values.update(grads)
     if found is None and phase == "update":
         found, values = _update_divergence(setup, step, ref_run, cand_run)
+    if found is not None and not _has_size(found):
+        # a localization that measured no difference at its node names no origin: report where
+        # the difference was observed instead, and let no hint speak of that node
+        found, values = None, {}
     if found is None:
         found = _loss_divergence(setup.ref, setup.cand, step) or _gradient_divergence(step)
+    if found is None:
+        found, values = _update_divergence(setup, step, ref_run, cand_run)
+    if found is None:
+        raise InternalError(f"step {step.step} failed, but none of its diffs did")
     if phase == "forward" and step.losses:
         worst = max(step.losses.values(), key=lambda d: d.abs_diff)
         values.update(ref_loss=worst.reference, cand_loss=worst.candidate)
@@ -259,6 +287,68 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     }
     return replace(found, hint=hints_for(context), neighbourhood=around,
                    statistics=divergence_statistics(values, setup.tol))
+
+
+def _non_finite_divergence(step: StepResult, ref_side: Any, cand_side: Any, setup: Setup) -> Divergence | None:
+    """Where a loss is NaN or Inf on one side only: the first node of that side that outputs
+    NaN or Inf, a divergence of size inf."""
+    from lossgraph.verify.localize import describe_node, first_non_finite, neighbourhood
+
+    for diff in step.losses.values():
+        ref_ok, cand_ok = np.isfinite(diff.reference), np.isfinite(diff.candidate)
+        if ref_ok == cand_ok:
+            continue
+        which, side = ("candidate", cand_side) if ref_ok else ("reference", ref_side)
+        node = first_non_finite(side)
+        source = _node_meta(node, SOURCE_KEY)
+        name = node.name if node is not None else ""
+        around = neighbourhood(side.graph, name or None, None)
+        return Divergence(
+            step=step.step,
+            phase="forward",
+            scope=_node_meta(node, SCOPE_KEY) or "",
+            op_type=node.op_type if node is not None else "",
+            reference_node=name if which == "reference" else "",
+            candidate_node=name if which == "candidate" else "",
+            max_abs_diff=float("inf"),
+            loss=diff.name,
+            localized=node is not None,
+            source=json.loads(source) if source else None,
+            hint=(f"Only the {which} computes NaN or Inf ({diff.name} = "
+                  f"{diff.reference if which == 'reference' else diff.candidate}); it appears "
+                  f"first at {describe_node(node)}."),
+            neighbourhood={"reference": around if which == "reference" else None,
+                           "candidate": around if which == "candidate" else None},
+        )
+    return None
+
+
+def _side(graph: LossGraph, feeds: Mapping[str, np.ndarray], device: str):
+    from lossgraph.verify.localize import Side
+
+    return Side(graph, feeds, device)
+
+
+def check_not_both_non_finite(
+    ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], what: str, ref_side,
+) -> None:
+    """NaN or Inf in the same value on both sides, from the same inputs, is bad input (exit 2),
+    named by the reference's first node that produces it; on one side only it is a divergence
+    (the comparison measures it as a difference of size inf)."""
+    from lossgraph.verify.localize import describe_node, first_non_finite
+
+    both = [n for n in ref if n in cand and find_non_finite({"r": ref[n]}) and find_non_finite({"c": cand[n]})]
+    if both:
+        node = first_non_finite(ref_side())
+        raise VerificationError(
+            f"Both graphs produce NaN or Inf in {what} {', '.join(both)} from the same inputs "
+            f"(the reference first at {describe_node(node)}): nothing to compare; check the "
+            f"inputs' ranges (e.g. log of a non-positive value)."
+        )
+
+
+def _has_size(found: Divergence) -> bool:
+    return bool(found.max_abs_diff > 0)  # inf counts; zero and NaN do not
 
 
 def divergence_statistics(values: Mapping[str, Any], tol: Tolerance) -> dict[str, Any] | None:
@@ -369,12 +459,12 @@ def loss_gradients(
     side: str,
 ) -> dict[str, np.ndarray]:
     """d(loss)/d(w) for every ``w`` (zeros where the loss does not depend on it)."""
-    result = build_gradients(graph.model, loss, wrt, feeds={**inputs, **params})
+    with on_side(side, graph.path):
+        result = build_gradients(graph.model, loss, wrt, feeds={**inputs, **params})
     outputs = [g for g in result.grads.values() if g]
     values = OrtRunner(result.model, fed=params, device=device).run(
         {**inputs, **params}, outputs=outputs
     )
-    check_finite(values, side, f"gradient(s) of {loss}:")
     return {
         w: values[g] if g else np.zeros_like(params[w]) for w, g in result.grads.items()
     }
@@ -407,6 +497,11 @@ def compare_gradients(
         cand_grads = loss_gradients(
             cand, loss, [p.candidate for p in pairs],
             inputs if cand_inputs is None else cand_inputs, cand_params, device, "candidate",
+        )
+        check_not_both_non_finite(
+            {p.reference: ref_grads[p.reference] for p in pairs},
+            {p.reference: cand_grads[p.candidate] for p in pairs}, f"the gradient of {loss} w.r.t.",
+            lambda: _side(ref, {**inputs, **ref_params}, device),
         )
         for pair in pairs:
             per_param[pair.reference][loss] = compare_arrays(
@@ -474,9 +569,7 @@ def _run_losses(
     runner = OrtRunner(graph.model, fed=params, device=options.device)
     dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in params.values()) else "float32"
     feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype), **params}
-    values = runner.run(feeds, outputs=graph.meta.losses)
-    check_finite(values, side, "loss")
-    return values
+    return runner.run(feeds, outputs=graph.meta.losses)
 
 
 def _graph_info(graph: LossGraph) -> GraphInfo:

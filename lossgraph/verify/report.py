@@ -270,8 +270,8 @@ def _render_noise_floor(floor: Mapping[str, Any], console: Console) -> None:
     semantic = [i for i in items if i["verdict"] == "semantic"]
     console.print(
         f"Noise floor (float64 re-run): {len(items)} diff(s) above the tolerance; {len(noise)} "
-        f"shrink below {floor['ratio']:g}x in float64 (float32 rounding), {len(semantic)} stay "
-        f"(semantic). Largest: float32 {_sci(floor['max_float32_diff'])}, float64 "
+        f"within the tolerance in float64 (float32 rounding), {len(semantic)} not (semantic). "
+        f"Largest: float32 {_sci(floor['max_float32_diff'])}, float64 "
         f"{_sci(floor['max_float64_diff'])}."
     )
     for item in semantic[:3]:

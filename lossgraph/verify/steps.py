@@ -39,7 +39,7 @@ from lossgraph.graph import (
     training_schedule,
 )
 from lossgraph.verify.align import ParamMap, ParamPair
-from lossgraph.verify.compare import Tolerance, check_finite, compare_arrays
+from lossgraph.verify.compare import Tolerance, compare_arrays, on_side
 from lossgraph.verify.inputs import dropout_feeds
 from lossgraph.verify.results import ConventionDiff, GradDiff, LossDiff, StepResult
 from lossgraph.verify.runtime import OrtRunner
@@ -78,6 +78,7 @@ class Trainer:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    side: str = "reference"  # or "candidate": named in errors about the graph
     params: dict[str, np.ndarray] = field(default_factory=dict)
     grad_buffers: dict[str, np.ndarray | None] = field(default_factory=dict)
     opt_states: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -97,7 +98,8 @@ class Trainer:
         self.schedule = training_schedule(meta.schedule, meta.losses, meta.optimizers)
         self._runners: dict[str, tuple[OrtRunner, dict[str, str | None]]] = {}
         self._updates = {
-            name: build_update(info, meta.params, dtype=self.dtype)
+            # every side computes with the scalars of its float32 run, in float64 too
+            name: build_update(info, meta.params, dtype=self.dtype, scalars="float32")
             for name, info in self.optimizers.items()
         }
         self.cleared_to_none = CLEARED_TO_NONE.get(meta.framework, True)
@@ -117,7 +119,8 @@ class Trainer:
 
     def _runner(self, loss: str) -> tuple[OrtRunner, dict[str, str | None]]:
         if loss not in self._runners:
-            result = build_gradients(self.graph.model, loss, self.trainable)
+            with on_side(self.side, self.graph.path):
+                result = build_gradients(self.graph.model, loss, self.trainable)
             # float64 graphs (noise floor) are several times larger: one session at a time
             if self.dtype != "float32":
                 self._runners.clear()
@@ -157,7 +160,6 @@ class Trainer:
         feeds = {**inputs, **masks, **self.params}
         outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
         values = runner.run(feeds, outputs=outputs)
-        check_finite({k: values[k] for k in meta.losses}, self.graph.path or meta.framework, "loss")
         for output, buffer in meta.state_outputs.items():
             self.params[buffer] = _frozen(values[output])
         gradients = {}
@@ -241,8 +243,8 @@ def run_steps(
     """Train both graphs ``steps`` steps and compare every step (the candidate's dropout calls
     name the masks they draw: :func:`~lossgraph.verify.inputs.with_masks_of`)."""
     trainers = (
-        Trainer(ref, device=device, dtype=dtype, seed=seed),
-        Trainer(cand, device=device, dtype=dtype, seed=seed),
+        Trainer(ref, device=device, dtype=dtype, seed=seed, side="reference"),
+        Trainer(cand, device=device, dtype=dtype, seed=seed, side="candidate"),
     )
     check_schedules(*trainers)
     trainers[0].start(ref_params)
@@ -256,11 +258,34 @@ def run_steps(
             outcome = trainer.step(index, inputs)
             trajectory.outcomes.append(outcome)
             outcomes.append(outcome)
+        if all(r.passed for r in results):  # after a divergence, whatever follows is reported
+            _check_not_both_non_finite(index, *outcomes, trainers[0], trajectories[0].before[-1], inputs)
         results.append(
             compare_step(index, *outcomes, param_map, ref, cand, tol,
                          trajectories[0].before[-1], trajectories[1].before[-1])
         )
     return results, *trajectories
+
+
+def _check_not_both_non_finite(
+    index: int, a: StepOutcome, b: StepOutcome, ref: Trainer, before: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray],
+) -> None:
+    """NaN or Inf in a loss on both sides at a step where nothing has diverged yet is bad input
+    (exit 2), named by the reference's first node that produces it; on one side only it is a
+    divergence, which the comparison measures as a difference of size inf."""
+    from lossgraph.verify.localize import Side, describe_node, first_non_finite
+
+    both = [n for n, v in a.losses.items() if not np.isfinite(v) and not np.isfinite(b.losses.get(n, 0.0))]
+    if not both:
+        return
+    masks = dropout_feeds(ref.graph.meta.dropout, ref.seed, index, np.dtype(ref.dtype))
+    node = first_non_finite(Side(ref.graph, {**inputs, **masks, **before}, ref.device))
+    raise VerificationError(
+        f"Both graphs produce NaN or Inf in loss {', '.join(both)} at step {index} from the same "
+        f"inputs (the reference first at {describe_node(node)}): nothing to compare; check the "
+        f"inputs' ranges (e.g. log of a non-positive value)."
+    )
 
 
 def check_schedules(ref: Trainer, cand: Trainer) -> None:

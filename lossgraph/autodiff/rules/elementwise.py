@@ -1,10 +1,20 @@
 """Element-wise ops. Broadcasting rules return gradients in the output's shape; the builder
-un-broadcasts. Subgradients follow PyTorch: relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = slope,
-clamp passes the gradient at its bounds, max/min split the gradient evenly between ties."""
+un-broadcasts. Subgradients follow the framework op each node was exported from: by default
+PyTorch's and Paddle's shared ones (relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = slope, clamp
+passes the gradient at its bounds, max/min split the gradient evenly between ties), and where an
+exporter marked the node (``lossgraph.graph.TIE_KEY``) that op's own: hardtanh and relu6 pass
+nothing at their bounds, torch's clamp with tensor bounds gives a tie to x whole, Paddle's
+leaky_relu has slope 1 at 0."""
 
 from __future__ import annotations
 
 from lossgraph.autodiff.registry import grad_rule, non_differentiable
+from lossgraph.graph import TIE_KEY, node_meta
+
+
+def tie(ctx) -> str | None:
+    """The node's tie convention, as its exporter marked it (None: the op's default rule)."""
+    return node_meta(ctx.node, TIE_KEY)
 
 non_differentiable(
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
@@ -112,10 +122,15 @@ def relu_grad(ctx, dys):
 
 @grad_rule("LeakyRelu")
 def leaky_relu_grad(ctx, dys):
-    """slope alpha + (1 - alpha) * [x > 0]: alpha at x = 0, as PyTorch."""
+    """slope alpha + (1 - alpha) * [x > 0]: alpha at x = 0, as PyTorch; [x >= 0] where the node
+    is marked ``positive`` (Paddle's leaky_relu: slope 1 at 0)."""
     x = ctx.inputs[0]
     alpha = ctx.attr("alpha", 0.01)
-    positive = ctx.op("CastLike", _positive(ctx, x), x)
+    if tie(ctx) == "positive":
+        at_least_zero = ctx.op("GreaterOrEqual", x, ctx.scalar(0.0, x))
+        positive = ctx.op("CastLike", at_least_zero, x)
+    else:
+        positive = ctx.op("CastLike", _positive(ctx, x), x)
     slope = ctx.add(ctx.mul(positive, ctx.scalar(1.0 - alpha, x)), ctx.scalar(alpha, x))
     return [ctx.mul(dys[0], slope)]
 
@@ -164,10 +179,13 @@ def cos_grad(ctx, dys):
 
 @grad_rule("Clip", nondiff=(1, 2))
 def clip_grad(ctx, dys):
-    """PyTorch's clamp: the gradient passes where min <= x <= max (bounds included)."""
+    """clamp/clip: the gradient passes where min <= x <= max (bounds included); where the node is
+    marked ``open`` (hardtanh, relu6), only where min < x < max."""
     x = ctx.inputs[0]
     inside = None
-    for index, op in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
+    tests = ((1, "Greater"), (2, "Less")) if tie(ctx) == "open" else (
+        (1, "GreaterOrEqual"), (2, "LessOrEqual"))
+    for index, op in tests:
         bound = ctx.input(index)
         if bound is None:
             continue
@@ -190,13 +208,51 @@ def where_grad(ctx, dys):
 
 
 def _extremum_grad(ctx, dys):
-    """Max/Min over several inputs: each input equal to the result gets dy / (number of ties)."""
+    """Max/Min over several inputs: each input equal to the result gets dy / (number of ties);
+    where the node is marked ``first`` (torch's clamp with tensor bounds), the first input equal
+    to the result gets dy whole."""
     (dy,) = dys
     y = ctx.outputs[0]
+    if tie(ctx) == "first":
+        return _first_takes_ties(ctx, dy, y)
     masks = [ctx.op("CastLike", ctx.op("Equal", x, y), y) for x in ctx.inputs]
     count = masks[0] if len(masks) == 1 else ctx.op("Sum", *masks)
     share = ctx.div(dy, count)
     return [ctx.mul(share, mask) if ctx.wants(i) else None for i, mask in enumerate(masks)]
+
+
+def _first_takes_ties(ctx, dy: str, y: str) -> list:
+    taken = None  # where an earlier input already equals the result
+    grads = []
+    for i, x in enumerate(ctx.inputs):
+        equal = ctx.op("Equal", x, y)
+        mine = equal if taken is None else ctx.op("And", equal, ctx.op("Not", taken))
+        grads.append(ctx.masked(dy, mine) if ctx.wants(i) else None)
+        taken = equal if taken is None else ctx.op("Or", taken, equal)
+    return grads
+
+
+@grad_rule("HardSigmoid")
+def hard_sigmoid_grad(ctx, dys):
+    """alpha where 0 < alpha*x + beta < 1, else 0 (torch and Paddle: nothing at the bounds)."""
+    x = ctx.inputs[0]
+    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
+    h = ctx.add(ctx.mul(x, ctx.scalar(alpha, x)), ctx.scalar(beta, x))
+    inside = ctx.op("And", ctx.op("Greater", h, ctx.scalar(0.0, x)),
+                    ctx.op("Less", h, ctx.scalar(1.0, x)))
+    return [ctx.masked(ctx.mul(dys[0], ctx.scalar(alpha, x)), inside)]
+
+
+@grad_rule("HardSwish")
+def hard_swish_grad(ctx, dys):
+    """x * hardsigmoid(x) (alpha 1/6, beta 1/2): 0 where h <= 0, 1 where h >= 1 (x >= 3 gives 1
+    in torch and Paddle alike), 2 alpha x + beta between."""
+    x = ctx.inputs[0]
+    alpha, beta = 1.0 / 6.0, 0.5
+    h = ctx.add(ctx.mul(x, ctx.scalar(alpha, x)), ctx.scalar(beta, x))
+    ramp = ctx.add(ctx.mul(x, ctx.scalar(2.0 * alpha, x)), ctx.scalar(beta, x))
+    slope = ctx.where(ctx.op("GreaterOrEqual", h, ctx.scalar(1.0, x)), ctx.scalar(1.0, x), ramp)
+    return [ctx.masked(ctx.mul(dys[0], slope), ctx.op("Greater", h, ctx.scalar(0.0, x)))]
 
 
 grad_rule("Max", broadcasting=True)(_extremum_grad)

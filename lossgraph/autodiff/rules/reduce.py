@@ -4,8 +4,10 @@ amax/amin); ReduceL2 has gradient 0 at a zero norm (PyTorch's norm)."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from lossgraph.autodiff.registry import grad_rule, non_differentiable
+from lossgraph.graph import TIE_KEY, node_meta
 
 non_differentiable("ArgMax", "ArgMin")
 
@@ -50,15 +52,30 @@ def reduce_mean_grad(ctx, dys):
 
 
 def _extremum_grad(ctx, dys):
+    """Tied extrema share the gradient evenly (amax, Paddle's max); where the node is marked
+    ``one`` (torch.max(x, dim)), the first tied element along the axis takes it whole."""
     x = ctx.inputs[0]
     spread, axes, _ = _spread(ctx, dys[0])
     tied = ctx.op("CastLike", ctx.op("Equal", x, _keep(ctx, ctx.outputs[0])), x)
+    if node_meta(ctx.node, TIE_KEY) == "one" and len(axes) == 1:
+        axis = ctx.op("Constant", value=numpy_helper.from_array(np.array(axes[0], np.int64)))
+        seen = ctx.op("CumSum", tied, axis)  # 1 at the first tie, 2 at the second, ...
+        first = ctx.op("CastLike", ctx.op("Equal", seen, ctx.scalar(1.0, x)), x)
+        return [ctx.mul(spread, ctx.mul(tied, first))]
     count = ctx.reduce_sum(tied, axes, keepdims=True)
     return [ctx.div(ctx.mul(spread, tied), count)]
 
 
 grad_rule("ReduceMax", nondiff=(1,))(_extremum_grad)
 grad_rule("ReduceMin", nondiff=(1,))(_extremum_grad)
+
+
+@grad_rule("CumSum", nondiff=(1,))
+def cum_sum_grad(ctx, dys):
+    """The same running sum taken the other way along the axis (exclusive stays exclusive)."""
+    axis = ctx.inputs[1]
+    return [ctx.op("CumSum", dys[0], axis, exclusive=ctx.attr("exclusive", 0),
+                   reverse=1 - ctx.attr("reverse", 0)), None]
 
 
 @grad_rule("ReduceL2", nondiff=(1,))

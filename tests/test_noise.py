@@ -1,0 +1,141 @@
+"""The noise rule: a diff above the tolerance is noise exactly when the float64 re-run of the same
+comparison is within the tolerance; the float64 re-run computes with each framework's float32
+hyper-parameters; the first divergence is never an item the report calls noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_spec_files
+
+from lossgraph.graph import OptimizerInfo, ParamInfo
+from lossgraph.optim import build_update
+from lossgraph.verify.compare import Tolerance, compare_arrays
+from lossgraph.verify.noise import classify, semantic_view
+from lossgraph.verify.pipeline import VerifyOptions, run_verify
+from lossgraph.verify.results import GradDiff, LossDiff, StepResult
+
+TOL = Tolerance(1e-6)
+
+
+def _diff(size: float):
+    return compare_arrays(np.zeros(1), np.full(1, size), TOL)
+
+
+def _step(step: int, loss: float, grad: float) -> StepResult:
+    return StepResult(
+        step=step,
+        losses={"loss": LossDiff("loss", 0.0, loss, _diff(loss))},
+        gradients={"w": GradDiff({"loss": _diff(grad)})},
+    )
+
+
+def test_noise_is_a_float64_diff_within_the_tolerance():
+    # float32 1e-3 that stays 5e-6 in float64: semantic, though it shrank 200-fold
+    # float32 1e-5 that is 9e-7 in float64: noise, though it shrank only 11-fold
+    floor = classify([_step(0, 1e-3, 1e-5)], [_step(0, 5e-6, 9e-7)])
+    verdicts = {item["what"]: item["verdict"] for item in floor["items"]}
+    assert verdicts == {"loss loss": "semantic", "gradient w (loss)": "noise"}
+    assert floor["verdict"] == "semantic"
+    assert "within the tolerance" in floor["rule"]
+
+
+def test_the_first_divergence_skips_what_the_report_calls_noise():
+    steps32 = [_step(0, 1e-5, 1e-5), _step(1, 1e-7, 1e-3)]
+    floor = classify(steps32, [_step(0, 1e-9, 1e-9), _step(1, 1e-9, 2e-5)])
+    view = semantic_view(steps32, floor)
+    assert view[0].passed  # step 0's diffs are noise
+    assert not view[1].passed and view[1].phase_failed() == "backward"
+    assert not steps32[0].passed  # the float32 results themselves are unchanged
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_float64_updates_compute_with_the_float32_hyper_parameters(framework):
+    cls, group = (("SGD", {"lr": 0.1, "momentum": 0.9}) if framework == "torch"
+                  else ("Momentum", {"learning_rate": 0.1, "momentum": 0.9}))
+    info = OptimizerInfo(cls=cls, framework=framework, groups=[{"params": ["w"], **group}])
+    params = {"w": ParamInfo([3], "float32", True)}
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=3).astype(np.float32) * 100
+    grads = [rng.normal(size=3).astype(np.float32) * 100 for _ in range(3)]
+    runs = {}
+    for dtype, scalars in (("float32", None), ("float64", "float32"), ("float64", None)):
+        update = build_update(info, params, dtype=dtype, scalars=scalars)
+        value, state = {"w": w.astype(dtype)}, update.init_state()
+        for g in grads:
+            value, state = update.step(value, {"w": g.astype(dtype)}, state, 0.1)
+        runs[dtype, scalars] = np.asarray(value["w"], np.float64)
+    exact = runs["float64", "float32"]
+    # the float32 run differs from its exact re-run by rounding only
+    assert np.max(np.abs(runs["float32", None] - exact)) < 1e-4
+    # a float64 run with 0.9 itself, not float32's 0.9, is another computation
+    if framework == "torch":
+        assert np.max(np.abs(runs["float64", None] - exact)) > 1e-7
+
+
+MOMENTUM_TORCH = """
+import torch
+import lossgraph as lg
+
+
+def spec():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    return lg.Spec(
+        model=model,
+        loss=lambda model, x, y: ((model(x) - y) ** 2).mean(),
+        inputs={"x": lg.Input([8, 16], low=-100.0, high=100.0), "y": lg.Input([8, 4])},
+        optimizers={"opt": torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)},
+    )
+"""
+
+MOMENTUM_PADDLE = """
+import paddle
+import lossgraph as lg
+
+
+def spec():
+    model = paddle.nn.Linear(16, 4)
+    return lg.Spec(
+        model=model,
+        loss=lambda model, x, y: ((model(x) - y) ** 2).mean(),
+        inputs={"x": lg.Input([8, 16], low=-100.0, high=100.0), "y": lg.Input([8, 4])},
+        optimizers={"opt": paddle.optimizer.Momentum(1e-5, momentum=0.9,
+                                                     parameters=model.parameters())},
+    )
+"""
+
+
+def test_a_correct_momentum_port_is_not_called_semantic(tmp_path_factory, exported):
+    """torch's SGD and Paddle's Momentum both compute with float32's 0.9; a float64 re-run that
+    gave torch 0.9 itself made max|grad| x (0.9 - fl32(0.9)) a 'semantic' difference."""
+    files = write_spec_files(tmp_path_factory, "momentum", {"t": MOMENTUM_TORCH, "p": MOMENTUM_PADDLE})
+    result = run_verify(exported(str(files["t"])), exported(str(files["p"])),
+                        VerifyOptions(tol=1e-6, grads=True, steps=3))
+    floor = result.noise_floor
+    assert floor is not None and floor["items"], "the float32 run should differ above 1e-6 here"
+    assert floor["verdict"] == "noise", [i for i in floor["items"] if i["verdict"] != "noise"]
+    assert floor["max_float64_diff"] <= 1e-6
+    assert result.passed
+
+
+def test_a_localization_of_size_zero_is_not_reported(tmp_path_factory, exported, monkeypatch):
+    """Where the node search measures no difference at the node it stops at, the report names
+    where the difference was observed (here the loss), with its real size, and no hint of a node
+    that does not differ."""
+    from lossgraph.verify import localize
+    from lossgraph.verify.results import Divergence
+
+    def nothing_there(*args, **kwargs):
+        return Divergence(step=0, phase="forward", scope="fc", op_type="Gemm", reference_node="n",
+                          candidate_node="-", max_abs_diff=0.0, localized=True), {}
+
+    monkeypatch.setattr(localize, "localize_forward", nothing_there)
+    files = write_spec_files(tmp_path_factory, "zero", {
+        "t": MOMENTUM_TORCH,
+        "c": MOMENTUM_TORCH.replace("((model(x) - y) ** 2).mean()", "((model(x) - y) ** 2).mean() * 1.01"),
+    })
+    result = run_verify(exported(str(files["t"])), exported(str(files["c"])), VerifyOptions(tol=1e-6))
+    found = result.first_divergence
+    assert not result.passed and found.max_abs_diff > 0
+    assert found.reference_node != "n" and not found.localized and found.loss == "loss"
