@@ -189,3 +189,47 @@ def test_seeded_inputs_reach_the_graph():
     assert graph.meta.eager["seed"] == 5
     other = lg.export(load_spec(f"{LOSSES}/losses_torch.py:mse"), seed=6)
     assert not np.isclose(graph.meta.eager["losses"]["mean"], other.meta.eager["losses"]["mean"])
+
+
+SPLITS = """
+import torch
+import lossgraph as lg
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 7)
+
+    def forward(self, x):
+        h = self.fc(x)
+        a, b = h[:, :6].chunk(2, dim=1)
+        c, d, e = torch.split(h, [2, 3, 2], dim=1)
+        u = torch.unbind(h, dim=1)
+        return a * b + c.sum() * d.mean() + e.sum() + u[3].sum()
+
+
+def spec():
+    torch.manual_seed(0)
+    return lg.Spec(model=Net(), loss=lambda model, x: model(x).pow(2).sum(),
+                   inputs={"x": lg.Input([3, 4])})
+"""
+
+
+def test_chunk_split_and_unbind_have_gradients(write_spec, tmp_path):
+    """torch exports chunk/split/unbind as SplitToSequence + SequenceAt, which have no gradient
+    rule; the exporter writes them as one Split, and the gradients are torch's."""
+    from lossgraph.verify.pipeline import loss_gradients
+
+    target = str(write_spec(SPLITS))
+    out = tmp_path / "splits.onnx"
+    lg.export(target, out)
+    graph = LossGraph.load(out)
+    assert not {n.op_type for n in graph.model.graph.node} & {"SplitToSequence", "SequenceAt"}
+    inputs = make_inputs(graph.meta.inputs, 0)
+    ours = loss_gradients(graph, "loss", graph.trainable_params(), inputs, graph.param_values(),
+                          "cpu", "reference")
+    spec = load_spec(target)
+    spec.loss(spec.model, x=torch.from_numpy(inputs["x"])).backward()
+    for name, param in spec.model.named_parameters():
+        np.testing.assert_allclose(ours[name], param.grad.numpy(), rtol=1e-5, atol=1e-5)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import write_spec_files
 
 SPEC = """

@@ -27,6 +27,7 @@ from lossgraph.exporters.common import (
     spec_code_objects,
 )
 from lossgraph.exporters.grad_marker import exporting
+from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
 from lossgraph.exporters.torch_ops import translation_table
 from lossgraph.exporters.training import (
@@ -95,6 +96,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     rename_outputs(proto.graph, names + trace.output_names)
     mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
+    sequences_as_splits(proto)
     return finish_export(
         spec,
         proto,
