@@ -84,7 +84,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
 @click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step.")
-@click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and report ONNX Runtime vs native per step (needs the spec files).")
+@click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and compare ONNX Runtime with it per step (needs the spec files); a side that parts beyond the tolerance, in float64 too, fails the verdict.")
 @click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
 @click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
 @click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run).")

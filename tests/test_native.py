@@ -132,3 +132,20 @@ def test_native_reports_parameters_that_part(cli, exported, linear, tmp_path):
     assert parted[1][1] > 1e-4  # the second step's losses follow the other weights
     assert all(p <= TOL for p, _ in _native(report, "candidate"))
     assert report["native"]["reference"][0]["parameters"]["worst"].startswith("fc.")
+
+
+def test_a_graph_that_does_not_train_like_eager_fails_the_verdict(cli, exported, linear, tmp_path):
+    """Two graphs that agree with each other, but not with their framework's eager training,
+    never pass: the verdict is exit 1, naming the side and the step."""
+    graph = LossGraph.load(exported(f"{linear}:sgd"))
+    graph.meta.optimizers["opt"].groups[0]["lr"] = 0.2
+    tampered = tmp_path / "tampered.onnx"
+    graph.save(tampered)
+    report_path = tmp_path / "native.json"
+    result = cli("verify", tampered, tampered, "--steps", "2", "--native", "--json", report_path)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "DIVERGED" in result.stdout
+    assert "The exported reference graph does not train like torch eager: step 0" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is False and report["verdict"] == "diverged"
+    assert len(report["native_failures"]) == 2

@@ -40,20 +40,54 @@ def run_native(
     steps: int,
     inputs: Mapping[str, np.ndarray],
     seed: int,
+    dtype: str = "float32",
 ) -> list[NativeStep]:
     """Train the graph's spec eagerly for ``steps`` steps from the values ``start``, with the
     dropout masks ONNX Runtime gets (a candidate's dropout calls name their matched reference
-    dropouts' masks)."""
+    dropouts' masks). ``dtype="float64"``: the spec is built with the framework's default dtype
+    set to float64 (model, optimizer state and learning-rate tensors alike) and trained on the
+    same values widened: the exact-arithmetic run that tells ONNX Runtime's float32 rounding
+    from a graph that trains otherwise."""
     path, _ = parse_target(meta.source) if meta.source else (None, "")
     if path is None or not Path(path).exists():
         raise VerificationError(
             f"--native needs the spec file the graph was exported from ({meta.source or 'unknown'}); "
             f"it is not there."
         )
-    spec = load_spec(meta.source)
-    if meta.framework == "torch":
-        return _run_torch(spec, meta, start, steps, inputs, seed)
-    return _run_paddle(spec, meta, start, steps, inputs, seed)
+    if dtype == "float64":
+        start, inputs = _widened(start), _widened(inputs)
+    with _default_dtype(meta.framework, dtype):
+        spec = load_spec(meta.source)
+        if meta.framework == "torch":
+            return _run_torch(spec, meta, start, steps, inputs, seed, dtype)
+        return _run_paddle(spec, meta, start, steps, inputs, seed, dtype)
+
+
+def _widened(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v
+            for k, v in values.items()}
+
+
+@contextlib.contextmanager
+def _default_dtype(framework: str, dtype: str):
+    if framework == "torch":
+        import torch
+
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(getattr(torch, dtype))
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(before)
+    else:
+        import paddle
+
+        before = paddle.get_default_dtype()
+        paddle.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            paddle.set_default_dtype(before)
 
 
 def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
@@ -84,17 +118,19 @@ def _as_schedule(value: Any) -> LRSchedule | None:
     return value if isinstance(value, LRSchedule) else LRSchedule(value)
 
 
-def _masks(meta: GraphMeta, seed: int, index: int) -> list[np.ndarray]:
+def _masks(meta: GraphMeta, seed: int, index: int, dtype: str = "float32") -> list[np.ndarray]:
     """The dropout masks of step ``index``, as ONNX Runtime feeds them (see dropout_feeds)."""
-    feeds = dropout_feeds(meta.dropout, seed, index)
+    feeds = dropout_feeds(meta.dropout, seed, index, np.dtype(dtype))
     return [feeds[f"dropout:{k}"] for k in range(len(meta.dropout))]
 
 
-def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep]:
     import torch
 
     model = spec.model
     model.train(spec.train)
+    if dtype == "float64":
+        model.double()  # parameters the spec made float32 explicitly
     own = model.state_dict()
     model.load_state_dict({k: torch.from_numpy(np.array(start[k])) if k in start else v for k, v in own.items()})
     optimizers = dict(spec.optimizers or {}) or {
@@ -104,7 +140,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
 
     def masks_for(index):
-        return [torch.from_numpy(m) for m in _masks(meta, seed, index)]
+        return [torch.from_numpy(m) for m in _masks(meta, seed, index, dtype)]
 
     def forward(masks):
         recorder.reset(masks)
@@ -123,7 +159,7 @@ def _run_torch(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
                  step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
 
 
-def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
+def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep]:
     import paddle
 
     model = spec.model
@@ -137,7 +173,7 @@ def _run_paddle(spec, meta, start, steps, inputs, seed) -> list[NativeStep]:
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
 
     def masks_for(index):
-        return [paddle.to_tensor(m) for m in _masks(meta, seed, index)]
+        return [paddle.to_tensor(m) for m in _masks(meta, seed, index, dtype)]
 
     def forward(masks):
         recorder.reset(masks)

@@ -38,6 +38,7 @@ from lossgraph.exporters.common import (
     optimizer_param_names,
     package_versions,
 )
+from lossgraph.exporters.custom_backward import watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.paddle_ops import convertible_ops
 from lossgraph.exporters.taps import TapRecorder, mark_taps, paddle_taps
@@ -88,10 +89,12 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         with modes:
             # eager values from Paddle's own kernels; the convertible replacements only for tracing
             tensors = {name: paddle.to_tensor(value) for name, value in arrays.items()}
-            losses, single = eager_losses(
-                spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
-                lambda t: int(np.prod(t.shape)),
-            )
+            with watching("paddle", model) as custom:
+                losses, single = eager_losses(
+                    spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
+                    lambda t: int(np.prod(t.shape)),
+                )
+            custom.refuse(spec.source or "the spec")
             eager = {n: float(np.asarray(v.numpy(), np.float64)) for n, v in losses.items()}
             trace = TrainingTrace(
                 list(recorder.dropouts), {k: v.numpy().copy() for k, v in recorder.state.items()},

@@ -26,6 +26,7 @@ from lossgraph.exporters.common import (
     package_versions,
     spec_code_objects,
 )
+from lossgraph.exporters.custom_backward import watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
@@ -72,7 +73,9 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     modes = torch_training(recorder) if spec.train else contextlib.nullcontext()
     try:
         with modes:
-            losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
+            with watching("torch", model) as custom:
+                losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
+            custom.refuse(spec.source or "the spec")
             eager = {name: float(value.detach().double()) for name, value in losses.items()}
             trace = TrainingTrace(
                 list(recorder.dropouts),

@@ -38,11 +38,9 @@ def float64_graph(graph: LossGraph) -> LossGraph:
     return LossGraph(to_float64(graph.model), graph.meta, graph.path)
 
 
-def noise_floor(setup: Any, options: Any, steps32: list[StepResult]) -> dict[str, Any]:
-    """Re-run the comparison in float64 and classify every float32 diff above the tolerance."""
-    from lossgraph.verify.pipeline import compare
-
-    setup64 = replace(
+def float64_setup(setup: Any) -> Any:
+    """The same comparison with both graphs, inputs and starting values in float64."""
+    return replace(
         setup,
         ref=float64_graph(setup.ref),
         cand=float64_graph(setup.cand),
@@ -51,7 +49,22 @@ def noise_floor(setup: Any, options: Any, steps32: list[StepResult]) -> dict[str
         cand_params=widen(setup.cand_params),
         dtype="float64",
     )
-    steps64, _, _ = compare(setup64, options, dtype="float64")
+
+
+def float64_compare(setup: Any, options: Any):
+    """``compare`` re-run in float64: (steps, reference trajectory, candidate trajectory)."""
+    from lossgraph.verify.pipeline import compare
+
+    return compare(float64_setup(setup), options, dtype="float64")
+
+
+def noise_floor(
+    setup: Any, options: Any, steps32: list[StepResult], steps64: list[StepResult] | None = None
+) -> dict[str, Any]:
+    """Re-run the comparison in float64 (unless ``steps64`` holds that run already) and classify
+    every float32 diff above the tolerance."""
+    if steps64 is None:
+        steps64 = float64_compare(setup, options)[0]
     return classify(steps32, steps64)
 
 

@@ -203,11 +203,21 @@ def run_verify(
         warnings=setup.warnings,
         strict=options.strict,
     )
+    runs64: list[Any] = []
+
+    def float64_runs():
+        """The float64 re-run, made once for the noise floor and --native alike."""
+        if not runs64:
+            from lossgraph.verify.noise import float64_compare
+
+            runs64.extend(float64_compare(setup, options))
+        return runs64
+
     failing = next((step for step in steps if not step.passed), None)
     if failing is not None and options.noise_floor:
         from lossgraph.verify.noise import noise_floor, semantic_view
 
-        result.noise_floor = noise_floor(setup, options, steps)
+        result.noise_floor = noise_floor(setup, options, steps, float64_runs()[0])
         if not options.strict:
             # the first divergence is the first semantic diff, never one the report calls noise
             semantic = next((s for s in semantic_view(steps, result.noise_floor) if not s.passed), None)
@@ -221,6 +231,17 @@ def run_verify(
             "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),
             "candidate": native_diffs(cand, setup.cand_params, cand_run, options, setup.tol),
         }
+        if options.noise_floor and any(not d.passed for ds in result.native.values() for d in ds):
+            # the same rule as between the graphs: above the tolerance counts when the float64
+            # runs (ONNX Runtime and the framework both in float64) part as well
+            _, ref_run64, cand_run64 = float64_runs()
+            for side, graph, start, run in (("reference", ref, setup.ref_params, ref_run64),
+                                            ("candidate", cand, setup.cand_params, cand_run64)):
+                exact = native_diffs(graph, start, run, options, setup.tol, dtype="float64")
+                result.native[side] = [
+                    replace(d, float64=e) if not d.passed else d
+                    for d, e in zip(result.native[side], exact)
+                ]
     return result
 
 
@@ -419,11 +440,17 @@ def native_diffs(
     run: Any,
     options: VerifyOptions,
     tol: Tolerance,
+    dtype: str = "float32",
 ) -> list[NativeDiff]:
     """One side's ONNX Runtime trajectory (``run``, a Trajectory) against the framework's own
-    eager training from the same values ``start``, with the same dropout masks."""
+    eager training from the same values ``start``, with the same dropout masks; ``dtype``
+    ``float64``: the framework trains in float64 (``run`` is then the float64 one)."""
     inputs = dict(_base_inputs(options, graph))
-    native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed)
+    if dtype == "float32":
+        native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed)
+    else:
+        native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed,
+                                       dtype=dtype)
     out = []
     for index, (eager, ours) in enumerate(zip(native, run.outcomes)):
         losses = {

@@ -53,6 +53,7 @@ def report_dict(result: VerifyResult) -> dict[str, Any]:
         "first_divergence": _divergence_dict(result.first_divergence),
         "noise_floor": result.noise_floor,
         "verdict": verdict(result),
+        "native_failures": native_failure_lines(result),
         "native": {
             side: [_native_dict(d) for d in diffs] for side, diffs in result.native.items()
         },
@@ -62,6 +63,8 @@ def report_dict(result: VerifyResult) -> dict[str, Any]:
 
 def verdict(result: VerifyResult) -> str:
     """``passed``, ``noise`` (only float32 rounding above the tolerance) or ``diverged``."""
+    if result.native_failures:
+        return "diverged"
     if result.within_tolerance:
         return "passed"
     if result.noise_only:
@@ -70,11 +73,15 @@ def verdict(result: VerifyResult) -> str:
 
 
 def _native_dict(diff: NativeDiff) -> dict[str, Any]:
-    return {
+    out = {
         "step": diff.step,
         "losses": {name: _value_dict(d) for name, d in diff.losses.items()},
         "parameters": {**_value_dict(diff.parameters), "worst": diff.worst_parameter},
+        "verdict": "pass" if diff.passed else ("semantic" if diff.semantic else "noise"),
     }
+    if diff.float64 is not None:
+        out["float64"] = _native_dict(diff.float64)
+    return out
 
 
 def write_json(result: VerifyResult | Mapping[str, Any], path: str | Path) -> None:
@@ -205,6 +212,8 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     if unpaired:
         mapped += f", [yellow]{unpaired} unpaired[/yellow]"
     console.print(mapped)
+    for line in native_failure_lines(result):
+        console.print(f"[red]{escape(line)}[/red]")
     if result.first_divergence is not None and not (result.noise_only and not result.strict):
         _render_divergence(result.first_divergence, console)
     if result.noise_floor:
@@ -223,6 +232,25 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         console.print(_native_table(side, diffs))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+
+
+def native_failure_lines(result: VerifyResult) -> list[str]:
+    """One line per side whose exported graph does not train like its framework's eager run."""
+    lines = []
+    sides = {"reference": result.reference, "candidate": result.candidate}
+    for side in dict.fromkeys(s for s, _ in result.native_failures):
+        diff = next(d for s, d in result.native_failures if s == side)
+        worst_loss = max(diff.losses.items(), key=lambda item: item[1].max_abs_diff, default=None)
+        parts = []
+        if worst_loss is not None and not worst_loss[1].passed:
+            parts.append(f"loss {worst_loss[0]} |diff| {_sci(worst_loss[1].max_abs_diff)}")
+        if not diff.parameters.passed:
+            parts.append(f"{diff.worst_parameter} |diff| {_sci(diff.parameters.max_abs_diff)}")
+        lines.append(
+            f"The exported {side} graph does not train like {sides[side].framework} eager: step "
+            f"{diff.step}, {', '.join(parts)} (ONNX Runtime vs native, above the tolerance)."
+        )
+    return lines
 
 
 def _render_divergence(div: Divergence, console: Console) -> None:
@@ -325,11 +353,14 @@ def _render_conventions(result: VerifyResult, console: Console) -> None:
 
 def _native_table(side: str, diffs: list[NativeDiff]) -> Table:
     table = Table(title=f"Native fidelity, {side}: ONNX Runtime vs eager framework", title_justify="left")
-    for column in ("step", "max |diff| losses", "max |diff| parameters", "worst parameter"):
+    for column in ("step", "max |diff| losses", "max |diff| parameters", "worst parameter",
+                   "float64 params", ""):
         table.add_column(column, justify="left" if column == "worst parameter" else "right")
     for diff in diffs:
+        exact = _sci(diff.float64.parameters.max_abs_diff) if diff.float64 is not None else "-"
+        status = PASS if diff.passed else (FAIL if diff.semantic else "noise")
         table.add_row(str(diff.step), _sci(_worst(diff.losses.values())),
-                      _sci(diff.parameters.max_abs_diff), diff.worst_parameter)
+                      _sci(diff.parameters.max_abs_diff), diff.worst_parameter, exact, status)
     return table
 
 
