@@ -139,3 +139,49 @@ def test_a_localization_of_size_zero_is_not_reported(tmp_path_factory, exported,
     found = result.first_divergence
     assert not result.passed and found.max_abs_diff > 0
     assert found.reference_node != "n" and not found.localized and found.loss == "loss"
+
+
+TAPPED = """
+import torch
+import lossgraph as lg
+
+
+class Body(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) * {scale}
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Body()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def spec():
+    torch.manual_seed(0)
+    return lg.Spec(model=Net(), loss=lambda model, x: model(x).sum() * 1e-7,
+                   inputs={{"x": lg.Input([5, 4])}})
+"""
+
+
+def test_a_module_output_that_parts_is_a_divergence_when_the_losses_agree(tmp_path_factory, exported):
+    """Node by node: a flat loss (here scaled by 1e-7) must not hide a module that computes
+    something else."""
+    files = write_spec_files(tmp_path_factory, "tapped", {
+        "t": TAPPED.format(scale=1.0), "c": TAPPED.format(scale=1.01),
+    })
+    result = run_verify(exported(str(files["t"])), exported(str(files["c"])), VerifyOptions(tol=1e-6))
+    step = result.steps[0]
+    assert all(d.passed for d in step.losses.values())
+    assert not step.taps["body#0"].passed and step.taps["body#0"].max_abs_diff > 1e-3
+    assert not result.passed and result.first_divergence.phase == "forward"
+    assert result.first_divergence.scope.startswith("body")
+    same = run_verify(exported(str(files["t"])), exported(str(files["t"])), VerifyOptions(tol=1e-6))
+    assert same.passed and same.steps[0].taps

@@ -259,6 +259,24 @@ def _scope_of(
     return scope or module
 
 
+def paired_taps(
+    ref: Side, cand: Side, param_map: ParamMap
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every module output tapped on both sides (reference tap name -> both values), paired
+    through the module map, where both have one shape."""
+    modules = module_map(param_map, ref.graph, cand.graph)
+    ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
+    pairs = {t: cand_taps[translate_tap(t, modules)] for t in ref_taps if translate_tap(t, modules) in cand_taps}
+    if not pairs:
+        return {}
+    ref_values = run_values(ref, [ref_taps[t] for t in pairs])
+    cand_values = run_values(cand, list(pairs.values()))
+    return {
+        t: (ref_values[ref_taps[t]], cand_values[c]) for t, c in pairs.items()
+        if np.shape(ref_values[ref_taps[t]]) == np.shape(cand_values[c])
+    }
+
+
 def localize_forward(
     ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str | None,
     loss_agrees: bool | None = None,

@@ -98,6 +98,9 @@ def _paired_diffs(a: StepResult, b: StepResult):
     """(what, float32 diff, float64 diff) for every compared value of one step."""
     for name, diff in a.losses.items():
         yield f"loss {name}", diff.diff, b.losses[name].diff
+    for name, diff in a.taps.items():
+        if name in b.taps:
+            yield f"module output {name}", diff, b.taps[name]
     for name, diff in a.gradients.items():
         for loss, d in diff.losses.items():
             other = b.gradients.get(name)
@@ -134,6 +137,7 @@ def _with_noise_passed(step: StepResult, noise: set[str]) -> StepResult:
     return replace(
         step,
         losses={n: replace(d, diff=keep(f"loss {n}", d.diff)) for n, d in step.losses.items()},
+        taps={n: keep(f"module output {n}", d) for n, d in step.taps.items()},
         gradients={
             name: GradDiff({loss: keep(f"gradient {name} ({loss})", d) for loss, d in g.losses.items()})
             for name, g in step.gradients.items()

@@ -154,10 +154,12 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
     """The step results (the forward check, or ``options.steps`` training steps) and, for
     training, both sides' trajectories."""
     if options.steps:
-        return run_steps(
+        steps, ref_run, cand_run = run_steps(
             setup.ref, setup.cand, setup.param_map, setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
         )
+        steps[0].taps = compare_taps(setup, options)
+        return steps, ref_run, cand_run
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
     cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
     check_not_both_non_finite(
@@ -174,7 +176,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         )
         for name in setup.ref.meta.losses
     }
-    step = StepResult(step=0, losses=losses)
+    step = StepResult(step=0, losses=losses, taps=compare_taps(setup, options))
     if options.grads:
         step.gradients = compare_gradients(
             setup.ref, setup.cand, setup.param_map,
@@ -183,6 +185,19 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
             cand_inputs=_with_masks(setup.inputs, setup.cand, options.seed, 0, setup.dtype),
         )
     return [step], None, None
+
+
+def compare_taps(setup: Setup, options: VerifyOptions) -> dict[str, ValueDiff]:
+    """Every module output paired on both sides, from the starting values, under the tolerance
+    rule: a port can part inside the model while its losses agree (a flat loss at random
+    initialization hides a BatchNorm epsilon of 1e-3 for 1e-5)."""
+    from lossgraph.verify.localize import paired_taps
+
+    ref = _side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
+                            **setup.ref_params}, options.device)
+    cand = _side(setup.cand, {**_with_masks(setup.inputs, setup.cand, options.seed, 0, setup.dtype),
+                              **setup.cand_params}, options.device)
+    return {name: compare_arrays(a, b, setup.tol) for name, (a, b) in paired_taps(ref, cand, setup.param_map).items()}
 
 
 def run_verify(
@@ -292,7 +307,8 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
         # the difference was observed instead, and let no hint speak of that node
         found, values = None, {}
     if found is None:
-        found = _loss_divergence(setup.ref, setup.cand, step) or _gradient_divergence(step)
+        found = (_loss_divergence(setup.ref, setup.cand, step) or _tap_divergence(step)
+                 or _gradient_divergence(step))
     if found is None:
         found, values = _update_divergence(setup, step, ref_run, cand_run)
     if found is None:
@@ -535,6 +551,24 @@ def compare_gradients(
                 ref_grads[pair.reference], pair.carry_back(cand_grads[pair.candidate]), tol
             )
     return {name: GradDiff(diffs) for name, diffs in per_param.items()}
+
+
+def _tap_divergence(step: StepResult) -> Divergence | None:
+    """The first module output that parts (in the graph's order), where the losses agree."""
+    name, diff = next(((n, d) for n, d in step.taps.items() if not d.passed), (None, None))
+    if diff is None:
+        return None
+    return Divergence(
+        step=step.step,
+        phase="forward",
+        scope=name.partition("#")[0],
+        op_type="",
+        reference_node=f"module output {name}",
+        candidate_node=f"module output {name}",
+        max_abs_diff=diff.max_abs_diff,
+        loss=step.loss,
+        localized=False,
+    )
 
 
 def _gradient_divergence(step: StepResult) -> Divergence | None:

@@ -137,6 +137,7 @@ def _step_dict(step: StepResult) -> dict[str, Any]:
         "passed": step.passed,
         "phase_failed": step.phase_failed(),
         "losses": {name: _loss_dict(d) for name, d in step.losses.items()},
+        "module_outputs": {name: _value_dict(d) for name, d in step.taps.items()},
         "gradients": {name: _grad_dict(d) for name, d in step.gradients.items()},
         "parameters": {name: _value_dict(d) for name, d in step.parameters.items()},
         "optimizer_state": {name: _value_dict(d) for name, d in step.optimizer_state.items()},

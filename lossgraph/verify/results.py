@@ -87,18 +87,21 @@ class StepResult:
     lr: ValueDiff | None = None
     #: values compared in the candidate's convention (their ``parameters`` entry is converted)
     conventions: list[ConventionDiff] = field(default_factory=list)
+    #: every tapped module output paired on both sides (``<module path>#<call>``, the
+    #: reference's names), in the forward pass from the step's starting values
+    taps: dict[str, ValueDiff] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         groups = (
-            self.losses.values(), self.gradients.values(), self.parameters.values(),
+            self.losses.values(), self.taps.values(), self.gradients.values(), self.parameters.values(),
             self.optimizer_state.values(), [self.lr] if self.lr is not None else [],
         )
         return all(d.passed for group in groups for d in group)
 
     def phase_failed(self) -> str | None:
         """The first phase of this step that diverged: forward, backward or update."""
-        if not all(d.passed for d in self.losses.values()):
+        if not all(d.passed for d in [*self.losses.values(), *self.taps.values()]):
             return "forward"
         if not all(d.passed for d in self.gradients.values()):
             return "backward"
