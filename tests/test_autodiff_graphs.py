@@ -131,7 +131,12 @@ def test_cli_grads_catch_what_forward_losses_miss(cli, exported, tmp_path):
     report = tmp_path / "report.json"
     ref = exported(f"{DISCOGAN}/discogan_torch.py")
     cand = exported(f"{DISCOGAN}/discogan_paddle_planted.py:generators_swapped")
-    assert cli("verify", ref, cand).exit_code == 0  # forward only: invisible
+    # forward only: the losses agree, the module outputs (compared node by node) do not
+    forward = tmp_path / "forward.json"
+    assert cli("verify", ref, cand, "--json", forward).exit_code == 1
+    steps = json.loads(forward.read_text())["steps"]
+    assert all(d["passed"] for d in steps[0]["losses"].values())
+    assert not all(d["passed"] for d in steps[0]["module_outputs"].values())
     result = cli("verify", ref, cand, "--grads", "--json", report)
     assert result.exit_code == 1
     data = json.loads(report.read_text())
