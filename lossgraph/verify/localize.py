@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from lossgraph.autodiff import build_gradients
+from lossgraph.errors import VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, TAP_KEY, LossGraph, node_meta
 from lossgraph.verify.align import ParamMap
 from lossgraph.verify.compare import Tolerance
@@ -119,6 +120,23 @@ def first_non_finite(side: Side) -> onnx.NodeProto | None:
         if any(o in values and not np.all(np.isfinite(values[o])) for o in node.output):
             return node
     return None
+
+
+def check_not_both_non_finite(
+    ref: Mapping[str, object], cand: Mapping[str, object], what: str, when: str, ref_side,
+) -> None:
+    """NaN or Inf in the same value on both sides, from the same inputs, is bad input (exit 2),
+    named by the reference's first node that produces it (``ref_side()`` makes the Side, only
+    then); on one side only it is a divergence, measured as a difference of size inf."""
+    both = [n for n in ref if n in cand
+            and not np.all(np.isfinite(ref[n])) and not np.all(np.isfinite(cand[n]))]
+    if both:
+        node = first_non_finite(ref_side())
+        raise VerificationError(
+            f"Both graphs produce NaN or Inf in {what} {', '.join(both)}{when} from the same "
+            f"inputs (the reference first at {describe_node(node)}): nothing to compare; check "
+            f"the inputs' ranges (e.g. log of a non-positive value)."
+        )
 
 
 def describe_node(node: onnx.NodeProto | None) -> str:

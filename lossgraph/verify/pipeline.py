@@ -22,7 +22,6 @@ from lossgraph.verify.compare import (
     Tolerance,
     ValueDiff,
     compare_arrays,
-    find_non_finite,
     on_side,
     summarize,
 )
@@ -35,6 +34,7 @@ from lossgraph.verify.inputs import (
     match_dropouts,
     with_masks_of,
 )
+from lossgraph.verify.localize import check_not_both_non_finite
 from lossgraph.verify.results import (
     Divergence,
     GradDiff,
@@ -163,7 +163,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
     cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
     check_not_both_non_finite(
-        ref_losses, cand_losses, "loss",
+        ref_losses, cand_losses, "loss", "",
         lambda: _side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, 0, setup.dtype),
                                   **setup.ref_params}, options.device),
     )
@@ -366,24 +366,6 @@ def _side(graph: LossGraph, feeds: Mapping[str, np.ndarray], device: str):
     return Side(graph, feeds, device)
 
 
-def check_not_both_non_finite(
-    ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], what: str, ref_side,
-) -> None:
-    """NaN or Inf in the same value on both sides, from the same inputs, is bad input (exit 2),
-    named by the reference's first node that produces it; on one side only it is a divergence
-    (the comparison measures it as a difference of size inf)."""
-    from lossgraph.verify.localize import describe_node, first_non_finite
-
-    both = [n for n in ref if n in cand and find_non_finite({"r": ref[n]}) and find_non_finite({"c": cand[n]})]
-    if both:
-        node = first_non_finite(ref_side())
-        raise VerificationError(
-            f"Both graphs produce NaN or Inf in {what} {', '.join(both)} from the same inputs "
-            f"(the reference first at {describe_node(node)}): nothing to compare; check the "
-            f"inputs' ranges (e.g. log of a non-positive value)."
-        )
-
-
 def _has_size(found: Divergence) -> bool:
     return bool(found.max_abs_diff > 0)  # inf counts; zero and NaN do not
 
@@ -543,7 +525,7 @@ def compare_gradients(
         )
         check_not_both_non_finite(
             {p.reference: ref_grads[p.reference] for p in pairs},
-            {p.reference: cand_grads[p.candidate] for p in pairs}, f"the gradient of {loss} w.r.t.",
+            {p.reference: cand_grads[p.candidate] for p in pairs}, f"the gradient of {loss} w.r.t.", "",
             lambda: _side(ref, {**inputs, **ref_params}, device),
         )
         for pair in pairs:

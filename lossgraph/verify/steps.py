@@ -274,17 +274,12 @@ def _check_not_both_non_finite(
     """NaN or Inf in a loss on both sides at a step where nothing has diverged yet is bad input
     (exit 2), named by the reference's first node that produces it; on one side only it is a
     divergence, which the comparison measures as a difference of size inf."""
-    from lossgraph.verify.localize import Side, describe_node, first_non_finite
+    from lossgraph.verify.localize import Side, check_not_both_non_finite
 
-    both = [n for n, v in a.losses.items() if not np.isfinite(v) and not np.isfinite(b.losses.get(n, 0.0))]
-    if not both:
-        return
     masks = dropout_feeds(ref.graph.meta.dropout, ref.seed, index, np.dtype(ref.dtype))
-    node = first_non_finite(Side(ref.graph, {**inputs, **masks, **before}, ref.device))
-    raise VerificationError(
-        f"Both graphs produce NaN or Inf in loss {', '.join(both)} at step {index} from the same "
-        f"inputs (the reference first at {describe_node(node)}): nothing to compare; check the "
-        f"inputs' ranges (e.g. log of a non-positive value)."
+    check_not_both_non_finite(
+        a.losses, b.losses, "loss", f" at step {index}",
+        lambda: Side(ref.graph, {**inputs, **masks, **before}, ref.device),
     )
 
 
