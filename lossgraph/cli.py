@@ -80,7 +80,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated inputs.")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones.")
 @click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true}} overriding the parameter pairing.')
-@click.option("--allow-unmapped", is_flag=True, help="Compare even if some parameters cannot be paired (they keep their own values).")
+@click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
 @click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step.")

@@ -70,8 +70,41 @@ def test_ambiguous_parameters_are_an_error_listing_them():
                             ("c.weight", p([3, 4], "Linear", "weight", "c"))])
     with pytest.raises(VerificationError) as info:
         build_param_map(ref, cand)
-    assert "unmapped in reference: a.weight, b.weight" in str(info.value)
-    assert "unmapped in candidate: x.weight" in str(info.value)
+    assert "unmapped in reference (2 of 3): a.weight, b.weight" in str(info.value)
+    assert "unmapped in candidate (1 of 2): x.weight" in str(info.value)
+    assert "unpaired Linear layers: 2 (a, b) in the reference, 1 (x) in the candidate" in str(info.value)
+
+
+def test_many_unpaired_parameters_are_summarized_in_a_short_line():
+    head = ("head.weight", p([8, 8], "Linear", "weight", "head"))
+    ref = graph("torch", [head] + [(f"blocks.{i}.{a}", p([8], "LayerNorm", a, f"blocks.{i}"))
+                                   for i in range(200) for a in ("weight", "bias")])
+    cand = graph("paddle", [head] + [(f"layers.{i}.{a}", p([8], "LayerNorm", a, f"layers.{i}"))
+                                     for i in range(150) for a in ("weight", "bias")])
+    with pytest.raises(VerificationError) as info:
+        build_param_map(ref, cand)
+    line = str(info.value)
+    assert len(line) < 600
+    assert "unmapped in reference (400 of 401): blocks.0.weight, blocks.0.bias, blocks.1.weight, " \
+           "blocks.1.bias and 396 more" in line
+    assert "unmapped in candidate (300 of 301)" in line
+    assert "LayerNorm layers: 200 (blocks.0, blocks.1, blocks.2, blocks.3 and 196 more) in the " \
+           "reference, 150 (layers.0" in line
+
+
+def test_unpaired_buffers_are_not_a_usage_error():
+    ref = graph("torch", [("fc.weight", p([4, 3], "Linear", "weight", "fc")),
+                          ("criterion.pos_weight", p([4], "BCEWithLogitsLoss", "pos_weight", "criterion",
+                                                     False, "buffer"))])
+    cand = graph("paddle", [("fc.weight", p([3, 4], "Linear", "weight", "fc"))])
+    pmap = build_param_map(ref, cand)
+    assert pmap.unmapped_reference == ["criterion.pos_weight"]
+    assert [x.reference for x in pmap.pairs] == ["fc.weight"]
+    # a trainable parameter without counterpart still is
+    extra = graph("paddle", [("fc.weight", p([3, 4], "Linear", "weight", "fc")),
+                             ("scale", p([1], "", "", "", True))])
+    with pytest.raises(VerificationError, match=r"unmapped in candidate \(1 of 2\): scale"):
+        build_param_map(ref, extra)
 
 
 def test_name_map_overrides_and_infers_transposition():

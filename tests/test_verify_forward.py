@@ -160,7 +160,7 @@ def test_unmapped_parameters_are_reported(cli, write_spec, tmp_path):
     for name in ("one", "two", "wide"):
         assert cli("export", f"{path}:{name}", "-o", tmp_path / f"{name}.onnx").exit_code == 0
     line = one_line_error(cli("verify", tmp_path / "one.onnx", tmp_path / "two.onnx"))
-    assert "unmapped in candidate: extra.weight, extra.bias" in line
+    assert "unmapped in candidate (2 of 4): extra.weight, extra.bias" in line
     result, report = verify_json(cli, tmp_path / "one.onnx", tmp_path / "two.onnx", tmp_path,
                                  "--allow-unmapped")
     assert result.exit_code == 1  # the extra layer changes the loss

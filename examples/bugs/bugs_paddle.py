@@ -190,3 +190,35 @@ def bn_classifier():
 def bn_momentum():
     """BatchNorm momentum copied from torch (0.1): Paddle's momentum is torch's 1 - m."""
     return _bn_classifier(0.1)
+
+
+class WeightedHead(nn.Layer):
+    """The port of bugs_torch.WeightedHead; Paddle keeps ``pos_weight`` as a plain tensor
+    attribute of the loss (a constant of the graph), torch as a buffer."""
+
+    def __init__(self, pos_weight) -> None:
+        super().__init__()
+        paddle.seed(0)
+        self.fc = nn.Linear(D, D)
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _weighted_head(pos_weight):
+    def loss(model, x, target):
+        return model.criterion(model(x), target)
+
+    return lg.Spec(model=WeightedHead(pos_weight), loss=loss,
+                   inputs={"x": X, "target": lg.Input([N, D], low=0.0, high=1.0)})
+
+
+def bce_pos_weight():
+    """The correct port: positives weighted 3:1."""
+    return _weighted_head(paddle.full([D], 3.0))
+
+
+def bce_no_pos_weight():
+    """The port that forgets the criterion's ``pos_weight``."""
+    return _weighted_head(None)

@@ -137,3 +137,27 @@ def bn_classifier():
         model=model, loss=classification_loss, inputs=IMG, train=True,
         optimizers={"sgd": torch.optim.SGD(model.parameters(), lr=0.05)},
     )
+
+
+class WeightedHead(nn.Module):
+    """A head whose criterion is a submodule: BCEWithLogits with a positive-class weight, a
+    buffer of the model (``criterion.pos_weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(D, D)
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=torch.full([D], 3.0))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def bce_pos_weight():
+    """Multi-label BCE with logits, positives weighted 3:1."""
+
+    def loss(model, x, target):
+        return model.criterion(model(x), target)
+
+    return lg.Spec(model=WeightedHead(), loss=loss,
+                   inputs={"x": X, "target": lg.Input([N, D], low=0.0, high=1.0)})

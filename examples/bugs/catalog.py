@@ -86,6 +86,13 @@ BUGS = [
         ("--steps", "2"), 0, "update", "bn", "momentum convention", "torch's momentum 0.1 in Paddle"),
     Bug("dropout_rate", "bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier_dropout",
         (), 0, "forward", "drop", "dropouts differ", "Dropout(0.3) instead of 0.5"),
+    Bug("bce_pos_weight_missing", "bugs/bugs_torch.py:bce_pos_weight", "bugs/bugs_paddle.py:bce_no_pos_weight",
+        (), 0, "forward", "criterion", "without counterpart on the other side: in the reference "
+        "criterion.pos_weight (buffer [4], all 3)", "BCEWithLogitsLoss(pos_weight=...) ported without "
+        "its pos_weight (a buffer only one side has)"),
+    Bug("bce_pos_weight_added", "bugs/bugs_paddle.py:bce_no_pos_weight", "bugs/bugs_torch.py:bce_pos_weight",
+        (), 0, "forward", "criterion", "in the candidate criterion.pos_weight (buffer [4], all 3)",
+        "the other direction: an unweighted Paddle original ported with a pos_weight"),
 ]
 
 #: Correct ports: must pass (or differ only by float32 noise, or by the documented running-
@@ -93,6 +100,8 @@ BUGS = [
 CORRECT = [
     ("bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier", ("--steps", "3")),
     ("bugs/bugs_torch.py:gan_train", "bugs/bugs_paddle.py:gan_train", ("--steps", "2")),
+    # torch's pos_weight is a buffer of the loss module, Paddle's a constant: unpaired, equal
+    ("bugs/bugs_torch.py:bce_pos_weight", "bugs/bugs_paddle.py:bce_pos_weight", ("--steps", "2")),
 ]
 
 

@@ -266,22 +266,109 @@ def _checked_map(
             f"{len(cand_params)} in the candidate, none paired by name, name map or structure); "
             f"give a --name-map."
         )
+    if blocks_pairing(reference, candidate, result) and (not allow_unmapped or not good):
+        raise VerificationError(unpaired_summary(reference, candidate, result))
+    return result
+
+
+def blocks_pairing(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> bool:
+    """Whether what could not be paired stops the comparison without --allow-unmapped: a shape
+    mismatch or a trainable parameter without counterpart. Buffers and frozen parameters without
+    counterpart (a loss's ``pos_weight``, a mask) do not: each side keeps its own value, and a
+    difference they make is a divergence that names them."""
+    return bool(
+        pmap.shape_mismatch
+        or any(reference.meta.params[n].trainable for n in pmap.unmapped_reference)
+        or any(candidate.meta.params[n].trainable for n in pmap.unmapped_candidate)
+    )
+
+
+def unpaired_state(graph: LossGraph, names: list[str]) -> list[str]:
+    """The buffers and frozen parameters among ``names`` (unpaired ones of ``graph``)."""
+    return [n for n in names if not graph.meta.params[n].trainable]
+
+
+def describe_unpaired_state(
+    reference: LossGraph, candidate: LossGraph, pmap: ParamMap,
+    within: tuple[set[str], set[str]] | None = None,
+) -> str:
+    """The buffers and frozen parameters without counterpart, described, on each side ("" when
+    none); ``within``: only those among these value names (reference, candidate)."""
+    parts = []
+    for i, (side, graph, names) in enumerate((("reference", reference, pmap.unmapped_reference),
+                                              ("candidate", candidate, pmap.unmapped_candidate))):
+        state = [n for n in unpaired_state(graph, names) if within is None or n in within[i]]
+        if state:
+            values = graph.param_values()
+            shown = [describe_tensor(n, graph.meta.params[n], values.get(n)) for n in state]
+            parts.append(f"in the {side} {_names(shown)}")
+    return "; ".join(parts)
+
+
+def describe_tensor(name: str, info: ParamInfo, value: np.ndarray | None) -> str:
+    """``criterion.pos_weight (buffer [4], all 3)``: kind, shape and values in a few words."""
+    kind = "buffer" if info.kind == "buffer" else "parameter" if info.trainable else "frozen parameter"
+    text = f"{kind} [{', '.join(str(d) for d in info.shape)}]"
+    if value is not None and value.size and np.issubdtype(value.dtype, np.number):
+        low, high = value.min(), value.max()
+        text += f", all {low:g}" if low == high else f", {low:g} to {high:g}"
+    return f"{name} ({text})"
+
+
+#: How many names per side an unpaired-parameters message lists.
+NAMES_SHOWN = 4
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def unpaired_summary(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:
+    """One short line: how many parameters each side could not pair, the first few names, and
+    the layers the difference is made of (a structural difference between the models)."""
+    ref_params, cand_params = reference.meta.params, candidate.meta.params
     problems = []
-    if result.shape_mismatch:
+    if pmap.shape_mismatch:
         problems.append(
             "shape mismatch: "
-            + ", ".join(
-                f"{m['reference']} {m['reference_shape']} vs {m['candidate']} {m['candidate_shape']}"
-                for m in result.shape_mismatch
-            )
+            + _names([f"{m['reference']} {m['reference_shape']} vs {m['candidate']} {m['candidate_shape']}"
+                      for m in pmap.shape_mismatch])
         )
-    if result.unmapped_reference:
-        problems.append("unmapped in reference: " + ", ".join(result.unmapped_reference))
-    if result.unmapped_candidate:
-        problems.append("unmapped in candidate: " + ", ".join(result.unmapped_candidate))
-    if problems and (not allow_unmapped or not good):
-        raise VerificationError(
-            "Parameters could not all be paired (" + "; ".join(problems) + "); fix the model, give "
-            "a --name-map, or pass --allow-unmapped to compare anyway."
-        )
-    return result
+    for side, names, params in (("reference", pmap.unmapped_reference, ref_params),
+                                ("candidate", pmap.unmapped_candidate, cand_params)):
+        if names:
+            problems.append(f"unmapped in {side} ({len(names)} of {len(params)}): " + _names(names))
+    structure = _structural_difference(reference, candidate, pmap)
+    return (
+        "Parameters could not all be paired (" + "; ".join(problems) + ")"
+        + (f"; {structure}" if structure else "")
+        + "; fix the model, give a --name-map, or pass --allow-unmapped to compare anyway."
+    )
+
+
+def _structural_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:
+    """The unpaired parameters' layers, by kind, on each side: "unpaired Linear layers: 2 (a, b)
+    in the reference, 1 (x) in the candidate"."""
+    kinds: dict[str, str] = {}  # canonical kind -> the name shown
+    modules: dict[str, tuple[list[str], list[str]]] = {}
+    for side, names, params in ((0, pmap.unmapped_reference, reference.meta.params),
+                                (1, pmap.unmapped_candidate, candidate.meta.params)):
+        for name in names:
+            info = params[name]
+            kind = canonical_layer(info)
+            kinds.setdefault(kind, info.layer_type or "unknown")
+            module = (info.module if info.attribute else name.rpartition(".")[0]) or "(top level)"
+            found = modules.setdefault(kind, ([], []))[side]
+            if module not in found:
+                found.append(module)
+
+    def count(names: list[str]) -> str:
+        return f"{len(names)} ({_names(names)})" if names else "none"
+
+    parts = [
+        f"{kinds[kind]} layers: {count(ref)} in the reference, {count(cand)} in the candidate"
+        for kind, (ref, cand) in modules.items()
+    ]
+    return "likely a structural difference, unpaired " + "; ".join(parts) if parts else ""

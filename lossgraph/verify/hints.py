@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from lossgraph.graph import LossGraph, OptimizerInfo
+from lossgraph.graph import LossGraph, OptimizerInfo, live_nodes
 from lossgraph.verify.results import Divergence
 
 Hint = Callable[["HintContext"], "str | None"]
@@ -59,6 +59,30 @@ def hints_for(context: HintContext) -> str | None:
 
 
 # --- forward ----------------------------------------------------------------------------------
+
+
+@hint
+def unpaired_state(ctx: HintContext) -> str | None:
+    """A buffer or frozen parameter that has no counterpart on the other side and feeds the
+    diverging node (``values["param_map"]``): a loss's ``pos_weight`` the port left out."""
+    from lossgraph.verify.align import describe_unpaired_state
+
+    pmap = ctx.values.get("param_map")
+    if pmap is None:
+        return None
+    upstream = []
+    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
+        node = ctx.node(side)
+        nodes = live_nodes(graph.model.graph.node, set(node.output)) if node is not None else []
+        upstream.append({i for n in nodes for i in n.input})
+    state = describe_unpaired_state(ctx.ref, ctx.cand, pmap, (upstream[0], upstream[1]))
+    if not state:
+        return None
+    return (
+        f"Upstream of the diverging node, tensors without counterpart on the other side: {state}. "
+        f"The port leaves one out (a loss weight, a mask, a constant of the model) or names it so "
+        f"that it cannot be paired (give a --name-map)."
+    )
 
 
 @hint
@@ -180,10 +204,11 @@ def normalization_epsilon(ctx: HintContext) -> str | None:
 @hint
 def differing_constants(ctx: HintContext) -> str | None:
     """The origin computes with a constant the candidate does not use (a margin, a clamp bound,
-    a weighting); normalization epsilons and BCE's clamp have hints of their own."""
+    a weighting); normalization epsilons, BCE's clamp and tensors without counterpart have hints
+    of their own."""
     diff = _constant_difference(ctx)
     origin = ctx.values.get("origin_constants") or ()
-    if not diff or not origin or normalization_epsilon(ctx):
+    if not diff or not origin or normalization_epsilon(ctx) or unpaired_state(ctx):
         return None
     only_ref, only_cand = diff
     missing = [c for c in origin if c in only_ref]

@@ -17,7 +17,9 @@ import numpy as np
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import InternalError, VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
-from lossgraph.verify.align import ParamMap, build_param_map, load_name_map
+from lossgraph.verify.align import (
+    ParamMap, blocks_pairing, build_param_map, describe_unpaired_state, load_name_map,
+)
 from lossgraph.verify.compare import (
     Tolerance,
     ValueDiff,
@@ -104,12 +106,18 @@ def prepare(
     if isinstance(name_map, (str, Path)):
         name_map = load_name_map(name_map)
     param_map = build_param_map(ref, cand, name_map, options.allow_unmapped)
-    if param_map.unmapped_reference or param_map.unmapped_candidate or param_map.shape_mismatch:
+    ref_params = ref.param_values()
+    if blocks_pairing(ref, cand, param_map):
         warnings.append(
             "Some parameters are not paired (--allow-unmapped); unpaired candidate parameters keep "
             "the candidate's own values."
         )
-    ref_params = ref.param_values()
+    state = describe_unpaired_state(ref, cand, param_map)
+    if state:
+        warnings.append(
+            f"Without counterpart, each side keeps its own values: {state}; a difference they make "
+            f"is reported as a divergence."
+        )
     cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
     dropout = _match_dropouts(ref, cand, param_map, warnings)
     return Setup(
@@ -317,6 +325,7 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
         worst = max(step.losses.values(), key=lambda d: d.abs_diff)
         values.update(ref_loss=worst.reference, cand_loss=worst.candidate)
     values["dropout"] = setup.dropout
+    values["param_map"] = setup.param_map
     context = HintContext(setup.ref, setup.cand, found, values)
     around = {
         "reference": neighbourhood(setup.ref, found.reference_node, values.get("ref_status")),
