@@ -149,6 +149,11 @@ class LossGraph:
             meta = GraphMeta.from_json(props[META_KEY])
         except (KeyError, TypeError, ValueError) as exc:
             raise VerificationError(f"{path} has broken lossgraph metadata ({exc}).") from None
+        invalid = invalid_windows(model.graph)
+        if invalid:
+            raise VerificationError(
+                f"{path} is not a valid ONNX graph: {'; '.join(invalid[:3])} (must be positive)."
+            )
         return cls(model=model, meta=meta, path=str(path))
 
     def save(self, path: str | Path) -> None:
@@ -266,6 +271,38 @@ def rename_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
     rename_values(graph, renames)
     current = [renames.get(n, n) for n in current]
     rename_values(graph, {old: new for old, new in zip(current, names) if old != new})
+
+
+#: Windowed ops and their attributes that must be positive: ONNX's own shape inference (onnx
+#: 1.17) divides by a zero stride and kills the process with SIGFPE instead of raising.
+WINDOW_OPS = ("AveragePool", "MaxPool", "LpPool", "Conv", "ConvTranspose", "ConvInteger",
+              "QLinearConv", "DeformConv", "Col2Im")
+WINDOW_ATTRIBUTES = ("strides", "dilations", "kernel_shape")
+
+
+def invalid_windows(graph: onnx.GraphProto) -> list[str]:
+    """The windowed nodes whose strides, dilations or kernel are not all positive, described
+    ("AveragePool 'pool.0' strides [0, 0]"); ONNX forbids them, and native shape inference
+    crashes on them, so they are found before any native code sees the graph."""
+    found = []
+    for node in graph.node:
+        if node.op_type not in WINDOW_OPS:
+            continue
+        for attr in node.attribute:
+            if attr.name in WINDOW_ATTRIBUTES and any(v <= 0 for v in attr.ints):
+                found.append(f"{node.op_type} {node.name!r} {attr.name} {list(attr.ints)}")
+    return found
+
+
+def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """``model`` with the value types ONNX shape inference finds; inference is best effort: on a
+    graph it fails on (or would crash on, see :func:`invalid_windows`) ``model`` as it is."""
+    if invalid_windows(model.graph):
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    except Exception:  # onnx raises several kinds of errors
+        return model
 
 
 def live_nodes(nodes: Sequence[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:

@@ -856,7 +856,6 @@ BUILDERS = {
 # input side per model (batch BATCH, 3 channels)
 SIZES = {name: 64 for name in BUILDERS}
 SIZES["inception_v3"] = 75
-SIZES["vgg11"] = 224  # 64: Paddle's export dies of SIGFPE (adaptive pool 2x2 -> 7x7)
 
 
 def torchvision_init(name: str, model: nn.Module) -> nn.Module:

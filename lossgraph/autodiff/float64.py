@@ -20,6 +20,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from lossgraph.errors import InternalError, UnsupportedOpError
+from lossgraph.graph import inferred_shapes
 
 _F32, _F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -83,10 +84,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _known_types(model: onnx.ModelProto) -> dict[str, tuple[int, _Dims | None]]:
     """Element type and dims (``None`` = unknown) of every value shape inference can type."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # inference is best effort: a rule that needs a missing shape says so
-        inferred = model
+    # inference is best effort: a rule that needs a missing shape says so
+    inferred = inferred_shapes(model, data_prop=True)
     types: dict[str, tuple[int, _Dims | None]] = {}
     _graph_types(inferred.graph, types)
     return types

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from lossgraph.graph import inferred_shapes
+
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
@@ -114,10 +116,7 @@ def _inferred(model: onnx.ModelProto) -> dict[str, ValueType]:
     """The static types ONNX shape inference (with data propagation) gives the values of
     ``model``; where it fails on an unusual graph, those the model declares (the rest is
     folded or measured)."""
-    try:
-        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    except Exception:
-        graph = model.graph
+    graph = inferred_shapes(model, data_prop=True).graph
     types: dict[str, ValueType] = {}
     for info in [*graph.input, *graph.value_info, *graph.output]:
         value_type = _from_value_info(info)

@@ -116,6 +116,17 @@ KEPT_WHOLE = ("pd_op.relu", "pd_op.relu6", "pd_op.leaky_relu", "pd_op.hardswish"
 #: the program; relu6 and hardtanh mark their Clip's bounds as passing no gradient.
 ATTRIBUTES_PREFIX = "LOSSGRAPH-OP-ATTRIBUTES: "
 ATTRIBUTES_OF = ("leaky_relu", "hardtanh", "relu6")
+#: Adaptive pooling, with its input and output shapes: paddle2onnx writes it as a pool of stride
+#: ``in // out`` and kernel ``in - (out - 1) * stride``, exact only where ``out`` divides ``in``
+#: (upsampling gets stride 0, which crashes ONNX's shape inference).
+POOLS = ("pool2d", "pool3d", "max_pool2d_with_index", "max_pool3d_with_index")
+
+
+def _shape(value: dict) -> list[int] | None:
+    try:
+        return [int(d) for d in value["TT"]["D"][1]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _attributes(op: dict) -> dict:
@@ -133,15 +144,28 @@ def op_attributes(model_json: str) -> dict[str, dict]:
         program = json.load(f)
     counters: dict[str, int] = {}
     found = {}
+    shapes: dict[int, list[int] | None] = {}
     for block in program["program"]["regions"][0]["blocks"]:
         for op in block["ops"]:
+            outs = op.get("O", [])
+            for out in outs if isinstance(outs, list) else [outs]:
+                if isinstance(out, dict) and "%" in out:
+                    shapes[out["%"]] = _shape(out)
             dialect, _, name = str(op.get("#", "")).partition(".")
             if dialect != PD_OP_DIALECT or name in STRUCTURAL_OPS:
                 continue
             counter = counters.get(name, 0)
             counters[name] = counter + 1
-            if name in ATTRIBUTES_OF:
-                found[f"p2o.pd_op.{name}.{counter}.0"] = {"op": name, **_attributes(op)}
+            attrs = _attributes(op)
+            if name in POOLS and attrs.get("adaptive"):
+                ins = [i["%"] for i in op.get("I", []) if isinstance(i, dict) and "%" in i]
+                attrs["in_shape"] = shapes.get(ins[0]) if ins else None
+                attrs["out_shape"] = _shape(outs[0]) if isinstance(outs, list) and outs else None
+                if name.startswith("max_"):
+                    attrs["pooling_type"] = "max"
+            elif name not in ATTRIBUTES_OF:
+                continue
+            found[f"p2o.pd_op.{name}.{counter}.0"] = {"op": name, **attrs}
     return found
 
 

@@ -28,9 +28,11 @@ from onnx import numpy_helper
 from lossgraph.errors import ExportError, SpecError, one_line
 from lossgraph.exporters._p2o_worker import (
     ATTRIBUTES_PREFIX,
+    POOLS,
     STOP_GRADIENT_PREFIX,
     UNSUPPORTED_PREFIX,
 )
+from lossgraph.exporters.adaptive_pool import mend_adaptive_pools
 from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
@@ -266,7 +268,7 @@ def _convert(
          if line.startswith(ATTRIBUTES_PREFIX)),
         {},
     )
-    _mend_kept_ops(proto, attributes)
+    _mend_kept_ops(proto, attributes, struct_paths)
     expected = len(names) + len(trace.state)
     if len(proto.graph.output) != expected or not proto.graph.node:
         raise ExportError(
@@ -443,14 +445,18 @@ def _mark_stop_gradients(proto: onnx.ModelProto, values: list[str]) -> None:
     topological_sort(graph)
 
 
-def _mend_kept_ops(proto: onnx.ModelProto, attributes: Mapping[str, Mapping[str, Any]]) -> None:
+def _mend_kept_ops(
+    proto: onnx.ModelProto, attributes: Mapping[str, Mapping[str, Any]], paths: Mapping[str, str]
+) -> None:
     """Set what paddle2onnx gets wrong in the ops the worker keeps whole, from the program's own
     attributes (``value -> {"op", attributes}``): LeakyRelu's alpha (paddle2onnx writes garbage)
     and marked ``positive`` (Paddle's slope at 0 is 1); hardtanh's bounds (paddle2onnx writes
     Clip(-1, 1) whatever they are); hardtanh's and relu6's Clip marked ``open`` (Paddle passes no
-    gradient at the bounds)."""
+    gradient at the bounds); adaptive pools paddle2onnx writes with the wrong windows
+    (:mod:`lossgraph.exporters.adaptive_pool`; ``paths``: struct names -> module paths)."""
     graph = proto.graph
     producers = {out: node for node in graph.node for out in node.output}
+    pools = []
     for value, attrs in attributes.items():
         node = producers.get(value)
         while node is not None and node.op_type == "Identity" and node.input[0] in producers:
@@ -475,6 +481,9 @@ def _mend_kept_ops(proto: onnx.ModelProto, attributes: Mapping[str, Mapping[str,
                         node.input.append("")
                     node.input[index] = bound.name
             set_node_meta(node, TIE_KEY, "open")
+        elif op in POOLS and node.op_type in ("AveragePool", "MaxPool"):
+            pools.append((node, attrs))
+    mend_adaptive_pools(graph, pools, paths)
 
 
 def _remove_identities(proto: onnx.ModelProto) -> None:

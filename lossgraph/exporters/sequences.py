@@ -12,6 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lossgraph.autodiff.shapes import constant_values
+from lossgraph.graph import inferred_shapes
 
 
 def sequences_as_splits(proto: onnx.ModelProto) -> int:
@@ -92,7 +93,7 @@ def _sizes(dim: int | None, split) -> list[int] | None:
 
 
 def _static_shapes(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    inferred = inferred_shapes(proto)
     out: dict[str, list[int | None]] = {}
     graph = inferred.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:

@@ -18,7 +18,11 @@ from lossgraph.autodiff import build_gradients
 from lossgraph.errors import InternalError, VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
 from lossgraph.verify.align import (
-    ParamMap, blocks_pairing, build_param_map, describe_unpaired_state, load_name_map,
+    ParamMap,
+    blocks_pairing,
+    build_param_map,
+    describe_unpaired_state,
+    load_name_map,
 )
 from lossgraph.verify.compare import (
     Tolerance,

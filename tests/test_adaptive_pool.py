@@ -1,0 +1,124 @@
+"""Adaptive pooling paddle2onnx writes with the wrong windows (issue 19.7): upsampling (VGG's
+7x7 pool after a 2x2 map) used to kill the process with SIGFPE in ONNX's shape inference, and
+sizes that do not divide got the wrong windows. Checked against Paddle's and torch's own
+kernels, gradients and training steps included; a graph with a zero stride is bad input."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from lossgraph.autodiff.shapes import infer_types
+from lossgraph.exporters.adaptive_pool import window_matrix
+from lossgraph.graph import META_KEY, GraphMeta
+from lossgraph.spec import Input
+
+SIZES = [((2, 3), (7, 5)), ((5, 7), (3, 4)), ((4, 6), (2, 3)), ((6, 5), (4, 1)), ((3, 3), (1, 1))]
+
+
+@pytest.mark.parametrize("size_in, size_out", SIZES)
+def test_averaging_matrices_are_paddles_adaptive_average(size_in, size_out):
+    import paddle
+
+    x = np.random.default_rng(0).standard_normal([2, 3, *size_in]).astype(np.float32)
+    want = paddle.nn.functional.adaptive_avg_pool2d(paddle.to_tensor(x), size_out).numpy()
+    (rows, row_sizes), (cols, col_sizes) = (window_matrix(i, o) for i, o in zip(size_in, size_out))
+    mean = (rows @ x / row_sizes[:, None]) @ cols.T / col_sizes
+    np.testing.assert_allclose(mean, want, rtol=1e-6, atol=1e-6)
+
+
+PAIR = """
+import numpy as np
+import lossgraph as lg
+import {fw}
+W = np.random.default_rng(1).standard_normal([2, 4, {oh}, {ow}]).astype(np.float32)
+
+class Net({base}):
+    def __init__(self):
+        super().__init__()
+        {seed}
+        self.conv = {conv}(3, 4, 3, padding=1)
+        self.pool = {pool}(({oh}, {ow}))
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+def spec():
+    def loss(model, x):
+        w = {tensor}(W)
+        return (model(x) * w).sum() + (model(x) ** 2).mean()
+    model = Net()
+    return lg.Spec(model=model, loss=loss, inputs={{"x": lg.Input([2, 3, {ih}, {iw}])}},
+                   optimizers={{"sgd": {sgd}}})
+"""
+TORCH = dict(fw="torch", base="torch.nn.Module", seed="torch.manual_seed(0)", conv="torch.nn.Conv2d",
+             pool="torch.nn.AdaptiveAvgPool2d", tensor="torch.tensor",
+             sgd="torch.optim.SGD(model.parameters(), lr=0.1)")
+PADDLE = dict(fw="paddle", base="paddle.nn.Layer", seed="paddle.seed(0)", conv="paddle.nn.Conv2D",
+              pool="paddle.nn.AdaptiveAvgPool2D", tensor="paddle.to_tensor",
+              sgd="paddle.optimizer.SGD(0.1, parameters=model.parameters())")
+
+
+@pytest.mark.parametrize("size_in, size_out", SIZES[:3], ids=["upsample", "not_dividing", "dividing"])
+def test_paddle_adaptive_average_pool_exports_and_trains_like_torch(
+    cli, write_spec, tmp_path, size_in, size_out
+):
+    sizes = dict(ih=size_in[0], iw=size_in[1], oh=size_out[0], ow=size_out[1])
+    for name, fw in (("t", TORCH), ("p", PADDLE)):
+        path = write_spec(PAIR.format(**fw, **sizes), f"pool_{name}.py")
+        result = cli("export", f"{path}:spec", "-o", tmp_path / f"{name}.onnx")
+        assert result.exit_code == 0, result.output  # the export's eager check passed
+    report = tmp_path / "report.json"
+    result = cli("verify", tmp_path / "t.onnx", tmp_path / "p.onnx", "--grads", "--steps", "3",
+                 "--tol", "1e-6", "--json", report)
+    assert result.exit_code == 0, result.stdout
+    assert json.loads(report.read_text())["passed"]
+
+
+def test_adaptive_max_pool_without_exact_translation_is_one_line(cli, write_spec, tmp_path):
+    path = write_spec("""
+        import paddle
+        import lossgraph as lg
+
+        class Net(paddle.nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.pool = paddle.nn.AdaptiveMaxPool2D((3, 3))
+                self.fc = paddle.nn.Linear(9, 1)
+
+            def forward(self, x):
+                return self.fc(paddle.flatten(self.pool(x), 1))
+
+        def spec():
+            return lg.Spec(model=Net(), loss=lambda m, x: m(x).mean(),
+                           inputs={"x": lg.Input([2, 1, 5, 5])})
+    """)
+    result = cli("export", f"{path}:spec", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "adaptive max pooling in pool from [5, 5] to [3, 3]" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _zero_stride_graph(path):
+    node = helper.make_node("AveragePool", ["x"], ["loss"], name="pool", kernel_shape=[2, 2],
+                            strides=[0, 0])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    meta = GraphMeta(framework="torch", losses=["loss"], inputs={"x": Input([1, 1, 2, 2])}, params={})
+    helper.set_model_props(model, {META_KEY: meta.to_json()})
+    onnx.save(model, str(path))
+    return model
+
+
+def test_a_zero_stride_never_reaches_native_shape_inference(cli, tmp_path):
+    model = _zero_stride_graph(tmp_path / "bad.onnx")
+    assert "x" in infer_types(model)  # best effort, and the process lives
+    result = cli("verify", tmp_path / "bad.onnx", tmp_path / "bad.onnx")
+    assert result.exit_code == 2
+    assert "not a valid ONNX graph: AveragePool 'pool' strides [0, 0]" in result.stderr
