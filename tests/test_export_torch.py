@@ -175,8 +175,8 @@ def test_mistranslation_is_caught(monkeypatch, tmp_path):
     spec = load_spec(f"{LOSSES}/losses_torch.py:mse")
     real = common.record_eager_check
 
-    def skewed(graph, eager, inputs, seed, eager_state=None):
-        real(graph, {k: v + 1.0 for k, v in eager.items()}, inputs, seed, eager_state)
+    def skewed(graph, eager, inputs, seed, eager_state=None, eager_taps=None):
+        real(graph, {k: v + 1.0 for k, v in eager.items()}, inputs, seed, eager_state, eager_taps)
 
     monkeypatch.setattr("lossgraph.exporters.common.record_eager_check", skewed)
     with pytest.raises(lg.ExportError, match="mistranslated"):

@@ -179,3 +179,48 @@ def test_moves_of_parameters_stand_for_the_candidates_parameters():
         "wt": ("w", (0, 1, 3, 2)), "wtt": ("w", (1, 0, 3, 2)), "wtt_same": ("w", (1, 0, 3, 2)),
         "b4": ("b", None), "b4t": ("b", None),
     }
+
+
+def _chain(ops_a, ops_b):
+    """x -> ops_a -> tap a -> ops_b -> tap b -> loss, and a dead tap c = -x."""
+    from onnx import TensorProto, helper
+
+    from lossgraph.graph import GraphMeta, LossGraph
+    from lossgraph.spec import Input
+
+    nodes, value = [], "x"
+    for name, ops in (("a", ops_a), ("b", ops_b)):
+        for k, op in enumerate(ops):
+            nodes.append(helper.make_node(op, [value], [f"{name}{k}"]))
+            value = f"{name}{k}"
+        nodes.append(helper.make_node("Identity", [value], [f"{name}/tap"]))
+        value = f"{name}/tap"
+    nodes += [helper.make_node("ReduceSum", [value], ["loss"]),
+              helper.make_node("Neg", ["x"], ["c"]), helper.make_node("Identity", ["c"], ["c/tap"])]
+    info = helper.make_tensor_value_info
+    model = helper.make_model(helper.make_graph(nodes, "g", [info("x", TensorProto.FLOAT, [4])],
+                                                [info("loss", TensorProto.FLOAT, [])]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    return LossGraph(model, GraphMeta(framework="torch", losses=["loss"], inputs={"x": Input([4])}, params={}))
+
+
+def test_a_module_output_that_ends_elsewhere_is_a_boundary_not_a_divergence():
+    """The candidate's module a includes the Relu the reference runs after it: a differs, and
+    the reference's value after it is the candidate's (a boundary); a real difference at a is
+    not one; a module output nothing reads is no divergence."""
+    import numpy as np
+
+    from lossgraph.verify.compare import Tolerance
+    from lossgraph.verify.localize import Side, boundary_taps, run_values
+
+    x = {"x": np.array([-1.0, 2.0, -3.0, 0.5], np.float32)}
+    ref = Side(_chain(["Neg"], ["Relu", "Exp"]), x, "cpu")
+    fused = Side(_chain(["Neg", "Relu"], ["Exp"]), x, "cpu")
+    other = Side(_chain(["Neg", "Sigmoid"], ["Exp"]), x, "cpu")
+    pairs = {t: (f"{t[0]}/tap", f"{t[0]}/tap") for t in ("a#0", "b#0", "c#0")}
+    tol = Tolerance(1e-6, 0.0)
+    for cand, expected in ((fused, ["a#0", "c#0"]), (other, ["c#0"])):
+        values = {}
+        for tap, (r, c) in pairs.items():
+            values[tap] = (run_values(ref, [r])[r], run_values(cand, [c])[c])
+        assert boundary_taps(ref, cand, pairs, values, ["a#0", "c#0"], tol) == expected

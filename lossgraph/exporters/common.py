@@ -147,11 +147,14 @@ def record_eager_check(
     inputs: Mapping[str, np.ndarray],
     seed: int,
     eager_state: Mapping[str, np.ndarray] | None = None,
+    eager_taps: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Run the exported graph on ONNX Runtime and record its losses next to the eager ones
     (and, in training mode, its updated buffers next to the eager ones).
 
     Raises ExportError when they disagree: the graph would not be a faithful copy of the model.
+    The message names the first module output where they part (``eager_taps``: the eager
+    run's module outputs by tap name) and a known kernel quirk that explains it.
     """
     from lossgraph.verify.inputs import dropout_feeds
     from lossgraph.verify.runtime import OrtRunner
@@ -166,7 +169,8 @@ def record_eager_check(
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=EAGER_MISMATCH, atol=EAGER_MISMATCH):
             raise ExportError(
                 f"The exported graph updates buffer {buffer!r} differently from "
-                f"{graph.framework} eager (max |diff| {np.abs(got - expected).max():.3g})."
+                f"{graph.framework} eager (max |diff| {np.abs(got - expected).max():.3g})"
+                + "".join(f"; {t}" for t in _parting(graph, feeds, eager_taps, output) if t) + "."
             )
     ort = {name: float(np.asarray(ort_values[name]).reshape(())) for name in graph.meta.losses}
     graph.meta.eager = {
@@ -182,12 +186,30 @@ def record_eager_check(
                 f"inputs drawn with seed {seed}; check the inputs' ranges (Input low/high)."
             )
         if not abs(expected - got) <= EAGER_MISMATCH * max(1.0, abs(expected)):
+            where, quirk = _parting(graph, feeds, eager_taps, name)
+            cause = quirk or (
+                "the exporter mistranslated an op of this loss, or a kernel differs beyond "
+                "rounding on these inputs (e.g. a sigmoid saturated to exactly 1 in one runtime "
+                "only)"
+            )
             raise ExportError(
                 f"The exported graph computes loss {name!r} = {got:.9g} on ONNX Runtime, but "
-                f"{graph.framework} eager gives {expected:.9g}: the exporter mistranslated an op "
-                f"of this loss, or a kernel differs beyond rounding on these inputs (e.g. a "
-                f"sigmoid saturated to exactly 1 in one runtime only)."
+                f"{graph.framework} eager gives {expected:.9g}: {cause}"
+                + (f"; {where}" if where else "") + "."
             )
+
+
+def _parting(
+    graph: LossGraph, feeds: Mapping[str, np.ndarray], eager_taps: Mapping[str, np.ndarray] | None,
+    output: str,
+) -> tuple[str, str]:
+    """Where eager and ONNX Runtime part, and a known quirk that explains it (see
+    :func:`lossgraph.exporters.eager_check.where_they_part`)."""
+    from lossgraph.exporters.eager_check import where_they_part
+
+    if eager_taps is None:
+        return "", ""
+    return where_they_part(graph, feeds, eager_taps, output, EAGER_MISMATCH)
 
 
 def absolute_source(source: str) -> str:
@@ -235,10 +257,12 @@ def finish_export(
     inputs: Mapping[str, np.ndarray],
     seed: int,
     training: Any = None,
+    eager_taps: Mapping[str, np.ndarray] | None = None,
 ) -> LossGraph:
     """The LossGraph of an export, its metadata filled, its ``lossgraph.grad`` markers expanded
     into gradient subgraphs, and its losses checked against eager. ``training`` is the
-    :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export."""
+    :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export; ``eager_taps``
+    the eager run's module outputs, which name where a failed check parts."""
     from lossgraph.autodiff.markers import expand_grad_markers
 
     proto = expand_grad_markers(proto, feeds=inputs)
@@ -259,7 +283,7 @@ def finish_export(
         batch_norm=dict(training.batch_norm) if training else {},
     )
     graph = LossGraph(model=proto, meta=meta)
-    record_eager_check(graph, eager, inputs, seed, training.state if training else None)
+    record_eager_check(graph, eager, inputs, seed, training.state if training else None, eager_taps)
     return graph
 
 

@@ -91,7 +91,9 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         with modes:
             # eager values from Paddle's own kernels; the convertible replacements only for tracing
             tensors = {name: paddle.to_tensor(value) for name, value in arrays.items()}
-            with watching("paddle", model) as custom:
+            eager_taps: dict[str, np.ndarray] = {}
+            paths = {id(layer): p for p, layer in model.named_sublayers() if p}
+            with watching("paddle", model) as custom, paddle_taps(model, TapRecorder(paths), eager_taps):
                 losses, single = eager_losses(
                     spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
                     lambda t: int(np.prod(t.shape)),
@@ -102,9 +104,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
                 list(recorder.dropouts), {k: v.numpy().copy() for k, v in recorder.state.items()},
                 dict(recorder.batch_norm),
             )
-            recorder.taps = TapRecorder(
-                {id(layer): p for p, layer in model.named_sublayers() if p}
-            )
+            recorder.taps = TapRecorder(paths)
             with (
                 convertible_ops(),
                 exporting("paddle"),
@@ -132,6 +132,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         optimizers=_optimizer_infos(spec, model),
         lr_schedulers=_lr_scheduler_infos(spec),
         eager=eager,
+        eager_taps=eager_taps,
         inputs=arrays,
         seed=seed,
         training=trace if spec.train else None,

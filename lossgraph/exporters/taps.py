@@ -55,7 +55,11 @@ def _tap_outputs(output: Any, tap_one: Any, suffix: str = "") -> Any:
 
 
 @contextlib.contextmanager
-def torch_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
+def torch_taps(
+    model: Any, recorder: TapRecorder, record: dict[str, np.ndarray] | None = None
+) -> Iterator[None]:
+    """Mark every submodule output for :func:`mark_taps` while the model is traced; with
+    ``record``, an eager run instead: keep each output's value under its tap name."""
     import torch
 
     def tap_one(module: Any, tensor: Any, suffix: str) -> Any:
@@ -63,6 +67,9 @@ def torch_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
             return tensor
         name = recorder.name_for(module, suffix)
         if name is None:
+            return tensor
+        if record is not None:
+            record[name] = tensor.detach().cpu().numpy().copy()
             return tensor
         index = len(recorder.names)
         recorder.names.append(name)
@@ -73,7 +80,7 @@ def torch_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
     def hook(module: Any, inputs: Any, output: Any) -> Any:
         result = _tap_outputs(output, lambda t, s: tap_one(module, t, s))
         recorder.finish_call(module)
-        return result
+        return result if record is None else None  # recording leaves the output as it is
 
     handles = [m.register_forward_hook(hook) for path, m in model.named_modules() if path]
     try:
@@ -84,7 +91,10 @@ def torch_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def paddle_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
+def paddle_taps(
+    model: Any, recorder: TapRecorder, record: dict[str, np.ndarray] | None = None
+) -> Iterator[None]:
+    """:func:`torch_taps` for Paddle layers."""
     import paddle
 
     def tap_one(layer: Any, tensor: Any, suffix: str) -> Any:
@@ -95,6 +105,9 @@ def paddle_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
         name = recorder.name_for(layer, suffix)
         if name is None:
             return tensor
+        if record is not None:
+            record[name] = tensor.numpy().copy()
+            return tensor
         index = len(recorder.names)
         recorder.names.append(name)
         head = paddle.to_tensor([TAP_TAG, float(index)], dtype=tensor.dtype)
@@ -104,7 +117,7 @@ def paddle_taps(model: Any, recorder: TapRecorder) -> Iterator[None]:
     def hook(layer: Any, inputs: Any, output: Any) -> Any:
         result = _tap_outputs(output, lambda t, s: tap_one(layer, t, s))
         recorder.finish_call(layer)
-        return result
+        return result if record is None else None  # recording leaves the output as it is
 
     handles = [
         layer.register_forward_post_hook(hook)

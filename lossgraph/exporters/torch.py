@@ -15,6 +15,8 @@ import logging
 import re
 from typing import Any
 
+import numpy as np
+
 from lossgraph.errors import ExportError, SpecError, one_line
 from lossgraph.exporters.common import (
     eager_losses,
@@ -73,7 +75,9 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     modes = torch_training(recorder) if spec.train else contextlib.nullcontext()
     try:
         with modes:
-            with watching("torch", model) as custom:
+            eager_taps: dict[str, np.ndarray] = {}
+            paths = {id(m): p for p, m in model.named_modules() if p}
+            with watching("torch", model) as custom, torch_taps(model, TapRecorder(paths), eager_taps):
                 losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
             custom.refuse(spec.source or "the spec")
             eager = {name: float(value.detach().double()) for name, value in losses.items()}
@@ -86,7 +90,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses), recorder, trace)
             wrapper.train(spec.train)
             _register_stack_anchors(spec)
-            recorder.taps = TapRecorder({id(m): p for p, m in model.named_modules() if p})
+            recorder.taps = TapRecorder(paths)
             with exporting("torch"), torch_taps(model, recorder.taps):
                 proto = _run_exporter(
                     spec, wrapper, tuple(tensors.values()) + masks,
@@ -109,6 +113,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         optimizers=_optimizer_infos(spec, model),
         lr_schedulers=_lr_scheduler_infos(spec),
         eager=eager,
+        eager_taps=eager_taps,
         inputs=arrays,
         seed=seed,
         training=trace if spec.train else None,

@@ -234,6 +234,7 @@ def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator
     from paddle.nn.layer import norm
 
     original_forward = norm._BatchNormBase.forward
+    original_legacy = norm.BatchNorm.forward
     original_dropout = F.dropout
     import paddle.nn.functional.common as common
 
@@ -241,6 +242,13 @@ def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator
         if not layer.training or layer._use_global_stats:
             return original_forward(layer, input)
         return _paddle_batch_norm_train(layer, input, recorder)
+
+    def legacy_batch_norm_forward(layer: Any, input: Any) -> Any:
+        """``paddle.nn.BatchNorm`` (the fluid-era layer, with ``act``; not a _BatchNormBase)."""
+        if not layer.training or layer._use_global_stats:
+            return original_legacy(layer, input)
+        y = _paddle_batch_norm_train(layer, input, recorder)
+        return getattr(F, layer._act)(y) if layer._act else y
 
     def dropout(x: Any, p: float = 0.5, axis: Any = None, training: bool = True,
                 mode: str = "upscale_in_train", name: Any = None, **kwargs: Any) -> Any:
@@ -256,12 +264,14 @@ def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator
 
     if batch_norm:
         norm._BatchNormBase.forward = batch_norm_forward
+        norm.BatchNorm.forward = legacy_batch_norm_forward
     F.dropout = dropout
     common.dropout = dropout
     try:
         yield
     finally:
         norm._BatchNormBase.forward = original_forward
+        norm.BatchNorm.forward = original_legacy
         F.dropout = original_dropout
         common.dropout = original_dropout
 
@@ -271,10 +281,11 @@ def _paddle_batch_norm_train(layer: Any, x: Any, recorder: StepRecorder) -> Any:
     biased variance (Paddle's kernel; torch uses the unbiased one)."""
     import paddle
 
-    if layer._data_format not in ("NCHW", "NCL", "NC", "NCDHW"):
+    layout = getattr(layer, "_data_format", None) or getattr(layer, "_data_layout", "NCHW")
+    if layout not in ("NCHW", "NCL", "NC", "NCDHW"):
         raise ExportError(
             f"lossgraph exports training-mode BatchNorm in channels-first layout only, got "
-            f"{layer._data_format!r}."
+            f"{layout!r}."
         )
     axes = [0, *range(2, len(x.shape))]
     shape = [1, -1] + [1] * (len(x.shape) - 2)

@@ -29,7 +29,15 @@ import onnx
 
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
-from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, TAP_KEY, LossGraph, node_meta
+from lossgraph.graph import (
+    SCOPE_KEY,
+    SOURCE_KEY,
+    STOP_GRADIENT_KEY,
+    TAP_KEY,
+    LossGraph,
+    live_nodes,
+    node_meta,
+)
 from lossgraph.verify.align import ParamMap
 from lossgraph.verify.compare import Tolerance
 from lossgraph.verify.results import Divergence
@@ -277,22 +285,91 @@ def _scope_of(
     return scope or module
 
 
+#: How many nodes past a module output a boundary drawn elsewhere may end (an activation, a
+#: reshape and an activation, ...).
+BOUNDARY_DEPTH = 4
+
+
+def boundary_taps(
+    ref: Side, cand: Side, paired: Mapping[str, tuple[str, str]],
+    values: Mapping[str, tuple[np.ndarray, np.ndarray]], differing: Iterable[str], tol: Tolerance,
+) -> list[str]:
+    """The ``differing`` module outputs (reference tap names; ``paired``: tap -> its value
+    names on both sides, ``values``: their values) that are no divergence. Modules pair
+    through their parameters, but one side's layer may end elsewhere: Paddle's
+    ``BatchNorm(act="relu")`` includes the ReLU its torch port has as a module of its own. Such
+    an output has its value on the other side a few nodes later, before the next module output
+    (torch's ReLU after the BatchNorm computes what Paddle's BatchNorm returns); a semantic
+    difference does not. A module output no graph output reads is no divergence either."""
+    differing = list(differing)
+    if not differing:
+        return []
+    stops = [{r for r, _ in paired.values()}, {c for _, c in paired.values()}]
+    later: list[dict[str, list[str]]] = [{}, {}]  # tap -> values after it, per side
+    for i, side in enumerate((ref, cand)):
+        graph = side.model.graph
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        for tap in differing:
+            later[i][tap] = _values_after(consumers, paired[tap][i], stops[i])
+    found = [run_values(side, sorted({v for names in later[i].values() for v in names}))
+             for i, side in enumerate((ref, cand))]
+    outputs = {o.name for o in ref.model.graph.output}
+    live = {o for n in live_nodes(list(ref.model.graph.node), outputs) for o in n.output}
+    out = []
+    for tap in differing:
+        ref_value, cand_value = values[tap]
+        if paired[tap][0] not in live or any(
+            _agree(found[0][v], cand_value, tol) for v in later[0][tap]
+        ) or any(_agree(ref_value, found[1][v], tol) for v in later[1][tap]):
+            out.append(tap)
+    return out
+
+
+def _values_after(
+    consumers: Mapping[str, list[onnx.NodeProto]], start: str, stops: set[str]
+) -> list[str]:
+    """The values computed from ``start`` within :data:`BOUNDARY_DEPTH` nodes, short of the
+    next module outputs (``stops``)."""
+    out: list[str] = []
+    frontier = [start]
+    for _ in range(BOUNDARY_DEPTH):
+        frontier = [o for v in frontier for n in consumers.get(v, []) for o in n.output
+                    if o and o not in stops and o not in out]
+        out.extend(frontier)
+    return out
+
+
+def tap_pairs(ref: LossGraph, cand: LossGraph, param_map: ParamMap) -> dict[str, tuple[str, str]]:
+    """Every module output tapped on both sides, paired through the module map: reference tap
+    name -> (its value, the candidate's value)."""
+    modules = module_map(param_map, ref, cand)
+    ref_taps, cand_taps = taps(ref), taps(cand)
+    return {t: (ref_taps[t], cand_taps[translate_tap(t, modules)]) for t in ref_taps
+            if translate_tap(t, modules) in cand_taps}
+
+
 def paired_taps(
-    ref: Side, cand: Side, param_map: ParamMap
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
     """Every module output tapped on both sides (reference tap name -> both values), paired
-    through the module map, where both have one shape."""
-    modules = module_map(param_map, ref.graph, cand.graph)
-    ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
-    pairs = {t: cand_taps[translate_tap(t, modules)] for t in ref_taps if translate_tap(t, modules) in cand_taps}
+    through the module map, where both have one shape, less those whose difference is a
+    module boundary drawn elsewhere (:func:`boundary_taps`); and those (reference tap ->
+    candidate tap)."""
+    pairs = tap_pairs(ref.graph, cand.graph, param_map)
     if not pairs:
-        return {}
-    ref_values = run_values(ref, [ref_taps[t] for t in pairs])
-    cand_values = run_values(cand, list(pairs.values()))
-    return {
-        t: (ref_values[ref_taps[t]], cand_values[c]) for t, c in pairs.items()
-        if np.shape(ref_values[ref_taps[t]]) == np.shape(cand_values[c])
-    }
+        return {}, {}
+    ref_values = run_values(ref, [r for r, _ in pairs.values()])
+    cand_values = run_values(cand, [c for _, c in pairs.values()])
+    values = {t: (ref_values[r], cand_values[c]) for t, (r, c) in pairs.items()
+              if np.shape(ref_values[r]) == np.shape(cand_values[c])}
+    differing = [t for t, (a, b) in values.items() if not _agree(a, b, tol)]
+    boundaries = boundary_taps(ref, cand, pairs, values, differing, tol)
+    modules = module_map(param_map, ref.graph, cand.graph)
+    return ({t: v for t, v in values.items() if t not in boundaries},
+            {t: translate_tap(t, modules) for t in boundaries})
 
 
 def localize_forward(
@@ -303,11 +380,17 @@ def localize_forward(
     what the hints need to know about it (see :class:`Origin`). ``loss_agrees``: whether the
     loss is already known to agree (measured here when None)."""
     modules = module_map(param_map, ref.graph, cand.graph)
-    ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
-    pairs = {t: cand_taps[translate_tap(t, modules)] for t in ref_taps if translate_tap(t, modules) in cand_taps}
-    ref_values = run_values(ref, [ref_taps[t] for t in pairs])
+    named = tap_pairs(ref.graph, cand.graph, param_map)
+    ref_taps = {t: r for t, (r, _) in named.items()}
+    pairs = {t: c for t, (_, c) in named.items()}
+    ref_values = run_values(ref, list(ref_taps.values()))
     cand_values = run_values(cand, list(pairs.values()))
     diverged = [t for t in pairs if not _agree(ref_values[ref_taps[t]], cand_values[pairs[t]], tol)]
+    boundaries = boundary_taps(
+        ref, cand, named, {t: (ref_values[ref_taps[t]], cand_values[pairs[t]]) for t in diverged},
+        diverged, tol,
+    )
+    diverged = [t for t in diverged if t not in boundaries]
     tap = diverged[0] if diverged else ""
     if diverged:
         target, cand_target = ref_taps[tap], pairs[tap]
@@ -328,7 +411,7 @@ def localize_forward(
             cand_values.update(run_values(cand, [cand_target]))
         return _max_diff(ref_values[target], cand_values[cand_target])
 
-    agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged}
+    agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged and t not in boundaries}
     agreed.update({name: name for name in ref.graph.meta.inputs})
     agreed.update({p.reference: p.candidate for p in param_map.pairs})
     origin = _origin_in_region(ref, cand, target, cand_target, agreed, tol)

@@ -209,7 +209,17 @@ def compare_taps(setup: Setup, options: VerifyOptions) -> dict[str, ValueDiff]:
                             **setup.ref_params}, options.device)
     cand = _side(setup.cand, {**_with_masks(setup.inputs, setup.cand, options.seed, 0, setup.dtype),
                               **setup.cand_params}, options.device)
-    return {name: compare_arrays(a, b, setup.tol) for name, (a, b) in paired_taps(ref, cand, setup.param_map).items()}
+    values, boundaries = paired_taps(ref, cand, setup.param_map, setup.tol)
+    if boundaries and setup.dtype == "float32":  # the float64 re-run shares the warnings
+        shown = [f"reference {t.partition('#')[0]} vs candidate {c.partition('#')[0]}"
+                 for t, c in list(boundaries.items())[:4]]
+        setup.warnings.append(
+            "Module outputs that differ only by where a module ends (the other side computes "
+            "the same value a few nodes later, e.g. an activation inside one side's layer), or "
+            "that nothing reads, so no divergence: " + ", ".join(shown)
+            + (f" and {len(boundaries) - 4} more" if len(boundaries) > 4 else "") + "."
+        )
+    return {name: compare_arrays(a, b, setup.tol) for name, (a, b) in values.items()}
 
 
 def run_verify(
