@@ -410,6 +410,20 @@ def test_dropouts_match_by_scope_then_position():
     loose = match_dropouts([_call("enc.dropout"), _call("head")], [_call("encoder"), _call("out")])
     assert loose.complete and loose.candidate_indices == [0, 1]
     assert loose.by_position == [(0, 0), (1, 1)]
+    # torch drops the pooled [N, C, 1, 1], Paddle the flattened [N, C] (inception_v3): the
+    # same draws in the same order, so they pair and their masks agree element by element
+    pooled = match_dropouts([_call("dropout", (2, 8, 1, 1))], [_call("dropout", (2, 8))])
+    assert pooled.complete and pooled.candidate_indices == [0]
+    assert not match_dropouts([_call("dropout", (2, 8, 1, 1))], [_call("dropout", (8, 2))]).complete
+
+
+def test_masks_of_one_layout_are_the_same_draws():
+    import numpy as np
+
+    from lossgraph.verify.inputs import draw_mask
+
+    four = draw_mask(0.3, 1 / 0.7, [2, 8, 1, 1], seed=0, step=1, index=2)
+    np.testing.assert_array_equal(four.reshape(2, 8), draw_mask(0.3, 1 / 0.7, [2, 8], 0, 1, 2))
 
 
 def test_unmatched_dropouts_get_masks_of_their_own():

@@ -426,7 +426,7 @@ def dropout_masks(ctx: HintContext) -> str | None:
             for j, k in rates
         ))
     if match.unmatched_reference:
-        parts.append("no candidate counterpart (same scope and mask shape) for reference "
+        parts.append("no candidate counterpart (same scope and mask shape, size-1 axes aside) for reference "
                      + describe_dropouts(ctx.ref, match.unmatched_reference))
     if match.unmatched_candidate:
         parts.append("no reference counterpart for candidate "

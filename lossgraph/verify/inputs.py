@@ -144,6 +144,13 @@ class DropoutMatch:
         return not self.unmatched_reference and not self.unmatched_candidate
 
 
+def mask_layout(shape: Sequence[int]) -> list[int]:
+    """A mask shape without its 1s: masks of one layout are the same draws in the same order
+    (:func:`draw_mask`), so torch's dropout of a pooled [N, C, 1, 1] and Paddle's of the
+    flattened [N, C] (inception_v3) correspond element by element."""
+    return [int(d) for d in shape if d != 1]
+
+
 def match_dropouts(
     reference: Sequence[Mapping[str, Any]],
     candidate: Sequence[Mapping[str, Any]],
@@ -151,7 +158,8 @@ def match_dropouts(
 ) -> DropoutMatch:
     """Pair the dropouts of two graphs by scope and position.
 
-    A reference dropout corresponds to a candidate dropout of the same mask shape whose scope is
+    A reference dropout corresponds to a candidate dropout of the same mask layout
+    (:func:`mask_layout`: the shape without its 1s) whose scope is
     the reference's scope translated into the candidate's module paths (``modules``: the
     parameter map's :func:`~lossgraph.verify.localize.module_map`, parents included); graphs
     exported before scopes were recorded match on shape alone. Among such candidates the one at the same position is taken, else the first one
@@ -163,7 +171,7 @@ def match_dropouts(
     modules = modules or {}
 
     def fits(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> bool:
-        if list(ref["shape"]) != list(cand["shape"]):
+        if mask_layout(ref["shape"]) != mask_layout(cand["shape"]):
             return False
         a, b = ref.get("scope"), cand.get("scope")
         return a is None or b is None or translate_tap(a, modules) == b
@@ -181,7 +189,7 @@ def match_dropouts(
         pairs.append((j, k))
     by_position = []
     for j in list(unmatched_reference):
-        k = next((k for k in free if list(reference[j]["shape"]) == list(candidate[k]["shape"])), None)
+        k = next((k for k in free if mask_layout(reference[j]["shape"]) == mask_layout(candidate[k]["shape"])), None)
         if k is not None:
             free.remove(k)
             unmatched_reference.remove(j)

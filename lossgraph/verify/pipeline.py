@@ -147,7 +147,7 @@ def _match_dropouts(
         if match.unmatched_candidate:
             sides.append(f"candidate {describe_dropouts(cand, match.unmatched_candidate)}")
         warnings.append(
-            "Dropout masks cannot all be matched (by scope and mask shape); these dropouts get "
+            "Dropout masks cannot all be matched (by scope and mask shape, size-1 axes aside); these dropouts get "
             "masks of their own: " + "; ".join(sides) + "."
         )
     if match.by_position:
