@@ -90,9 +90,16 @@ def with_parents(modules: Mapping[str, str]) -> dict[str, str]:
             implied.setdefault(".".join(left), set()).add(".".join(right))
     out = dict(modules)
     for a, targets in implied.items():
-        if a not in out and len(targets) == 1:
+        if a not in out and len(targets) == 1 and _encloses(a, next(iter(targets)), modules):
             out[a] = next(iter(targets))
     return out
+
+
+def _encloses(a: str, b: str, modules: Mapping[str, str]) -> bool:
+    """Whether the paired modules inside ``a`` are exactly those paired inside ``b``: torch's
+    shufflenet ``branch1`` (depthwise conv, BatchNorm, conv, BatchNorm, ReLU) is not Paddle's
+    ``_conv_dw_1`` although its first conv is that one's, for its third is ``_conv_linear_1``'s."""
+    return all(m.startswith(a + ".") == n.startswith(b + ".") for m, n in modules.items())
 
 
 def translate_tap(name: str, modules: Mapping[str, str]) -> str:
@@ -288,6 +295,9 @@ def _scope_of(
 #: How many nodes past a module output a boundary drawn elsewhere may end (an activation, a
 #: reshape and an activation, ...).
 BOUNDARY_DEPTH = 4
+#: A boundary's later value matches the other side's to this fraction of the difference
+#: between the two module outputs (or to the absolute tolerance).
+BOUNDARY_MATCH = 1e-2
 
 
 def boundary_taps(
@@ -321,11 +331,19 @@ def boundary_taps(
     out = []
     for tap in differing:
         ref_value, cand_value = values[tap]
+        # the value found later must be far closer to the other side's than the two module
+        # outputs are to each other: a semantic difference too small for value matching
+        # (Sigmoid for Hardsigmoid, 3e-5 apart) must not pass for a boundary
+        close = max(tol.atol, BOUNDARY_MATCH * _max_diff(ref_value, cand_value))
         if paired[tap][0] not in live or any(
-            _agree(found[0][v], cand_value, tol) for v in later[0][tap]
-        ) or any(_agree(ref_value, found[1][v], tol) for v in later[1][tap]):
+            _within(found[0][v], cand_value, close) for v in later[0][tap]
+        ) or any(_within(ref_value, found[1][v], close) for v in later[1][tap]):
             out.append(tap)
     return out
+
+
+def _within(a: np.ndarray, b: np.ndarray, bound: float) -> bool:
+    return np.shape(a) == np.shape(b) and _max_diff(a, b) <= bound
 
 
 def _values_after(
@@ -374,18 +392,21 @@ def paired_taps(
 
 def localize_forward(
     ref: Side, cand: Side, param_map: ParamMap, tol: Tolerance, step: int, loss: str | None,
-    loss_agrees: bool | None = None,
+    loss_agrees: bool | None = None, failing_taps: Sequence[str] = (),
 ) -> tuple[Divergence | None, dict[str, object]]:
     """The forward origin of a divergence (None if neither a tap nor the loss diverges), and
     what the hints need to know about it (see :class:`Origin`). ``loss_agrees``: whether the
-    loss is already known to agree (measured here when None)."""
+    loss is already known to agree (measured here when None); ``failing_taps``: module outputs
+    the comparison found diverging (under the tolerance rule, noise aside), which diverge here
+    too although value matching, looser by :data:`MATCH_RTOL`, would let them agree."""
     modules = module_map(param_map, ref.graph, cand.graph)
     named = tap_pairs(ref.graph, cand.graph, param_map)
     ref_taps = {t: r for t, (r, _) in named.items()}
     pairs = {t: c for t, (_, c) in named.items()}
     ref_values = run_values(ref, list(ref_taps.values()))
     cand_values = run_values(cand, list(pairs.values()))
-    diverged = [t for t in pairs if not _agree(ref_values[ref_taps[t]], cand_values[pairs[t]], tol)]
+    diverged = [t for t in pairs
+                if t in failing_taps or not _agree(ref_values[ref_taps[t]], cand_values[pairs[t]], tol)]
     boundaries = boundary_taps(
         ref, cand, named, {t: (ref_values[ref_taps[t]], cand_values[pairs[t]]) for t in diverged},
         diverged, tol,

@@ -314,6 +314,7 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
         found, origin = localize_forward(
             ref_side, cand_side, setup.param_map, setup.tol, step.step, loss,
             loss_agrees=step.losses[loss].passed if loss in step.losses else None,
+            failing_taps=[t for t, d in step.taps.items() if not d.passed],
         )
         values.update(origin)
         if found is None and phase == "backward":
