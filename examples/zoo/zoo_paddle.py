@@ -52,6 +52,25 @@ def torchvision_inception(model: nn.Layer) -> nn.Layer:
     return model
 
 
+class ExactHardsigmoid(nn.Layer):
+    """torchvision's gate: ``relu6(x + 3) / 6``. Paddle's ``nn.Hardsigmoid`` multiplies by the
+    decimal ``slope=0.1666667`` (2e-7 relative), which training-mode BatchNorm over 8 values
+    per channel amplifies past 1e-6, also in float64 (see README.md)."""
+
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+def torchvision_mobilenet_v3(model: nn.Layer) -> nn.Layer:
+    """Make Paddle's MobileNetV3 squeeze-excitation gates torchvision's exact x / 6 + 1/2."""
+    from paddle.vision.models.mobilenetv3 import SqueezeExcitation
+
+    for layer in model.sublayers():
+        if isinstance(layer, SqueezeExcitation) and isinstance(layer.scale_activation, nn.Hardsigmoid):
+            layer.scale_activation = ExactHardsigmoid()
+    return model
+
+
 def _stock(name: str) -> nn.Layer:
     paddle.seed(0)
     if name == "shufflenet_v2_x0_5":
@@ -112,6 +131,8 @@ def build(name: str) -> nn.Layer:
         model = torchvision_squeezenet(model)
     elif name == "inception_v3":
         model = torchvision_inception(model)
+    elif name == "mobilenet_v3_small":
+        model = torchvision_mobilenet_v3(model)
     return torchvision_init(name, model)
 
 
@@ -155,6 +176,9 @@ def inception_v3_train(): return make_spec("inception_v3", train=True)
 def squeezenet1_1_stock(): return make_spec("squeezenet1_1", torchvision_init("squeezenet1_1", _stock("squeezenet1_1")))
 def squeezenet1_1_stock_train():
     return make_spec("squeezenet1_1", torchvision_init("squeezenet1_1", _stock("squeezenet1_1")), train=True)
+def mobilenet_v3_small_stock_train():
+    return make_spec("mobilenet_v3_small", torchvision_init("mobilenet_v3_small", _stock("mobilenet_v3_small")),
+                     train=True)
 def inception_v3_stock(): return make_spec("inception_v3", torchvision_init("inception_v3", _stock("inception_v3")))
 def inception_v3_stock_train():
     return make_spec("inception_v3", torchvision_init("inception_v3", _stock("inception_v3")), train=True)
