@@ -118,7 +118,7 @@ def verify(
 
     Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
     element-wise. Noise rule: both graphs are re-run in float64 (with the hyper-parameters each
-    framework's float32 run computes with); a diff above the tolerance is float32 rounding noise
+    framework's float32 run computes with, what derives from them exact); a diff above the tolerance is float32 rounding noise
     when the float64 re-run of the same comparison is within the tolerance, and semantic
     otherwise. Noise does not count (unless --strict). Exit codes: 0 all within
     tolerance (or only noise), 1 divergence, 2 bad usage or input.

@@ -73,6 +73,43 @@ def test_float64_updates_compute_with_the_float32_hyper_parameters(framework):
         assert np.max(np.abs(runs["float64", None] - exact)) > 1e-7
 
 
+def _adam_runs(beta2_paddle: float, scalars: str) -> tuple[np.ndarray, np.ndarray]:
+    """torch Adam and Paddle Adam (lr 2e-4, betas (0.5, beta2), weight decay 1e-5) for 4 float64
+    steps from one start, on gradients near Adam's epsilon as well as large ones."""
+    torch = OptimizerInfo(cls="Adam", framework="torch", groups=[
+        {"params": ["w"], "lr": 2e-4, "betas": (0.5, 0.999), "eps": 1e-8, "weight_decay": 1e-5}])
+    paddle = OptimizerInfo(cls="Adam", framework="paddle", groups=[
+        {"params": ["w"], "learning_rate": 2e-4, "beta1": 0.5, "beta2": beta2_paddle,
+         "epsilon": 1e-8, "weight_decay": 1e-5}])
+    params = {"w": ParamInfo([64], "float32", True)}
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=64)
+    grads = [rng.normal(size=64) * np.logspace(-10, 2, 64) for _ in range(4)]
+    runs = []
+    for info in (torch, paddle):
+        update = build_update(info, params, dtype="float64", scalars=scalars)
+        value, state = {"w": w}, update.init_state()
+        for g in grads:
+            value, state = update.step(value, {"w": g}, state, 2e-4)
+        runs.append(np.asarray(value["w"]))
+    return runs[0], runs[1]
+
+
+def test_the_noise_floor_computes_one_adam_in_two_orders_to_float64_rounding():
+    """torch and Paddle write Adam in two orders (torch divides by its bias corrections computed
+    in Python, Paddle folds them into lr_t and eps_t from float32 accumulators). With each
+    framework's float32 scalars the float64 re-runs differ at float32 size, which GAN training
+    amplifies past 1e-6 (the DiscoGAN training pair); with float32 hyper-parameters and exact
+    derived scalars they agree to float64 rounding, and a beta2 that differs in float32 still
+    differs."""
+    torch, paddle = _adam_runs(0.999, "hyper-float32")
+    assert np.max(np.abs(torch - paddle)) < 1e-15
+    torch, paddle = _adam_runs(0.999, "float32")
+    assert np.max(np.abs(torch - paddle)) > 1e-12
+    torch, paddle = _adam_runs(0.9991, "hyper-float32")
+    assert np.max(np.abs(torch - paddle)) > 1e-9
+
+
 MOMENTUM_TORCH = """
 import torch
 import lossgraph as lg

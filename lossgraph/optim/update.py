@@ -74,6 +74,22 @@ def unsupported(framework: str, cls: str, setting: str, why: str) -> Unsupported
     return UnsupportedOpError(f"{framework} {cls} with {setting} is not supported: {why}.")
 
 
+#: ``scalars`` of a float64 update whose hyper-parameters are float32 values and whose derived
+#: scalars are exact (see :func:`build_update`).
+HYPER_FLOAT32 = "hyper-float32"
+
+
+def _rounded(value: Any) -> Any:
+    """Every float in a hyper-parameter (dicts and lists included) rounded to float32."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rounded(v) for v in value)
+    if isinstance(value, float):
+        return float(np.float32(value))
+    return value
+
+
 @dataclass
 class _Member:
     name: str
@@ -96,7 +112,7 @@ class OptimizerUpdate:
         scalars: str | None = None,
     ) -> None:
         for name in (dtype, scalars or dtype):
-            if name not in DTYPES:
+            if name not in DTYPES and name != HYPER_FLOAT32:
                 raise VerificationError(f"Unknown dtype {name!r}; use one of {', '.join(DTYPES)}.")
         rule = RULES.get((info.framework, info.cls))
         if rule is None:
@@ -108,6 +124,10 @@ class OptimizerUpdate:
         self.info = info
         self.dtype = dtype
         self.np_dtype = DTYPES[dtype][0]
+        #: hyper-parameters (and learning rates) are rounded to float32 first, then everything
+        #: derived from them is computed in ``dtype`` (see build_update)
+        self.hyper_float32 = scalars == HYPER_FLOAT32
+        scalars = dtype if self.hyper_float32 else scalars
         self.scalar_dtype = DTYPES[scalars or dtype][0]
         self.members: list[_Member] = []
         graph = UpdateGraph(dtype, scalars)
@@ -119,6 +139,7 @@ class OptimizerUpdate:
                         f"graph does not have."
                     )
                 hp = rule.hyper(info.cls, group, name)
+                hp = _rounded(hp) if self.hyper_float32 else hp
                 member = _Member(name, index, list(params[name].shape), rule, hp, rule.slots(hp))
                 rule.build(graph.scope(name, member.shape), hp)
                 self.members.append(member)
@@ -158,7 +179,7 @@ class OptimizerUpdate:
                 f"{self.info.cls} has {len(self.info.groups)} parameter groups but got "
                 f"{len(lrs)} learning rates."
             )
-        return lrs
+        return [_rounded(x) for x in lrs] if self.hyper_float32 else lrs
 
     def step(
         self,
@@ -215,6 +236,17 @@ def build_update(
     scalars: str | None = None,
 ) -> OptimizerUpdate:
     """The update graph of an exported optimizer, ready to step (see :mod:`lossgraph.optim`).
-    ``scalars="float32"`` with ``dtype="float64"``: hyper-parameters and per-step scalars take
-    the values a float32 run computes with (the noise floor's exact re-run of float32 training)."""
+
+    With ``dtype="float64"``, ``scalars`` says which values the update computes with:
+
+    - ``None``: hyper-parameters and per-step scalars in float64, as given;
+    - ``"float32"``: every scalar as the framework's float32 program holds it, the derived ones
+      (torch's bias corrections, ``1 - beta``) rounded to float32 too: the float32 run's
+      arithmetic exactly, rounding of each scalar included;
+    - ``"hyper-float32"`` (the noise floor's re-run): the hyper-parameters and learning rates
+      rounded to float32, which is how both frameworks' float32 programs hold them, and
+      everything derived from them exact. Two frameworks that write one algorithm in different
+      orders (torch's and Paddle's Adam) then compute the same update up to float64 rounding,
+      while settings that differ in float32 stay different.
+    """
     return OptimizerUpdate(info, params, dtype=dtype, device=device, scalars=scalars)

@@ -3,7 +3,8 @@
 Both graphs are converted to float64 (``lossgraph.autodiff.float64``) and everything that was
 compared — the forward check, gradients, training steps — is run again from the same values
 (the float32 inputs and weights, widened), with every hyper-parameter at the value the float32
-program computes with (a framework that rounds 0.9 to float32 is re-run with that float32 0.9).
+program computes with (a framework that rounds 0.9 to float32 is re-run with that float32 0.9)
+and the scalars derived from them exact (``scalars="hyper-float32"`` in :func:`build_update`).
 The float64 run is the exact-arithmetic answer to "do the two graphs compute the same". The
 rule: a difference above the tolerance is **noise** when the float64 re-run of the same
 comparison is within the tolerance, and **semantic** otherwise. The verdict is ``noise`` when

@@ -86,6 +86,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         from lossgraph.optim import build_update
+        from lossgraph.optim.update import HYPER_FLOAT32
 
         meta = self.graph.meta
         self.trainable = self.graph.trainable_params()
@@ -98,8 +99,9 @@ class Trainer:
         self.schedule = training_schedule(meta.schedule, meta.losses, meta.optimizers)
         self._runners: dict[str, tuple[OrtRunner, dict[str, str | None]]] = {}
         self._updates = {
-            # every side computes with the scalars of its float32 run, in float64 too
-            name: build_update(info, meta.params, dtype=self.dtype, scalars="float32")
+            # the float64 re-run computes with the float32 hyper-parameters, the rest exact
+            name: build_update(info, meta.params, dtype=self.dtype,
+                               scalars=HYPER_FLOAT32 if self.dtype == "float64" else None)
             for name, info in self.optimizers.items()
         }
         self.cleared_to_none = CLEARED_TO_NONE.get(meta.framework, True)
