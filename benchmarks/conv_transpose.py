@@ -1,5 +1,5 @@
 """ConvTranspose with a fed weight on ONNX Runtime's CPU kernel vs the Gemm + Col2Im rewrite of
-lossgraph.verify.conv_transpose, for the ConvTransposes of DiscoGAN and ResNet-18's training
+lossgraph.runtime.conv_transpose, for the ConvTransposes of DiscoGAN and ResNet-18's training
 steps (DiscoGAN's decoder; the dX of strided Convs in both models).
 
 Each shape runs in two one-node sessions, the node as it is and rewritten, in turn, each run
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from step_time import paired_ratio, timed_rounds  # noqa: E402
 
-from lossgraph.verify.conv_transpose import lower_conv_transposes  # noqa: E402
+from lossgraph.runtime.conv_transpose import lower_conv_transposes  # noqa: E402
 
 #: name: (x shape, w shape [Ci, Co, kh, kw], strides, pads, output_padding)
 SHAPES = {

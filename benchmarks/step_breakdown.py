@@ -4,8 +4,8 @@ forward op, side by side in one run.
 Each row is one kind of forward op (Conv, MaxPool, BatchNormalization, ...): the time its forward
 nodes take and the time the backward nodes built from it take, on each side. lossgraph's
 backward nodes are named after the forward node they come from (``<node>/grad/<i>``; and
-``/nchwc/`` for the reorders of lossgraph.verify.nchwc, ``/col2im/`` for the nodes of
-lossgraph.verify.conv_transpose), so ONNX Runtime's per-node kernel times add up by origin; the
+``/nchwc/`` for the reorders of lossgraph.runtime.nchwc, ``/col2im/`` for the nodes of
+lossgraph.runtime.conv_transpose), so ONNX Runtime's per-node kernel times add up by origin; the
 ONNX Runtime backward columns also say which kernels that time went to. torch's rows are its
 profiler's top-level forward ops and the autograd functions of the backward pass (each with
 everything it calls). Both profilers add overhead (ONNX Runtime's about 20-30% here), so compare
@@ -35,9 +35,9 @@ from profiling import kernel_times  # noqa: E402
 from step_time import MODELS, backward_step, torch_backward  # noqa: E402
 
 import lossgraph as lg  # noqa: E402
+from lossgraph.inputs import make_inputs  # noqa: E402
+from lossgraph.runtime.session import lower_for_cpu, prepare_model, reshapes_as_views  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
-from lossgraph.verify.inputs import make_inputs  # noqa: E402
-from lossgraph.verify.runtime import lower_for_cpu, prepare_model, reshapes_as_views  # noqa: E402
 
 #: torch's top-level forward ops and autograd functions, by the row (ONNX op) they export to
 #: (one row for Conv and ConvTranspose: torch has one autograd function for both)

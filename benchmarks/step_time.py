@@ -5,7 +5,7 @@ one run of each in turn per round, each after a short idle gap (``GAP_S``). Prin
 and loss, the median forward and forward+backward times of each side and the median of the
 per-round ratios (ORT / torch; below 1.0 means ONNX Runtime is faster). The forward ratio says
 how much of the gap the forward kernels already explain. ORT runs as lossgraph runs it (Convs
-on the NCHWc kernels, see lossgraph/verify/nchwc.py); the last column is the same backward
+on the NCHWc kernels, see lossgraph/runtime/nchwc.py); the last column is the same backward
 graph on the plain im2col kernels, measured in the same rounds.
 
     python benchmarks/step_time.py                 # DiscoGAN (both losses, batch 4), ResNet-18 (batch 8)
@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import lossgraph as lg  # noqa: E402
 from lossgraph.autodiff import build_gradients  # noqa: E402
+from lossgraph.inputs import make_inputs  # noqa: E402
+from lossgraph.runtime.session import OrtRunner  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
-from lossgraph.verify.inputs import make_inputs  # noqa: E402
-from lossgraph.verify.runtime import OrtRunner  # noqa: E402
 
 MODELS = {
     "discogan": (str(ROOT / "examples/discogan/discogan_torch.py:spec"), None),

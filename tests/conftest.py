@@ -89,9 +89,9 @@ def eager_and_ort_over_seeds(target: str, run_eager, seeds=SEEDS):
     model is put in the mode ``spec.train`` asks for before each eager run (export leaves it in
     eval mode, but nothing should depend on that); the framework's ``run_eager`` does so too, for
     callers of its own."""
+    from lossgraph.inputs import make_inputs
+    from lossgraph.runtime.session import OrtRunner
     from lossgraph.spec import load_spec
-    from lossgraph.verify.inputs import make_inputs
-    from lossgraph.verify.runtime import OrtRunner
 
     spec = load_spec(target)
     graph = lg.export(spec)

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from lossgraph.autodiff.shapes import infer_types
 from lossgraph.exporters.adaptive_pool import window_matrix
 from lossgraph.graph import META_KEY, GraphMeta
+from lossgraph.runtime import infer_types
 from lossgraph.spec import Input
 
 SIZES = [((2, 3), (7, 5)), ((5, 7), (3, 4)), ((4, 6), (2, 3)), ((6, 5), (4, 1)), ((3, 3), (1, 1))]

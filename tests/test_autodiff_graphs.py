@@ -11,8 +11,8 @@ from losses_torch import SPECS as TORCH_SPECS
 from penalties_torch import SPECS as PENALTIES
 
 import lossgraph as lg
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import load_spec
-from lossgraph.verify.inputs import make_inputs
 from lossgraph.verify.pipeline import loss_gradients
 
 #: Whole-graph gradients must match autograd within this fraction of the largest gradient of

@@ -8,8 +8,8 @@ import pytest
 from feeds import feeds_for
 from onnx import TensorProto, helper
 
-from lossgraph.verify.conv_transpose import lower_conv_transposes
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.runtime.conv_transpose import lower_conv_transposes
+from lossgraph.runtime.session import OrtRunner
 
 
 def conv_transpose_model(x_shape, w_shape, bias=False, dtype=TensorProto.FLOAT, opset=18, **attrs):

@@ -19,8 +19,8 @@ from losses_paddle import SPECS
 
 import lossgraph as lg
 from lossgraph.graph import STOP_GRADIENT_KEY, TAP_KEY, LossGraph, node_meta
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import load_spec
-from lossgraph.verify.inputs import make_inputs
 
 
 def paddle_eager(spec, inputs) -> dict[str, float]:

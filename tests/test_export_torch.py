@@ -10,8 +10,8 @@ from losses_torch import SPECS
 
 import lossgraph as lg
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, LossGraph, node_meta
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import load_spec
-from lossgraph.verify.inputs import make_inputs
 
 
 def torch_eager(spec, inputs) -> dict[str, float]:

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper
 
 from lossgraph.autodiff import build_gradients
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.runtime.session import OrtRunner
 
 
 def shared_weight_model(op: str, x_shapes, w_shape, **attrs) -> onnx.ModelProto:

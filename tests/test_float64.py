@@ -494,8 +494,8 @@ def test_unknown_spatial_shape_names_the_node():
 
 def test_exported_total_variation_runs_in_float64():
     import lossgraph as lg
-    from lossgraph.verify.inputs import make_inputs
-    from lossgraph.verify.runtime import OrtRunner
+    from lossgraph.inputs import make_inputs
+    from lossgraph.runtime.session import OrtRunner
 
     graph = lg.export("/work/main/examples/losses/losses_torch.py:total_variation")
     converted = to_float64(graph.model)

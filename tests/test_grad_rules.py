@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lossgraph.autodiff import build_gradients
 from lossgraph.autodiff.float64 import to_float64
 from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, known_ops, load_rules
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.runtime.session import OrtRunner
 
 FD_STEP = 1e-6
 

@@ -3,7 +3,7 @@ import pytest
 
 import lossgraph as lg
 from lossgraph.errors import SpecError, VerificationError
-from lossgraph.verify.inputs import load_inputs, make_input, make_inputs
+from lossgraph.inputs import load_inputs, make_input, make_inputs
 
 
 def test_each_distribution_draws_what_it_says():

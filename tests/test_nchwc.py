@@ -8,9 +8,9 @@ import pytest
 from feeds import feeds_for
 from onnx import TensorProto, helper
 
-from lossgraph.verify import nchwc
-from lossgraph.verify.nchwc import DOMAIN, block_size, lower_convs
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.runtime import nchwc
+from lossgraph.runtime.nchwc import DOMAIN, block_size, lower_convs
+from lossgraph.runtime.session import OrtRunner
 
 BLOCK = block_size()
 needs_nchwc = pytest.mark.skipif(not BLOCK, reason="this onnxruntime build has no NCHWc kernels")

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lossgraph.verify.runtime import OrtRunner, reshapes_as_views
+from lossgraph.runtime.session import OrtRunner, reshapes_as_views
 
 
 def reshaping_model() -> onnx.ModelProto:

@@ -13,7 +13,7 @@ import pytest
 from conftest import write_spec_files
 
 from lossgraph.graph import LossGraph
-from lossgraph.verify.inputs import make_inputs
+from lossgraph.inputs import make_inputs
 from lossgraph.verify.steps import Trainer
 
 TOL = 1e-6

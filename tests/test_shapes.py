@@ -1,5 +1,5 @@
 """Static types without running the graph: what ONNX shape inference leaves open, lossgraph
-types from folded constants (lossgraph.autodiff.shapes)."""
+types from folded constants (lossgraph.runtime.types)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from conftest import DISCOGAN
 from onnx import TensorProto, helper, numpy_helper
 
-import lossgraph.autodiff.shapes as shapes
+import lossgraph.runtime.session as session
+import lossgraph.runtime.types as shapes
 from lossgraph.autodiff.float64 import to_float64
-from lossgraph.autodiff.shapes import infer_types
+from lossgraph.runtime import infer_types
 
 
 def _zero_bias_conv(extra_nodes=(), extra_outputs=()) -> onnx.ModelProto:
@@ -41,7 +42,7 @@ def no_measuring(monkeypatch):
     def refuse(model, names, feeds):
         raise AssertionError(f"measured {names}")
 
-    monkeypatch.setattr(shapes, "_measure", refuse)
+    monkeypatch.setattr(session, "_measure", refuse)
 
 
 def test_inference_stops_at_expand_of_a_computed_shape():

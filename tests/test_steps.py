@@ -17,8 +17,8 @@ import pytest
 from conftest import EXAMPLES, write_spec_files
 
 from lossgraph.graph import LossGraph
+from lossgraph.inputs import make_inputs
 from lossgraph.verify.align import ParamPair
-from lossgraph.verify.inputs import make_inputs
 from lossgraph.verify.steps import Trainer, running_variance_convention
 
 TOL = 1e-6
@@ -388,7 +388,7 @@ def _call(scope, shape=(4, 4), p=0.5):
 
 
 def test_dropouts_match_by_scope_then_position():
-    from lossgraph.verify.inputs import match_dropouts
+    from lossgraph.verify.dropouts import match_dropouts
     from lossgraph.verify.localize import with_parents
 
     same = match_dropouts([_call("a"), _call("b")], [_call("a"), _call("b")])
@@ -420,7 +420,7 @@ def test_dropouts_match_by_scope_then_position():
 def test_masks_of_one_layout_are_the_same_draws():
     import numpy as np
 
-    from lossgraph.verify.inputs import draw_mask
+    from lossgraph.inputs import draw_mask
 
     four = draw_mask(0.3, 1 / 0.7, [2, 8, 1, 1], seed=0, step=1, index=2)
     np.testing.assert_array_equal(four.reshape(2, 8), draw_mask(0.3, 1 / 0.7, [2, 8], 0, 1, 2))
@@ -430,7 +430,8 @@ def test_unmatched_dropouts_get_masks_of_their_own():
     import onnx
 
     from lossgraph.graph import GraphMeta, LossGraph
-    from lossgraph.verify.inputs import dropout_feeds, match_dropouts, with_masks_of
+    from lossgraph.inputs import dropout_feeds
+    from lossgraph.verify.dropouts import match_dropouts, with_masks_of
 
     ref = [_call("a"), _call("b", (4, 8))]
     cand = [_call("a"), _call("b", (4, 2)), _call("")]

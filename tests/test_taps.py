@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from conftest import DISCOGAN
 
-from lossgraph.autodiff.shapes import constant_values, infer_types
 from lossgraph.exporters.taps import _tap_index
 from lossgraph.graph import TAP_KEY, LossGraph, node_meta
-from lossgraph.verify.inputs import make_inputs
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.inputs import make_inputs
+from lossgraph.runtime import constant_values, infer_types
+from lossgraph.runtime.session import OrtRunner
 
 #: generator_A's output is generator_A.main's, which is its last layer's (a Sigmoid)
 CHAIN = ("generator_A#0", "generator_A.main#0", "generator_A.main.21#0")

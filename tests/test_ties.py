@@ -16,8 +16,8 @@ import pytest
 
 import lossgraph as lg
 from lossgraph.graph import LossGraph
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import load_spec
-from lossgraph.verify.inputs import make_inputs
 from lossgraph.verify.pipeline import loss_gradients
 
 #: Values at every kink the ops below have: 0, +-1, +-3, 6, and some in between and beyond.

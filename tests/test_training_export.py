@@ -6,8 +6,8 @@ import pytest
 
 import lossgraph as lg
 from lossgraph.graph import TAP_KEY, node_meta
-from lossgraph.verify.inputs import dropout_feeds, make_inputs
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.inputs import dropout_feeds, make_inputs
+from lossgraph.runtime.session import OrtRunner
 
 TORCH = """
 import torch, torch.nn as nn, torch.nn.functional as F

@@ -7,7 +7,7 @@ import pytest
 from conftest import DISCOGAN, LOSSES, one_line_error
 
 import lossgraph as lg
-from lossgraph.verify.inputs import make_inputs
+from lossgraph.inputs import make_inputs
 
 
 def verify_json(cli, ref, cand, tmp_path, *args):

@@ -29,9 +29,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, load_rules
-from lossgraph.autodiff.shapes import ValueType, constant_values, infer_types
 from lossgraph.errors import InternalError, UnsupportedOpError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, node_meta
+from lossgraph.runtime import ValueType, constant_values, infer_types
 
 GRAD_OF_KEY = "lossgraph.grad_of"
 

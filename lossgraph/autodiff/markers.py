@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 
 from lossgraph.autodiff.builder import GradBuilder
-from lossgraph.autodiff.shapes import constant_values
 from lossgraph.errors import ExportError
 from lossgraph.graph import GRAD_MARKER_TAG, topological_sort
+from lossgraph.runtime.types import constant_values
 
 MAGIC = np.float32(GRAD_MARKER_TAG)
 _RELABEL_OPS = ("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze")

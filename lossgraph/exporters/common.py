@@ -156,8 +156,8 @@ def record_eager_check(
     The message names the first module output where they part (``eager_taps``: the eager
     run's module outputs by tap name) and a known kernel quirk that explains it.
     """
-    from lossgraph.verify.inputs import dropout_feeds
-    from lossgraph.verify.runtime import OrtRunner
+    from lossgraph.inputs import dropout_feeds
+    from lossgraph.runtime.session import OrtRunner
 
     runner = OrtRunner(graph.model)
     feeds = {**inputs, **dropout_feeds(graph.meta.dropout, seed, 0)}

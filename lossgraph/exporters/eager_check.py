@@ -45,7 +45,7 @@ def where_they_part(
     differs from eager's by more than ``bound`` relative to the values' scale (or says that all
     agree, so the graphs part in the loss function after them); quirk names a known kernel
     quirk that explains the difference at that point ("" for none)."""
-    from lossgraph.verify.runtime import OrtRunner
+    from lossgraph.runtime.session import OrtRunner
 
     nodes = graph.model.graph.node
     taps = {node_meta(n, TAP_KEY): n.output[0] for n in nodes if node_meta(n, TAP_KEY)}

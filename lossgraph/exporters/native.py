@@ -22,8 +22,8 @@ from lossgraph.errors import VerificationError
 from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
 from lossgraph.graph import DEFAULT_LR, DEFAULT_OPTIMIZER, GraphMeta, training_schedule
+from lossgraph.inputs import dropout_feeds
 from lossgraph.spec import LRSchedule, load_spec, parse_target
-from lossgraph.verify.inputs import dropout_feeds
 
 
 @dataclass

@@ -62,8 +62,8 @@ from lossgraph.graph import (
     set_node_meta,
     topological_sort,
 )
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import Spec
-from lossgraph.verify.inputs import make_inputs
 
 OPSET = 17
 P2O_TIMEOUT_S = 900

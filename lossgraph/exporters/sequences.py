@@ -11,8 +11,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from lossgraph.autodiff.shapes import constant_values
 from lossgraph.graph import inferred_shapes
+from lossgraph.runtime.types import constant_values
 
 
 def sequences_as_splits(proto: onnx.ModelProto) -> int:

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from lossgraph.autodiff.markers import remove_dead_nodes, source_value
-from lossgraph.autodiff.shapes import constant_values, infer_types
 from lossgraph.graph import TAP_KEY, TAP_TAG, set_node_meta, topological_sort
+from lossgraph.runtime import constant_values, infer_types
 
 
 class TapRecorder:

@@ -52,8 +52,8 @@ from lossgraph.graph import (
     rename_values,
     set_node_meta,
 )
+from lossgraph.inputs import make_inputs
 from lossgraph.spec import Spec
-from lossgraph.verify.inputs import make_inputs
 
 ROOT = "model"  # attribute under which the wrapper holds the user's model
 _STOP_GRADIENT_TARGETS = ("aten.detach.default", "aten.detach_.default")

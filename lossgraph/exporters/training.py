@@ -14,7 +14,7 @@ framework's formula, that report to a :class:`StepRecorder`:
 - a dropout multiplies by a mask that becomes a graph input ``dropout:<k>`` (values 0 or the
   framework's scale), recorded with the module path of the layer that called it. lossgraph
   feeds both graphs the same seeded masks, matched by scope and position
-  (``lossgraph.verify.inputs.match_dropouts``).
+  (``lossgraph.verify.dropouts.match_dropouts``).
 
 Each BatchNorm's running-variance update is recorded in the metadata too (its momentum, its
 variance convention and the elements per channel of each batch), so that a torch graph and a
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lossgraph.errors import ExportError
-from lossgraph.verify.inputs import draw_mask
+from lossgraph.inputs import draw_mask
 
 STATE_PREFIX = "state:"
 DROPOUT_PREFIX = "dropout:"

@@ -13,7 +13,7 @@ import onnx
 from lossgraph.errors import InternalError, UnsupportedOpError, VerificationError
 from lossgraph.graph import OptimizerInfo, ParamInfo
 from lossgraph.optim.graph import DTYPES, ParamScope, UpdateGraph
-from lossgraph.verify.runtime import OrtRunner
+from lossgraph.runtime.session import OrtRunner
 
 Hyper = dict[str, Any]
 

@@ -410,7 +410,7 @@ def learning_rate_schedule(ctx: HintContext) -> str | None:
 def dropout_masks(ctx: HintContext) -> str | None:
     """Matched dropouts with other rates, and dropouts that got no common mask, named on both
     sides (``values["dropout"]``: the verification's DropoutMatch)."""
-    from lossgraph.verify.inputs import describe_dropouts
+    from lossgraph.inputs import describe_dropouts
 
     ref_d, cand_d = ctx.ref.meta.dropout, ctx.cand.meta.dropout
     match = ctx.values.get("dropout")

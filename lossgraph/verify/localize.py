@@ -38,10 +38,10 @@ from lossgraph.graph import (
     live_nodes,
     node_meta,
 )
+from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import ParamMap
 from lossgraph.verify.compare import Tolerance
 from lossgraph.verify.results import Divergence
-from lossgraph.verify.runtime import OrtRunner
 
 #: Values exposed per ORT run while searching a region (bounds peak memory on large graphs).
 CHUNK = 256
@@ -226,7 +226,7 @@ def _cached(graph: LossGraph, key: str, compute):
 
 
 def value_types(graph: LossGraph):
-    from lossgraph.autodiff.shapes import infer_types
+    from lossgraph.runtime import infer_types
 
     return _cached(graph, "types", lambda: infer_types(graph.model))
 
@@ -728,7 +728,7 @@ CONSTANT_ATTRIBUTES = {
 def constant_scalars(graph: LossGraph, dependent: set[str]) -> dict[str, float]:
     """Float constants of a graph that do not depend on what is fed: scalars, or tensors of one
     repeated value (``full``, ``ones_like * m``), as value name -> number."""
-    from lossgraph.autodiff.shapes import constant_values
+    from lossgraph.runtime.types import constant_values
 
     def fold() -> dict[str, np.ndarray]:
         model = onnx.ModelProto()

@@ -52,23 +52,6 @@ def float64_setup(setup: Any) -> Any:
     )
 
 
-def float64_compare(setup: Any, options: Any):
-    """``compare`` re-run in float64: (steps, reference trajectory, candidate trajectory)."""
-    from lossgraph.verify.pipeline import compare
-
-    return compare(float64_setup(setup), options, dtype="float64")
-
-
-def noise_floor(
-    setup: Any, options: Any, steps32: list[StepResult], steps64: list[StepResult] | None = None
-) -> dict[str, Any]:
-    """Re-run the comparison in float64 (unless ``steps64`` holds that run already) and classify
-    every float32 diff above the tolerance."""
-    if steps64 is None:
-        steps64 = float64_compare(setup, options)[0]
-    return classify(steps32, steps64)
-
-
 def classify(steps32: list[StepResult], steps64: list[StepResult]) -> dict[str, Any]:
     """Each float32 diff above the tolerance, noise where the float64 re-run of the same
     comparison (``steps64``, compared under the same tolerance) passes, semantic elsewhere."""

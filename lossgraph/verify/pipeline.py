@@ -17,6 +17,8 @@ import numpy as np
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import InternalError, VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
+from lossgraph.inputs import describe_dropouts, dropout_feeds, load_inputs, make_inputs
+from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import (
     ParamMap,
     blocks_pairing,
@@ -31,15 +33,7 @@ from lossgraph.verify.compare import (
     on_side,
     summarize,
 )
-from lossgraph.verify.inputs import (
-    DropoutMatch,
-    describe_dropouts,
-    dropout_feeds,
-    load_inputs,
-    make_inputs,
-    match_dropouts,
-    with_masks_of,
-)
+from lossgraph.verify.dropouts import DropoutMatch, match_dropouts, with_masks_of
 from lossgraph.verify.localize import check_not_both_non_finite
 from lossgraph.verify.results import (
     Divergence,
@@ -50,7 +44,6 @@ from lossgraph.verify.results import (
     StepResult,
     VerifyResult,
 )
-from lossgraph.verify.runtime import OrtRunner
 from lossgraph.verify.steps import run_steps
 
 
@@ -245,16 +238,17 @@ def run_verify(
     def float64_runs():
         """The float64 re-run, made once for the noise floor and --native alike."""
         if not runs64:
-            from lossgraph.verify.noise import float64_compare
+            from lossgraph.verify.noise import float64_setup
 
-            runs64.extend(float64_compare(setup, options))
+            runs64.extend(compare(float64_setup(setup), options, dtype="float64"))
         return runs64
 
     failing = next((step for step in steps if not step.passed), None)
     if failing is not None and options.noise_floor:
-        from lossgraph.verify.noise import noise_floor, semantic_view
+        from lossgraph.verify.noise import classify, semantic_view
 
-        result.noise_floor = noise_floor(setup, options, steps, float64_runs()[0])
+        # every float32 diff above the tolerance, against the same comparison in float64
+        result.noise_floor = classify(steps, float64_runs()[0])
         if not options.strict:
             # the first divergence is the first semantic diff, never one the report calls noise
             semantic = next((s for s in semantic_view(steps, result.noise_floor) if not s.passed), None)

@@ -38,11 +38,11 @@ from lossgraph.graph import (
     OptimizerInfo,
     training_schedule,
 )
+from lossgraph.inputs import dropout_feeds
+from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import ParamMap, ParamPair
 from lossgraph.verify.compare import Tolerance, compare_arrays, on_side
-from lossgraph.verify.inputs import dropout_feeds
 from lossgraph.verify.results import ConventionDiff, GradDiff, LossDiff, StepResult
-from lossgraph.verify.runtime import OrtRunner
 
 #: How each framework's ``zero_grad()``/``clear_grad()`` leaves a gradient buffer by default.
 CLEARED_TO_NONE = {"torch": True, "paddle": False}
@@ -243,7 +243,7 @@ def run_steps(
     dtype: str = "float32",
 ) -> tuple[list[StepResult], Trajectory, Trajectory]:
     """Train both graphs ``steps`` steps and compare every step (the candidate's dropout calls
-    name the masks they draw: :func:`~lossgraph.verify.inputs.with_masks_of`)."""
+    name the masks they draw: :func:`~lossgraph.verify.dropouts.with_masks_of`)."""
     trainers = (
         Trainer(ref, device=device, dtype=dtype, seed=seed, side="reference"),
         Trainer(cand, device=device, dtype=dtype, seed=seed, side="candidate"),

@@ -36,7 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lossgraph.graph import live_nodes
-from lossgraph.verify.rewrite import NodeWriter
+from lossgraph.runtime.rewrite import NodeWriter
 
 DOMAIN = "com.microsoft.nchwc"
 
@@ -259,12 +259,12 @@ def lower_convs(model: onnx.ModelProto, types=None) -> tuple[onnx.ModelProto, in
 
     The model comes back as it is (no copy) where there is nothing to lower or this build of
     ONNX Runtime has no NCHWc kernels."""
-    from lossgraph.autodiff.shapes import infer_types
+    from lossgraph.runtime.types import static_types
 
     block = block_size()
     if not block or not any(n.op_type == "Conv" for n in model.graph.node):
         return model, 0
-    types = infer_types(model) if types is None else types
+    types = static_types(model) if types is None else types
     plans = [_plan(node, types, block) for node in model.graph.node]
     count = sum(p is not None for p in plans)
     if not count:

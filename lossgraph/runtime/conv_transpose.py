@@ -15,7 +15,7 @@ the weight is packed once), a ``Transpose`` of its ``[Co*kh*kw, N, H*W]`` result
 as the ConvTranspose kernel does; the bias, if any, is added after. The products and their order
 of summation are those of the ConvTranspose kernel (the same GEMM over the input channels, the
 same col2im); every case measured here came out bit-identical, and the tests hold the two to
-1e-5 (tests/test_conv_transpose.py). Like :mod:`lossgraph.verify.nchwc`, this exists only
+1e-5 (tests/test_conv_transpose.py). Like :mod:`lossgraph.runtime.nchwc`, this exists only
 in the session: the graphs lossgraph writes, exports and differentiates keep their ConvTransposes.
 
 A node is rewritten where the batch has at least two images and each image has at most half as
@@ -35,7 +35,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from lossgraph.verify.rewrite import NodeWriter
+from lossgraph.runtime.rewrite import NodeWriter
 
 #: the first default-domain opset with Col2Im
 COL2IM_OPSET = 18
@@ -105,11 +105,11 @@ def lower_conv_transposes(
     the rewrite can express; benchmarks measure both sides of the choice) run as Gemm + Col2Im,
     and how many they are. The model comes back as it is (no copy) where there is nothing to
     rewrite."""
-    from lossgraph.autodiff.shapes import infer_types
+    from lossgraph.runtime.types import static_types
 
     if _default_opset(model) < COL2IM_OPSET or not any(n.op_type == "ConvTranspose" for n in model.graph.node):
         return model, 0
-    types = infer_types(model) if types is None else types
+    types = static_types(model) if types is None else types
     chosen = [
         _expressible(node, types) and (every or _faster(node, types)) for node in model.graph.node
     ]

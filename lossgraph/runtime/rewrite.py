@@ -1,5 +1,5 @@
-"""Writing the nodes of a session-only graph rewrite (lossgraph.verify.nchwc,
-lossgraph.verify.conv_transpose): fresh names that collide with nothing in the graph, nodes, and
+"""Writing the nodes of a session-only graph rewrite (lossgraph.runtime.nchwc,
+lossgraph.runtime.conv_transpose): fresh names that collide with nothing in the graph, nodes, and
 int64 constants."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Static shapes and element types of every value in a graph.
 
 Gradient rules need static shapes (to un-broadcast, to reshape back). ONNX shape inference with
-data propagation gives them for the graphs lossgraph exports; values it cannot type are measured
-by running the graph once on ONNX Runtime with zero-free seeded inputs.
+data propagation gives them for the graphs lossgraph exports, constant folding types most of the
+rest; values still open are measured by running the graph once on ONNX Runtime
+(:func:`lossgraph.runtime.session.infer_types`, with the caller's inputs).
 """
 
 from __future__ import annotations
@@ -50,13 +51,10 @@ def _from_value_info(info: onnx.ValueInfoProto) -> ValueType | None:
     return ValueType(tensor.elem_type, tuple(dims))
 
 
-def infer_types(
-    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None
-) -> dict[str, ValueType]:
-    """Element type and static shape of the values of the main graph.
-
-    ``feeds`` (inputs by name) lets lossgraph measure shapes that inference leaves open;
-    without them such values are left out (a rule that needs one says so)."""
+def static_types(model: onnx.ModelProto) -> dict[str, ValueType]:
+    """Element type and static shape of the values of the main graph that ONNX shape inference
+    and constant folding give; values they leave open are left out (see
+    :func:`lossgraph.runtime.session.infer_types`, which measures them)."""
     types: dict[str, ValueType] = {}
     for tensor in model.graph.initializer:
         types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
@@ -67,12 +65,15 @@ def infer_types(
             attr = node.attribute[0]
             if attr.name == "value":
                 types[node.output[0]] = ValueType(attr.t.data_type, tuple(attr.t.dims))
-    missing = [o for n in model.graph.node for o in n.output if o and o not in types]
+    missing = open_values(model, types)
     if missing:
-        missing = _type_from_constants(model, types, missing)
-    if missing and feeds is not None:
-        types.update(_measure(model, missing, feeds))
+        _type_from_constants(model, types, missing)
     return types
+
+
+def open_values(model: onnx.ModelProto, types: Mapping[str, ValueType]) -> list[str]:
+    """The outputs of ``model``'s nodes that ``types`` leaves untyped."""
+    return [o for n in model.graph.node for o in n.output if o and o not in types]
 
 
 def _type_from_constants(
@@ -151,21 +152,6 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _element_count(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64))
-
-
-def _measure(
-    model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray] | None
-) -> dict[str, ValueType]:
-    from lossgraph.verify.runtime import OrtRunner
-
-    runner = OrtRunner(model, extra_outputs=names, opt_level="disable", nchwc=False)
-    values = runner.run(feeds, outputs=names)
-    return {
-        name: ValueType(
-            onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), tuple(np.shape(v))
-        )
-        for name, v in values.items()
-    }
 
 
 #: Constant folding stops at values this large: it exists for shapes, axes and indices.

@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lossgraph.autodiff.shapes import infer_types
 from lossgraph.errors import UnsupportedOpError, VerificationError
 from lossgraph.graph import live_nodes
-from lossgraph.verify.conv_transpose import lower_conv_transposes
-from lossgraph.verify.nchwc import lower_convs
+from lossgraph.runtime.conv_transpose import lower_conv_transposes
+from lossgraph.runtime.nchwc import lower_convs
+from lossgraph.runtime.types import ValueType, open_values, static_types
 
 DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -100,13 +100,13 @@ def lower_for_cpu(
     model: onnx.ModelProto, col2im: bool = True, nchwc: bool = True
 ) -> tuple[onnx.ModelProto, int, int]:
     """``model`` with the CPU session's rewrites, as asked: ConvTransposes with few positions per
-    image as Gemm + Col2Im (lossgraph.verify.conv_transpose), then Convs on the NCHWc kernels
-    (lossgraph.verify.nchwc); and how many nodes each rewrote. One type inference serves both:
+    image as Gemm + Col2Im (lossgraph.runtime.conv_transpose), then Convs on the NCHWc kernels
+    (lossgraph.runtime.nchwc); and how many nodes each rewrote. One type inference serves both:
     the first rewrite keeps every existing value's name and type, and the second reads only
     those (the Convs' inputs, outputs and weights)."""
     types = None
     if (col2im or nchwc) and any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node):
-        types = infer_types(model)
+        types = static_types(model)
     conv_transposes = convs = 0
     if col2im:
         model, conv_transposes = lower_conv_transposes(model, types=types)
@@ -175,7 +175,7 @@ class OrtRunner:
 
     ``fed`` names the initializers that become inputs (parameters, buffers, optimizer state).
     On the CPU, ConvTransposes with few positions per image run as one GEMM and a Col2Im
-    (``col2im``, see lossgraph.verify.conv_transpose) and Convs on ONNX Runtime's NCHWc
+    (``col2im``, see lossgraph.runtime.conv_transpose) and Convs on ONNX Runtime's NCHWc
     kernels where those apply (``nchwc``).
     """
 
@@ -194,8 +194,8 @@ class OrtRunner:
         providers = check_device(device)
         check_ops(model)
         prepared = prepare_model(model, fed, extra_outputs)
-        #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.verify.conv_transpose) and
-        #: how many Convs on ORT's blocked-layout kernels (see lossgraph.verify.nchwc)
+        #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.runtime.conv_transpose) and
+        #: how many Convs on ORT's blocked-layout kernels (see lossgraph.runtime.nchwc)
         self.col2im_conv_transposes = self.nchwc_convs = 0
         if device == "cpu":
             prepared, self.col2im_conv_transposes, self.nchwc_convs = lower_for_cpu(prepared, col2im, nchwc)
@@ -238,6 +238,34 @@ class OrtRunner:
             n: _as_view(values[self.views[n][0]], self.views[n][1]) if n in self.views else values[n]
             for n in names
         }
+
+
+def infer_types(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None
+) -> dict[str, ValueType]:
+    """Element type and static shape of the values of the main graph.
+
+    ``feeds`` (inputs by name) lets lossgraph measure shapes that inference and folding
+    (:func:`~lossgraph.runtime.types.static_types`) leave open, by running the graph once;
+    without them such values are left out (a rule that needs one says so)."""
+    types = static_types(model)
+    missing = open_values(model, types)
+    if missing and feeds is not None:
+        types.update(_measure(model, missing, feeds))
+    return types
+
+
+def _measure(
+    model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray] | None
+) -> dict[str, ValueType]:
+    runner = OrtRunner(model, extra_outputs=names, opt_level="disable", nchwc=False)
+    values = runner.run(feeds, outputs=names)
+    return {
+        name: ValueType(
+            onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), tuple(np.shape(v))
+        )
+        for name, v in values.items()
+    }
 
 
 def _session_error(exc: Exception) -> Exception:
