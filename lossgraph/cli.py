@@ -79,7 +79,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated inputs.")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones.")
-@click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true}} overriding the parameter pairing.')
+@click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")

@@ -57,8 +57,14 @@ class ParamInfo:
     kind: str = "parameter"  # or "buffer"
     module: str = ""  # owning module path, e.g. "G_A.main.0"
     layer_type: str = ""  # owning module's class name, e.g. "Conv2d", "Linear"
+    #: the framework layer class the owning module is or derives from, e.g. "Linear" for torch's
+    #: NonDynamicallyQuantizableLinear; empty when it derives from none but the base class
+    base_type: str = ""
     attribute: str = ""  # attribute on the module, e.g. "weight", "running_mean", "_mean"
     framework_name: str = ""  # paddle's param.name ("linear_0.w_0"); empty for torch
+    #: the other names of the same tensor (tied weights: a language model's output head sharing
+    #: its embedding); the entry is named by the first, as the framework's optimizers know it
+    aliases: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -241,6 +247,22 @@ def rename_values(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
                     rename_values(sub, renames)
+
+
+def derived_node(
+    op_type: str, inputs: Sequence[str], name: str, names: set[str], like: onnx.NodeProto,
+    **attrs: Any,
+) -> onnx.NodeProto:
+    """A node replacing part of ``like``: named ``name``, writing one fresh value (``name``, or
+    ``name_<k>`` where taken; added to ``names``), carrying ``like``'s metadata (scope, source)."""
+    out, k = name, 0
+    while out in names:
+        k += 1
+        out = f"{name}_{k}"
+    names.add(out)
+    node = onnx.helper.make_node(op_type, list(inputs), [out], name=name, **attrs)
+    node.metadata_props.extend(like.metadata_props)
+    return node
 
 
 def value_names(graph: onnx.GraphProto) -> set[str]:

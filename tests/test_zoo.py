@@ -90,3 +90,15 @@ def test_planted_bug_is_found_at_its_module(zoo, tmp_path, torch_spec, planted, 
     assert found["phase"] == phase, found
     assert found["scope"].startswith(scope), found
     assert 0 < found["max_abs_diff"], found
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_op_can_be_differentiated(zoo, model):
+    """The op audit (``test_op_audit.py``) over the zoo's graphs, both sides, both modes."""
+    from lossgraph.autodiff.registry import known_ops
+    from lossgraph.graph import LossGraph
+
+    for mode in ("", "_train"):
+        for target in (f"zoo_torch.py:{model}{mode}", f"zoo_paddle.py:{model}{mode}"):
+            ops = {n.op_type for n in LossGraph.load(zoo(target)).model.graph.node}
+            assert not ops - known_ops(), target

@@ -20,7 +20,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from lossgraph.errors import InternalError, UnsupportedOpError
-from lossgraph.graph import inferred_shapes
+from lossgraph.graph import derived_node, inferred_shapes
 
 _F32, _F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -295,16 +295,10 @@ class _Rewrite:
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         """Append one node and return its (fresh) output name."""
-        name = f"{self.base}/f64/{len(self.nodes)}"
-        out, k = name, 0
-        while out in self.names:
-            k += 1
-            out = f"{name}_{k}"
-        self.names.add(out)
-        node = onnx.helper.make_node(op_type, list(inputs), [out], name=name, **attrs)
-        node.metadata_props.extend(self.node.metadata_props)
+        node = derived_node(op_type, inputs, f"{self.base}/f64/{len(self.nodes)}", self.names,
+                            self.node, **attrs)
         self.nodes.append(node)
-        return out
+        return node.output[0]
 
     def const(self, value, dtype=np.float64) -> str:
         array = np.asarray(value, dtype=dtype)

@@ -63,6 +63,17 @@ def json_safe_dict(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dic
     return out
 
 
+def framework_base(cls: type, namespace: types.ModuleType, root: type) -> str:
+    """The name of the public layer class of ``namespace`` (``torch.nn``, ``paddle.nn``) that
+    ``cls`` is or derives from, nearest first, ``""`` when none but ``root`` (Module, Layer)."""
+    for klass in cls.__mro__:
+        if klass is root:
+            break
+        if getattr(namespace, klass.__name__, None) is klass:
+            return klass.__name__
+    return ""
+
+
 def spec_code_objects(spec: Spec) -> Iterator[types.CodeType]:
     """Every code object defined in the spec's file (functions, methods, nested functions)."""
     path, _ = parse_target(spec.source) if spec.source else (None, "")
@@ -264,7 +275,9 @@ def finish_export(
     :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export; ``eager_taps``
     the eager run's module outputs, which name where a failed check parts."""
     from lossgraph.autodiff.markers import expand_grad_markers
+    from lossgraph.exporters.recurrent import unroll_recurrent
 
+    unroll_recurrent(proto)  # no gradient rule for LSTM/GRU/RNN: their ops have
     proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
     meta = GraphMeta(

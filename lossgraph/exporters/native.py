@@ -159,13 +159,33 @@ def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep
                  step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
 
 
+def _recurrent_layers_differentiable(model: Any) -> None:
+    """Paddle's recurrent layers (LSTM, GRU, SimpleRNN) cannot be differentiated in eval mode
+    (its rnn kernel keeps no reserve for the backward: "Tensor holds no memory"). Without
+    dropout between their layers train mode computes the same function, so they run in it;
+    with dropout, eval mode is another function and there is no eager backward to compare with."""
+    import paddle
+
+    for name, layer in model.named_sublayers(include_self=True):
+        if isinstance(layer, paddle.nn.layer.rnn.RNNBase) and not layer.training:
+            if layer.dropout:
+                raise VerificationError(
+                    f"--native cannot train {name or 'the model'} ({type(layer).__name__}, dropout "
+                    f"{layer.dropout}) in eval mode: Paddle's recurrent layers have no eager "
+                    f"backward in eval mode."
+                )
+            layer.train()
+
+
 def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep]:
     import paddle
 
     model = spec.model
     model.train() if spec.train else model.eval()
-    own = model.state_dict()
-    model.set_state_dict({k: paddle.to_tensor(np.array(start[k])) if k in start else v for k, v in own.items()})
+    _recurrent_layers_differentiable(model)
+    for key, tensor in model.state_dict().items():
+        if key in start:  # in place: a recurrent layer's flattened weights share the memory
+            tensor.set_value(np.asarray(start[key], dtype=tensor.numpy().dtype))
     optimizers = dict(spec.optimizers or {}) or {
         DEFAULT_OPTIMIZER: paddle.optimizer.SGD(DEFAULT_LR, parameters=[p for p in model.parameters() if not p.stop_gradient])
     }

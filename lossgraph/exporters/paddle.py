@@ -36,6 +36,7 @@ from lossgraph.exporters.adaptive_pool import mend_adaptive_pools
 from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
+    framework_base,
     json_safe,
     optimizer_param_names,
     package_versions,
@@ -256,6 +257,7 @@ def _convert(
     if not out.exists() or out.stat().st_size == 0 or proc.returncode != 0:
         raise ExportError(_conversion_failure(log, Path(f"{prefix}.json"), spec, struct_paths))
     proto = onnx.load(str(out))
+    _check_every_input_produced(proto)
     stops = [
         name
         for line in log.splitlines()
@@ -428,6 +430,22 @@ def _param_of_constant(node: onnx.NodeProto, param_names: Mapping[str, str]) -> 
     return None
 
 
+def _check_every_input_produced(proto: onnx.ModelProto) -> None:
+    """paddle2onnx leaves out ops it cannot convert without a word (SimpleRNN's ``rnn``): their
+    outputs are read but never written. Say which op, instead of a broken graph."""
+    graph = proto.graph
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    known.update(o for node in graph.node for o in node.output)
+    missing = [i for node in graph.node for i in node.input if i not in known]
+    if missing:
+        ops = sorted({m.split(".")[2] if m.startswith("p2o.pd_op.") else m for m in missing})
+        raise ExportError(
+            f"paddle2onnx {package_versions('paddle2onnx').get('paddle2onnx', '')} left Paddle "
+            f"op(s) {', '.join(ops)} out of the ONNX graph (value {missing[0]!r} is read but never "
+            f"written): the model uses a layer it cannot convert."
+        )
+
+
 def _mark_stop_gradients(proto: onnx.ModelProto, values: list[str]) -> None:
     """Make each value where Paddle stops gradients the output of an Identity marked
     ``lossgraph.stop_gradient`` (paddle2onnx writes most values through an Identity already)."""
@@ -515,10 +533,16 @@ def _remove_identities(proto: onnx.ModelProto) -> None:
 
 
 def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
+    import paddle
+
     infos: dict[str, ParamInfo] = {}
     layers = dict(model.named_sublayers(include_self=True))
     buffers = {name for name, _ in model.named_buffers()}
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    keys: dict[str, list[str]] = {}  # param.name -> every state-dict key of it (tied weights)
+    for key, tensor in state.items():
+        keys.setdefault(tensor.name, []).append(key)
+    for key, tensor in state.items():
         if key not in present:
             continue
         module_path, _, attribute = key.rpartition(".")
@@ -531,8 +555,10 @@ def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
             kind="buffer" if is_buffer else "parameter",
             module=module_path,
             layer_type=type(layer).__name__,
+            base_type=framework_base(type(layer), paddle.nn, paddle.nn.Layer),
             attribute=attribute,
             framework_name=tensor.name,
+            aliases=[k for k in keys[tensor.name] if k != key],
         )
     return infos
 

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
     format_source,
+    framework_base,
     innermost_user_frame,
     json_safe_dict,
     optimizer_param_names,
@@ -100,6 +102,8 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         model.load_state_dict(state)  # eager and traced runs may have touched buffers
     names = list(losses)
     _strip_root_prefix(proto)
+    tied = _tied_names(model)
+    _merge_tied(proto, tied)
     rename_outputs(proto.graph, names + trace.output_names)
     mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
@@ -109,7 +113,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         proto,
         framework="torch",
         versions=package_versions("torch", "onnxscript", "onnxruntime"),
-        params=_param_infos(model, {t.name for t in proto.graph.initializer}),
+        params=_param_infos(model, {t.name for t in proto.graph.initializer}, tied),
         optimizers=_optimizer_infos(spec, model),
         lr_schedulers=_lr_scheduler_infos(spec),
         eager=eager,
@@ -214,7 +218,8 @@ def _strip_root_prefix(proto: Any) -> None:
 def _annotate_nodes(proto: Any) -> None:
     for node in proto.graph.node:
         scopes = node_meta(node, "pkg.torch.onnx.name_scopes")
-        set_node_meta(node, SCOPE_KEY, _scope_from_name_scopes(scopes))
+        if scopes:  # "" is the top level (the model's own forward, the loss function)
+            set_node_meta(node, SCOPE_KEY, _scope_from_name_scopes(scopes))
         frame = innermost_user_frame(node_meta(node, "pkg.torch.onnx.stack_trace") or "")
         if frame is not None:
             set_node_meta(node, SOURCE_KEY, format_source(frame))
@@ -267,7 +272,45 @@ def _scope_from_name_scopes(text: str | None) -> str:
     return scope[len(ROOT) + 1 :] if scope.startswith(ROOT + ".") else scope
 
 
-def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
+def _tied_names(model: Any) -> dict[str, list[str]]:
+    """Every tensor known by more than one name (tied weights): first name -> the others, in
+    definition order (the first is the one ``named_parameters()`` and optimizers use)."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False),
+                         *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(name)
+    return {group[0]: group[1:] for group in names.values() if len(group) > 1}
+
+
+def _merge_tied(proto: Any, tied: Mapping[str, list[str]]) -> None:
+    """Name each tied tensor's initializer by its first name; copies under other names (one per
+    name the exporter lifted) are dropped and their uses read the first."""
+    graph = proto.graph
+    present = {t.name for t in graph.initializer}
+    renames, drop = {}, set()
+    for first, others in tied.items():
+        found = [n for n in (first, *others) if n in present]
+        if not found:
+            continue
+        keep = found[0]
+        renames.update({n: first for n in found[1:]})
+        if keep != first:
+            renames[keep] = first
+        drop.update(found[1:])
+    kept = [t for t in graph.initializer if t.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for info in list(graph.input):
+        if info.name in drop:
+            graph.input.remove(info)
+    rename_values(graph, renames)
+
+
+def _param_infos(
+    model: Any, present: set[str], tied: Mapping[str, list[str]] | None = None
+) -> dict[str, ParamInfo]:
+    import torch
+
     infos: dict[str, ParamInfo] = {}
     entries = [(n, p, "parameter") for n, p in model.named_parameters()]
     entries += [(n, b, "buffer") for n, b in model.named_buffers()]
@@ -283,7 +326,9 @@ def _param_infos(model: Any, present: set[str]) -> dict[str, ParamInfo]:
             kind=kind,
             module=module_path,
             layer_type=type(module).__name__,
+            base_type=framework_base(type(module), torch.nn, torch.nn.Module),
             attribute=attribute,
+            aliases=list((tied or {}).get(name, [])),
         )
     return infos
 

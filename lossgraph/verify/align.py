@@ -10,19 +10,27 @@ carried across (``identity`` or ``transpose``). It is built in this order:
 3. structure: what is left is paired in definition order within each kind of layer and attribute
    (``conv2d.weight``, ``batchnorm2d.running_var``, ...), if the counts and shapes agree.
 
-Across frameworks a Linear weight is transposed ([out, in] in torch, [in, out] in Paddle) because
-of its layer kind, never because of its shape, so square weights are handled too.
+A 2-D weight is carried transposed when the two sides store it in different layouts, decided
+never by its shape (square weights are handled too) but by what it is: the weight of a framework
+Linear layer, any subclass included, is stored as that framework stores it ([out, in] in torch,
+[in, out] in Paddle); any other 2-D parameter (a hand-written linear, an output head, a fused
+projection) by how its graph reads it, as the right operand of MatMul/Gemm either as stored
+(``x @ W``) or transposed (``x @ W.T``). A framework Linear's weight read the other way round is
+a port bug, not a layout, so its declared layout wins.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from lossgraph.errors import VerificationError
 from lossgraph.graph import LossGraph, ParamInfo
@@ -30,24 +38,101 @@ from lossgraph.graph import LossGraph, ParamInfo
 TRANSFORMS = ("identity", "transpose")
 
 
+def _transformed(value: np.ndarray, transform: str) -> np.ndarray:
+    """``value`` under ``transform``: an involution, so carrying back is the same call."""
+    return np.ascontiguousarray(value.T) if transform == "transpose" else value
+
+
+@dataclass(frozen=True)
+class Part:
+    """Where one split parameter sits in a packed one: ``rows`` [start, stop) along ``axis`` of
+    the packed tensor (torch's ``in_proj_weight`` [3E, E] holds Paddle's ``q_proj``, ``k_proj``
+    and ``v_proj`` weights in rows 0:E, E:2E, 2E:3E), and how the slice is carried to the split
+    parameter (``transform``)."""
+
+    name: str  # the split parameter
+    rows: tuple[int, int]
+    transform: str = "identity"
+    axis: int = 0
+
+    def take(self, packed: np.ndarray) -> np.ndarray:
+        index = [slice(None)] * packed.ndim
+        index[self.axis] = slice(*self.rows)
+        return packed[tuple(index)]
+
+
 @dataclass(frozen=True)
 class ParamPair:
-    """One reference parameter carried to one candidate parameter."""
+    """One reference parameter carried to one candidate parameter; or a packed reference
+    parameter to the candidate's split ones (``parts``; ``candidate`` then names them all, for
+    reading); or a reference parameter to its slice of a packed candidate one (``packed_in``)."""
 
     reference: str
     candidate: str
     transform: str = "identity"
-    how: str = "name"  # "name" (same name), "map" (--name-map), "structure" (automatic alignment)
+    how: str = "name"  # "name" (same name), "map" (--name-map), "structure" (automatic alignment),
+    # "packed" (a packed parameter against split ones)
+    parts: tuple[Part, ...] = ()
+    packed_in: Part | None = None
 
-    def carry(self, value: np.ndarray) -> np.ndarray:
-        """The reference value as the candidate expects it."""
-        if self.transform == "transpose":
-            return np.ascontiguousarray(value.T)
-        return value
+    @classmethod
+    def split(cls, reference: str, parts: list[Part], how: str = "packed") -> ParamPair:
+        """A packed reference parameter against the candidate's split ones."""
+        transforms = {p.transform for p in parts}
+        transform = transforms.pop() if len(transforms) == 1 else "mixed"
+        return cls(reference, " + ".join(p.name for p in parts), transform, how, tuple(parts))
 
-    def carry_back(self, value: np.ndarray) -> np.ndarray:
-        """A candidate value (e.g. a gradient) in the reference's layout."""
-        return self.carry(value)  # both transforms are involutions
+    @classmethod
+    def slice_of(cls, reference: str, part: Part, how: str = "packed") -> ParamPair:
+        """A reference parameter against its slice of a packed candidate parameter."""
+        return cls(reference, part.name, part.transform, how, packed_in=part)
+
+    @property
+    def candidates(self) -> list[str]:
+        """The candidate parameter(s) this reference parameter is carried to."""
+        return [p.name for p in self.parts] if self.parts else [self.candidate]
+
+    def carry_to(
+        self, value: np.ndarray, candidate_values: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The reference value as the candidate expects it: candidate name -> value. A slice of
+        a packed candidate parameter is written into ``candidate_values``' value of it (copied)."""
+        if self.parts:
+            return {p.name: _transformed(np.ascontiguousarray(p.take(value)), p.transform)
+                    for p in self.parts}
+        carried = _transformed(value, self.transform)
+        if self.packed_in is None:
+            return {self.candidate: carried}
+        packed = np.array((candidate_values or {})[self.candidate])
+        self.packed_in.take(packed)[...] = carried
+        return {self.candidate: packed}
+
+    def gather(self, values: Mapping[str, Any], like: np.ndarray | None = None) -> np.ndarray | None:
+        """A candidate value (a parameter, its gradient, optimizer state) in the reference's layout,
+        from ``values`` by candidate name; None where it is absent. ``like``: the reference's
+        value, whose slices stand in as zeros for parts absent from ``values`` (no gradient)."""
+        if not self.parts:
+            value = values.get(self.candidate)
+            if value is None:
+                return None
+            value = np.asarray(value)
+            if self.packed_in is not None:
+                if value.ndim <= self.packed_in.axis:
+                    return None  # per-tensor state (Paddle's beta powers [1]): no slice of it
+                value = self.packed_in.take(value)
+            return _transformed(value, self.transform)
+        pieces = []
+        for p in self.parts:
+            value = values.get(p.name)
+            if value is not None and np.ndim(value) <= p.axis:
+                return None  # per-tensor state (Paddle's beta powers [1]): nothing to join
+            if value is None:
+                if like is None:
+                    return None
+                pieces.append(np.zeros_like(p.take(like)))
+            else:
+                pieces.append(_transformed(np.asarray(value), p.transform))
+        return np.concatenate(pieces, axis=self.parts[0].axis)
 
 
 @dataclass
@@ -59,9 +144,17 @@ class ParamMap:
     unmapped_candidate: list[str] = field(default_factory=list)
     shape_mismatch: list[dict[str, Any]] = field(default_factory=list)
 
-    def carry(self, reference_values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Candidate values for every paired parameter, from the reference's values."""
-        return {p.candidate: p.carry(reference_values[p.reference]) for p in self.pairs}
+    def carry(
+        self, reference_values: Mapping[str, np.ndarray],
+        candidate_values: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Candidate values for every paired parameter, from the reference's values (a packed
+        candidate parameter is filled in slice by slice, starting from ``candidate_values``')."""
+        out: dict[str, np.ndarray] = {}
+        for pair in self.pairs:
+            into = out if pair.candidate in out else (candidate_values or {})
+            out.update(pair.carry_to(reference_values[pair.reference], into))
+        return out
 
     def by_reference(self) -> dict[str, ParamPair]:
         return {p.reference: p for p in self.pairs}
@@ -75,8 +168,8 @@ class ParamMap:
         }
 
 
-def load_name_map(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a ``--name-map`` JSON file into ``{ref: {"name": cand, "transpose": bool}}``."""
+def load_name_map(path: str | Path) -> dict[str, Any]:
+    """Read a ``--name-map`` JSON file (see :func:`normalize_name_map`)."""
     path = Path(path)
     if not path.exists():
         raise VerificationError(f"Name map file {path} does not exist.")
@@ -84,21 +177,57 @@ def load_name_map(path: str | Path) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VerificationError(f"Name map {path} is not valid JSON: {exc}.") from None
-    if not isinstance(data, dict):
-        raise VerificationError(f"Name map {path} must be a JSON object of reference -> candidate names.")
-    out = {}
+    return normalize_name_map(data, f"Name map {path}")
+
+
+NAME_MAP_GRAMMAR = (
+    '"cand.name", {"name": ..., "transpose": true|false}, a slice of a packed candidate '
+    '{"name": ..., "rows"|"cols": [start, stop]}, or a packed reference as a list of its slices '
+    '[{"name": ..., "rows"|"cols": [start, stop]}, ...]'
+)
+
+
+def normalize_name_map(data: Any, where: str = "Name map") -> dict[str, Any]:
+    """A name map as ``{ref: entry}``, each entry ``{"name": cand}`` with optional ``transpose``
+    (bool) and ``rows``/``cols`` ([start, stop) of the packed side, along axis 0 or 1), or a list
+    of such entries: the reference packed, each entry one slice of it and the candidate
+    parameter holding it. Raises VerificationError, naming the entry, on anything else."""
+    if not isinstance(data, Mapping):
+        raise VerificationError(f"{where} must be a JSON object of reference -> candidate names.")
+    out: dict[str, Any] = {}
     for ref, entry in data.items():
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
-            raise VerificationError(
-                f"Name map {path}: entry {ref!r} must be a candidate name or "
-                f'{{"name": ..., "transpose": true|false}}, got {entry!r}.'
-            )
-        if not isinstance(entry.get("transpose", False), bool):
-            raise VerificationError(f"Name map {path}: 'transpose' of {ref!r} must be true or false.")
-        out[ref] = entry
+        if isinstance(entry, list) and entry:
+            out[ref] = [_name_map_entry(e, ref, where, sliced=True) for e in entry]
+        else:
+            out[ref] = _name_map_entry(entry, ref, where, sliced=False)
     return out
+
+
+def _name_map_entry(entry: Any, ref: str, where: str, sliced: bool) -> dict[str, Any]:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not (isinstance(entry, Mapping) and isinstance(entry.get("name"), str)):
+        raise VerificationError(f"{where}: entry {ref!r} must be {NAME_MAP_GRAMMAR}; got {entry!r}.")
+    entry = dict(entry)
+    if not isinstance(entry.get("transpose", False), bool):
+        raise VerificationError(f"{where}: 'transpose' of {ref!r} must be true or false.")
+    ranges = [key for key in ("rows", "cols") if key in entry]
+    if len(ranges) > 1 or (sliced and not ranges):
+        raise VerificationError(
+            f"{where}: each slice of {ref!r} needs exactly one of 'rows' or 'cols' ([start, stop]); "
+            f"got {entry!r}."
+        )
+    if ranges:
+        value = entry.pop(ranges[0])
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                and 0 <= value[0] < value[1]):
+            raise VerificationError(
+                f"{where}: '{ranges[0]}' of {ref!r} must be [start, stop] with 0 <= start < stop; "
+                f"got {value!r}."
+            )
+        entry["rows"], entry["axis"] = tuple(value), 0 if ranges[0] == "rows" else 1
+    return entry
 
 
 def build_param_map(
@@ -111,36 +240,65 @@ def build_param_map(
     shape-mismatched parameters unless ``allow_unmapped``, and always when nothing is shared."""
     ref_params = reference.meta.params
     cand_params = candidate.meta.params
-    cross = reference.framework != candidate.framework
+    layouts = Layouts(reference, candidate)
     pairs: list[ParamPair] = []
     for ref_name, entry in (name_map or {}).items():
-        if ref_name not in ref_params:
-            raise VerificationError(
-                f"Name map entry {ref_name!r} is not a parameter of the reference graph "
-                f"({reference.path or 'reference'})."
-            )
-        if entry["name"] not in cand_params:
-            raise VerificationError(
-                f"Name map maps {ref_name!r} to {entry['name']!r}, which is not a parameter of the "
-                f"candidate graph ({candidate.path or 'candidate'})."
-            )
-        if "transpose" in entry:
-            transform = "transpose" if entry["transpose"] else "identity"
-        else:
-            transform = layout_transform(ref_params[ref_name], cand_params[entry["name"]], cross)
-        pairs.append(ParamPair(ref_name, entry["name"], transform, "map"))
+        pairs.append(_mapped_pair(reference, candidate, layouts, ref_name, entry))
     taken_ref = {p.reference for p in pairs}
-    taken_cand = {p.candidate for p in pairs}
-    cand_by_key = {canonical_name(n, p): n for n, p in cand_params.items() if n not in taken_cand}
+    taken_cand = {c for p in pairs for c in p.candidates}
+    cand_by_key: dict[str, str] = {}
+    for n, p in cand_params.items():  # a tied tensor is found by any of its names, its own first
+        if n not in taken_cand:
+            cand_by_key[canonical_name(n, p)] = n
+    for n, p in cand_params.items():
+        if n not in taken_cand:
+            for alias in p.aliases:
+                cand_by_key.setdefault(alias_key(alias), n)
     for name, info in ref_params.items():
-        other = cand_by_key.get(canonical_name(name, info))
+        keys = [canonical_name(name, info), *map(alias_key, info.aliases)]
+        other = next((cand_by_key[k] for k in keys if k in cand_by_key), None)
         if name in taken_ref or other is None or other in taken_cand:
             continue
-        pairs.append(ParamPair(name, other, layout_transform(info, cand_params[other], cross), "name"))
+        pairs.append(ParamPair(name, other, layouts.transform(name, other), "name"))
         taken_ref.add(name)
         taken_cand.add(other)
-    pairs.extend(_pair_by_structure(reference, candidate, taken_ref, taken_cand, cross))
+    packed = _pair_packed(reference, candidate, taken_ref, taken_cand, layouts)
+    taken_ref.update(p.reference for p in packed)
+    taken_cand.update(c for p in packed for c in p.candidates)
+    pairs.extend(packed)
+    pairs.extend(_pair_by_structure(reference, candidate, taken_ref, taken_cand, layouts))
     return _checked_map(reference, candidate, pairs, allow_unmapped)
+
+
+def _mapped_pair(
+    reference: LossGraph, candidate: LossGraph, layouts: Layouts, ref_name: str, entry: Any
+) -> ParamPair:
+    """The pair one ``--name-map`` entry asks for (normalized by :func:`normalize_name_map`)."""
+    ref_params, cand_params = reference.meta.params, candidate.meta.params
+    ref_name = primary_name(ref_params, ref_name)
+    if ref_name not in ref_params:
+        raise VerificationError(
+            f"Name map entry {ref_name!r} is not a parameter of the reference graph "
+            f"({reference.path or 'reference'})."
+        )
+    parts = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        name = primary_name(cand_params, item["name"])
+        if name not in cand_params:
+            raise VerificationError(
+                f"Name map maps {ref_name!r} to {item['name']!r}, which is not a parameter of the "
+                f"candidate graph ({candidate.path or 'candidate'})."
+            )
+        if "transpose" in item:
+            transform = "transpose" if item["transpose"] else "identity"
+        else:
+            transform = layouts.transform(ref_name, name)
+        parts.append(Part(name, tuple(item.get("rows", (0, 0))), transform, item.get("axis", 0)))
+    if isinstance(entry, list):
+        return ParamPair.split(ref_name, parts, "map")
+    if "rows" in entry:
+        return ParamPair.slice_of(ref_name, parts[0], "map")
+    return ParamPair(ref_name, parts[0].name, parts[0].transform, "map")
 
 
 #: Attribute spellings that mean the same thing in torch and Paddle.
@@ -154,12 +312,17 @@ LAYER_ALIASES = {
 }
 #: Buffers only one framework has (no counterpart to pair with, nothing to report).
 FRAMEWORK_ONLY_ATTRIBUTES = ("num_batches_tracked",)
-#: Layer kinds whose weight is stored transposed in Paddle relative to torch.
-TRANSPOSED_WEIGHT_LAYERS = ("linear",)
+#: How each framework stores the weight of its Linear layer (``out_in``: [out, in], read as
+#: ``x @ W.T``; ``in_out``: [in, out], read as ``x @ W``).
+LINEAR_LAYOUT = {"torch": "out_in", "paddle": "in_out"}
+#: Ops a weight passes through unchanged on its way to a product.
+_PASS_THROUGH = ("Identity", "Cast")
 
 
 def canonical_layer(info: ParamInfo) -> str:
-    name = info.layer_type.lower()
+    """The layer kind, lower-cased: the framework class the owning layer is or derives from
+    (``NonDynamicallyQuantizableLinear`` -> ``linear``), else its own class name."""
+    name = (info.base_type or info.layer_type).lower()
     return LAYER_ALIASES.get(name, name)
 
 
@@ -176,30 +339,229 @@ def canonical_name(name: str, info: ParamInfo) -> str:
     return f"{module}.{attribute}" if module else attribute
 
 
-def layout_transform(ref: ParamInfo, cand: ParamInfo, cross_framework: bool) -> str:
-    """``transpose`` for a Linear weight crossing frameworks, by layer kind (not by shape)."""
-    if not cross_framework:
-        return "identity"
-    if (
-        canonical_layer(ref) in TRANSPOSED_WEIGHT_LAYERS
-        and canonical_layer(cand) in TRANSPOSED_WEIGHT_LAYERS
-        and ref.attribute == "weight"
-        and cand.attribute == "weight"
-        and len(ref.shape) == 2
-    ):
-        return "transpose"
-    return "identity"
+def primary_name(params: Mapping[str, ParamInfo], name: str) -> str:
+    """The name a tied tensor is listed under, for any of its names (others unchanged)."""
+    if name in params:
+        return name
+    return next((n for n, info in params.items() if name in info.aliases), name)
+
+
+def alias_key(name: str) -> str:
+    """The canonical name of a tied tensor's other name (no ParamInfo of its own)."""
+    module, _, attribute = name.rpartition(".")
+    attribute = ATTRIBUTE_ALIASES.get(attribute, attribute)
+    return f"{module}.{attribute}" if module else attribute
+
+
+def read_layouts(graph: LossGraph) -> dict[str, str]:
+    """How each 2-D parameter is read by the products it feeds: ``in_out`` when it is the right
+    operand of MatMul/Gemm as stored (``x @ W``), ``out_in`` when transposed first (a Transpose,
+    Gemm's ``transB``). Parameters read both ways, only as a left operand, or by no product are
+    left out: their layout is not known."""
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.model.graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+    layouts = {}
+    for name, info in graph.meta.params.items():
+        if len(info.shape) != 2:
+            continue
+        found: set[str] = set()
+        stack = [(name, False)]
+        while stack:
+            value, flipped = stack.pop()
+            for node, index in consumers.get(value, []):
+                if node.op_type in _PASS_THROUGH:
+                    stack.append((node.output[0], flipped))
+                elif node.op_type == "Transpose" and _swaps_2d(node):
+                    stack.append((node.output[0], not flipped))
+                elif node.op_type in ("MatMul", "Gemm") and index == 1:
+                    flipped ^= node.op_type == "Gemm" and _int_attr(node, "transB") == 1
+                    found.add("out_in" if flipped else "in_out")
+                elif node.op_type in ("MatMul", "Gemm"):
+                    found.add("left")
+        if len(found) == 1 and "left" not in found:
+            layouts[name] = found.pop()
+    return layouts
+
+
+def _int_attr(node: onnx.NodeProto, name: str) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), 0)
+
+
+def _swaps_2d(node: onnx.NodeProto) -> bool:
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return perm in (None, [1, 0])
+
+
+class Layouts:
+    """Each side's 2-D parameters' storage layouts, and the transform carrying one to the other."""
+
+    def __init__(self, reference: LossGraph, candidate: LossGraph) -> None:
+        self.sides = tuple(
+            (graph.meta.params, graph.framework, read_layouts(graph)) for graph in (reference, candidate)
+        )
+
+    def layout(self, side: int, name: str) -> str | None:
+        params, framework, read = self.sides[side]
+        info = params[name]
+        if len(info.shape) != 2:
+            return None
+        if canonical_layer(info) == "linear" and info.attribute == "weight":
+            return LINEAR_LAYOUT.get(framework)
+        if canonical_layer(info) == "multiheadattention" and info.attribute == "in_proj_weight":
+            return "out_in"  # torch's packed q/k/v projection, read by F.linear
+        return read.get(name)
+
+    def transform(self, reference: str, candidate: str) -> str:
+        """``transpose`` when both layouts are known and differ, else ``identity``."""
+        ref, cand = self.layout(0, reference), self.layout(1, candidate)
+        return "transpose" if ref and cand and ref != cand else "identity"
+
+
+#: Packed parameters whose split counterparts no name rule finds: torch MultiheadAttention's
+#: ``in_proj`` is Paddle MultiHeadAttention's ``q_proj``, ``k_proj``, ``v_proj``.
+SPLIT_NAMES = {"in_proj": ("q_proj", "k_proj", "v_proj")}
+
+
+def _pair_packed(
+    reference: LossGraph, candidate: LossGraph, taken_ref: set[str], taken_cand: set[str],
+    layouts: Layouts,
+) -> list[ParamPair]:
+    """Packed parameters against split ones, either way round: torch MultiheadAttention's
+    ``in_proj_weight`` [3E, E] against Paddle's ``q_proj``/``k_proj``/``v_proj`` weights, and a
+    fused projection against split ones of the same module (``qkv_proj`` against ``q_proj``,
+    ``k_proj``, ``v_proj``; ``gate_up_proj`` against ``gate_proj``, ``up_proj``). The packed
+    tensor is split along its output axis, in the order its name gives, each slice carried to its
+    parameter with the transposition the two layouts need."""
+    sides = ((reference, taken_ref), (candidate, taken_cand))
+    pairs: list[ParamPair] = []
+    for packed_side in (0, 1):
+        (packed_graph, packed_taken), (split_graph, split_taken) = (
+            sides[packed_side], sides[1 - packed_side])
+        children: dict[tuple[str, str], dict[str, str]] = {}  # (parent, attribute) -> child -> name
+        for name, info in split_graph.meta.params.items():
+            if name not in split_taken:
+                module, _, attribute = canonical_name(name, info).rpartition(".")
+                parent, _, child = module.rpartition(".")
+                children.setdefault((parent, attribute), {})[child] = name
+        for name, info in packed_graph.meta.params.items():
+            if name in packed_taken:
+                continue
+            parent, fused, attribute = _fused_key(name, info)
+            found = children.get((parent, attribute), {})
+            order = _split_order(fused, found)
+            if order is None:
+                continue
+            split = [found[child] for child in order]
+            if any(n in split_taken for n in split):
+                continue
+            parts = _parts(layouts, packed_side, name, split)
+            if parts is None:
+                continue
+            if packed_side == 0:
+                pairs.append(ParamPair.split(name, parts))
+            else:
+                pairs.extend(ParamPair.slice_of(part.name, replace(part, name=name))
+                             for part in parts)
+            packed_taken.add(name)
+            split_taken.update(split)
+    return pairs
+
+
+def _fused_key(name: str, info: ParamInfo) -> tuple[str, str, str]:
+    """(parent module, fused projection, attribute): ``attn.qkv_proj.weight`` -> ``("attn",
+    "qkv_proj", "weight")``; torch's ``attn.in_proj_weight`` -> ``("attn", "in_proj", "weight")``."""
+    module, _, attribute = canonical_name(name, info).rpartition(".")
+    for kind in ("weight", "bias"):
+        if canonical_layer(info) == "multiheadattention" and attribute.endswith("_" + kind):
+            return module, attribute[: -len(kind) - 1], kind
+    parent, _, fused = module.rpartition(".")
+    return parent, fused, attribute
+
+
+def _split_order(fused: str, children: Mapping[str, str]) -> list[str] | None:
+    """The children a fused name is made of, in its order: ``qkv_proj`` of ``q_proj``, ``k_proj``,
+    ``v_proj`` (and ``o_proj``, unused); ``gate_up_proj`` of ``gate_proj``, ``up_proj``."""
+    if fused in SPLIT_NAMES:
+        names = SPLIT_NAMES[fused]
+        return list(names) if all(n in children for n in names) else None
+    if len(children) < 2 or fused in children:
+        return None
+    suffix = os.path.commonprefix([c[::-1] for c in children])[::-1]
+    if not fused.endswith(suffix):
+        return None
+    core = fused[: len(fused) - len(suffix)] if suffix else fused
+    prefixes = {c[: len(c) - len(suffix)] if suffix else c: c for c in children}
+
+    def parse(rest: str) -> list[str] | None:
+        if not rest:
+            return []
+        for prefix, child in prefixes.items():
+            for sep in ("", "_"):
+                if prefix and rest.startswith(prefix + sep) and (sep or len(rest) >= len(prefix)):
+                    tail = parse(rest[len(prefix) + len(sep):] if sep else rest[len(prefix):])
+                    if tail is not None and child not in tail:
+                        return [child, *tail]
+        return None
+
+    order = parse(core)
+    return order if order is not None and len(order) >= 2 else None
+
+
+def _parts(layouts: Layouts, packed_side: int, packed: str, split: list[str]) -> list[Part] | None:
+    """Where each split parameter sits in the packed one (along the packed tensor's output axis)
+    and how it is carried; None when a layout is unknown or the sizes do not add up."""
+    params = layouts.sides[packed_side][0]
+    split_params = layouts.sides[1 - packed_side][0]
+    shape = params[packed].shape
+    packed_layout = layouts.layout(packed_side, packed)
+    if len(shape) == 2 and packed_layout is None:
+        return None
+    axis = 1 if packed_layout == "in_out" else 0
+    parts, start = [], 0
+    for name in split:
+        split_shape = split_params[name].shape
+        if len(split_shape) != len(shape):
+            return None
+        layout = layouts.layout(1 - packed_side, name)
+        if len(shape) == 2 and layout is None:
+            return None
+        size = split_shape[1] if layout == "in_out" else split_shape[0]
+        transform = "transpose" if len(shape) == 2 and layout != packed_layout else "identity"
+        parts.append(Part(name, (start, start + size), transform, axis))
+        start += size
+    return parts if start == shape[axis] else None
+
+
+#: A recurrent layer's per-layer weights (``weight_ih_l1_reverse``) and the cell of that kind
+#: holding them one by one (``LSTMCell.weight_ih``): torch and Paddle name them alike.
+_RECURRENT_WEIGHT = re.compile(r"^((?:weight|bias)_(?:ih|hh))_l\d+(?:_reverse)?$")
+_RECURRENT_CELLS = {"lstm": "lstmcell", "gru": "grucell", "rnn": "rnncell", "simplernn": "rnncell",
+                    "simplernncell": "rnncell"}
+
+
+def structure_key(name: str, info: ParamInfo) -> tuple[str, str]:
+    """What a parameter is, for pairing in definition order: (layer kind, attribute). A
+    multi-layer recurrent layer's weights are its cells' (a 2-layer LSTM pairs with two
+    LSTMCells, layer by layer)."""
+    layer, attribute = canonical_layer(info), canonical_attribute(info, name)
+    match = _RECURRENT_WEIGHT.match(attribute)
+    if layer in _RECURRENT_CELLS and match:
+        return _RECURRENT_CELLS[layer], match.group(1)
+    return _RECURRENT_CELLS.get(layer, layer), attribute
 
 
 def _pair_by_structure(
-    reference: LossGraph, candidate: LossGraph, taken_ref: set[str], taken_cand: set[str], cross: bool
+    reference: LossGraph, candidate: LossGraph, taken_ref: set[str], taken_cand: set[str],
+    layouts: Layouts,
 ) -> list[ParamPair]:
     """Pair what names could not, in definition order within each (layer kind, attribute)."""
     def groups(params: Mapping[str, ParamInfo], taken: set[str]) -> dict[tuple[str, str], list[str]]:
         out: dict[tuple[str, str], list[str]] = {}
         for name, info in params.items():
             if name not in taken:
-                out.setdefault((canonical_layer(info), canonical_attribute(info, name)), []).append(name)
+                out.setdefault(structure_key(name, info), []).append(name)
         return out
 
     ref_params, cand_params = reference.meta.params, candidate.meta.params
@@ -212,7 +574,7 @@ def _pair_by_structure(
             continue  # ambiguous: reported as unmapped
         candidate_pairs = []
         for ref_name, cand_name in zip(ref_names, cand_names):
-            transform = layout_transform(ref_params[ref_name], cand_params[cand_name], cross)
+            transform = layouts.transform(ref_name, cand_name)
             shape = list(ref_params[ref_name].shape)
             if transform == "transpose":
                 shape = shape[::-1]
@@ -232,8 +594,15 @@ def _checked_map(
     good, mismatch = [], []
     for pair in pairs:
         ref_shape = list(ref_params[pair.reference].shape)
-        carried = ref_shape[::-1] if pair.transform == "transpose" else ref_shape
-        cand_shape = list(cand_params[pair.candidate].shape)
+        if pair.parts:
+            carried, cand_shape = _packed_shapes(pair, ref_shape, cand_params)
+        elif pair.packed_in is not None:
+            cand_shape = list(cand_params[pair.candidate].shape)
+            carried = ref_shape[::-1] if pair.transform == "transpose" else ref_shape
+            cand_shape = _slice_shape(cand_shape, pair.packed_in)
+        else:
+            carried = ref_shape[::-1] if pair.transform == "transpose" else ref_shape
+            cand_shape = list(cand_params[pair.candidate].shape)
         if carried != cand_shape:
             mismatch.append(
                 {"reference": pair.reference, "candidate": pair.candidate,
@@ -242,8 +611,9 @@ def _checked_map(
             )
         else:
             good.append(pair)
+    mismatch += _uncovered_slices(pairs, cand_params)
     paired_ref = {p.reference for p in pairs}
-    paired_cand = {p.candidate for p in pairs}
+    paired_cand = {c for p in pairs for c in p.candidates}
     cross = reference.framework != candidate.framework
 
     def expected(name: str, info: ParamInfo) -> bool:
@@ -269,6 +639,58 @@ def _checked_map(
     if blocks_pairing(reference, candidate, result) and (not allow_unmapped or not good):
         raise VerificationError(unpaired_summary(reference, candidate, result))
     return result
+
+
+def _slice_shape(shape: list[int], part: Part) -> list[int | None]:
+    low, high = part.rows
+    if not 0 <= part.axis < len(shape) or not 0 <= low < high <= shape[part.axis]:
+        return [None]
+    return [high - low if axis == part.axis else d for axis, d in enumerate(shape)]
+
+
+def _tiles(parts: list[Part], shape: list[int]) -> bool:
+    """Whether the parts' ranges, in this order, tile one axis of a tensor of ``shape``."""
+    axes = {p.axis for p in parts}
+    if len(axes) != 1 or not 0 <= parts[0].axis < len(shape):
+        return False
+    end = 0
+    for part in parts:
+        if part.rows[0] != end or part.rows[1] <= end:
+            return False
+        end = part.rows[1]
+    return end == shape[parts[0].axis]
+
+
+def _uncovered_slices(pairs: list[ParamPair], cand_params: Mapping[str, ParamInfo]) -> list[dict]:
+    """Packed candidate parameters whose slices, paired one by one, do not tile them."""
+    slices: dict[str, list[tuple[str, Part]]] = {}
+    for pair in pairs:
+        if pair.packed_in is not None:
+            slices.setdefault(pair.candidate, []).append((pair.reference, pair.packed_in))
+    out = []
+    for name, found in slices.items():
+        found.sort(key=lambda item: item[1].rows)
+        shape = list(cand_params[name].shape)
+        if not _tiles([part for _, part in found], shape):
+            out.append({"reference": " + ".join(ref for ref, _ in found), "candidate": name,
+                        "reference_shape": [list(part.rows) for _, part in found],
+                        "candidate_shape": shape, "transform": "slices"})
+    return out
+
+
+def _packed_shapes(
+    pair: ParamPair, ref_shape: list[int], cand_params: Mapping[str, ParamInfo]
+) -> tuple[Any, Any]:
+    """What a packed pair's parts would receive and what they hold; they differ (a mismatch)
+    unless the parts tile the reference in order."""
+    carried = []
+    for part in pair.parts:
+        piece = _slice_shape(ref_shape, part)
+        carried.append(piece[::-1] if part.transform == "transpose" else piece)
+    held = [list(cand_params[part.name].shape) for part in pair.parts]
+    if not _tiles(list(pair.parts), ref_shape):
+        carried.append("slices that do not tile the reference")
+    return carried, held
 
 
 def blocks_pairing(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> bool:
@@ -340,12 +762,33 @@ def unpaired_summary(reference: LossGraph, candidate: LossGraph, pmap: ParamMap)
                                 ("candidate", pmap.unmapped_candidate, cand_params)):
         if names:
             problems.append(f"unmapped in {side} ({len(names)} of {len(params)}): " + _names(names))
-    structure = _structural_difference(reference, candidate, pmap)
+    structure = _tie_difference(reference, candidate, pmap) or _structural_difference(
+        reference, candidate, pmap)
     return (
         "Parameters could not all be paired (" + "; ".join(problems) + ")"
         + (f"; {structure}" if structure else "")
         + "; fix the model, give a --name-map, or pass --allow-unmapped to compare anyway."
     )
+
+
+def _tie_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:
+    """Tied on one side, separate on the other: "the reference ties head.weight to emb.weight
+    (one tensor, trained once); the candidate has head.weight as a parameter of its own"."""
+    parts = []
+    for side, other_side, graph, unpaired in (
+        ("reference", "candidate", candidate, pmap.unmapped_reference),
+        ("candidate", "reference", reference, pmap.unmapped_candidate),
+    ):
+        keys = {alias_key(n): n for n in unpaired}
+        for name, info in graph.meta.params.items():
+            for alias in info.aliases:
+                if alias_key(alias) in keys:
+                    parts.append(
+                        f"the {other_side} ties {alias} to {name} (one tensor, trained once); the "
+                        f"{side} has {keys[alias_key(alias)]} as a parameter of its own: tied and "
+                        f"untied weights train differently"
+                    )
+    return "; ".join(parts)
 
 
 def _structural_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:

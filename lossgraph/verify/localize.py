@@ -20,6 +20,7 @@ thousands of nodes are localized without marking every tensor at once.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -73,8 +74,12 @@ def module_map(param_map: ParamMap, ref: LossGraph, cand: LossGraph) -> dict[str
     out: dict[str, str] = {}
     for pair in param_map.pairs:
         a = ref.meta.params[pair.reference].module
-        b = cand.meta.params[pair.candidate].module
-        out.setdefault(a, b)
+        b = [cand.meta.params[c].module for c in pair.candidates]
+        if pair.parts:  # q_proj, k_proj, v_proj -> the module holding them all
+            b = [".".join(os.path.commonprefix([m.split(".") for m in b]))]
+        if pair.packed_in is not None:  # the same, the other way round
+            a = a.rpartition(".")[0]
+        out.setdefault(a, b[0])
     return with_parents(out)
 
 
@@ -276,14 +281,18 @@ def _divergence(
 
 def _scope_of(
     node: onnx.NodeProto | None, tap: str, cand_node: onnx.NodeProto | None = None,
-    modules: Mapping[str, str] | None = None,
+    modules: Mapping[str, str] | None = None, forward: bool = False,
 ) -> str:
-    """The module path of a divergence, in the reference's names: the reference node's scope;
+    """The module path of a divergence, in the reference's names: the reference node's scope
+    (in the forward pass ``""`` where the node is at the top level, outside every module);
     else the candidate node's, translated back through the module map (PaddlePaddle's graphs
     carry no scopes, so a Paddle reference relies on a torch candidate's) where it lies inside
     the diverging tap's module; else that module."""
     module = tap.partition("#")[0]
     scope = node_meta(node, SCOPE_KEY) if node is not None else None
+    if scope == "" and forward:
+        return ""  # a forward node at the top level, outside every module (the backward names
+        # the module whose gradient parts instead)
     theirs = node_meta(cand_node, SCOPE_KEY) if cand_node is not None and not scope else None
     if theirs and modules is not None:
         mine = translate_tap(theirs, {b: a for a, b in modules.items()})
@@ -434,7 +443,8 @@ def localize_forward(
 
     agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged and t not in boundaries}
     agreed.update({name: name for name in ref.graph.meta.inputs})
-    agreed.update({p.reference: p.candidate for p in param_map.pairs})
+    agreed.update({p.reference: p.candidate for p in param_map.pairs
+                   if not p.parts and p.packed_in is None})
     origin = _origin_in_region(ref, cand, target, cand_target, agreed, tol)
     if origin is None and diverged:
         # value matching can be fooled where parameters are still identities (BatchNorm scale
@@ -452,7 +462,7 @@ def localize_forward(
         # BatchNorm's var + eps): the size of the difference is the one measured at the tap
         origin = replace(origin, diff=measured())
     if origin is not None:
-        scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules)
+        scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules, forward=True)
         found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss)
         return found, origin.hint_values()
     if diverged:
@@ -487,7 +497,7 @@ def perturbed(side: Side, pairs, which: str, ref: Side | None = None) -> Side:
         if which == "reference":
             feeds[pair.reference] = changed
         else:
-            feeds[pair.candidate] = pair.carry(changed)
+            feeds.update(pair.carry_to(changed, feeds))
     return Side(side.graph, feeds, side.device)
 
 

@@ -25,6 +25,7 @@ from lossgraph.verify.align import (
     build_param_map,
     describe_unpaired_state,
     load_name_map,
+    normalize_name_map,
 )
 from lossgraph.verify.compare import (
     Tolerance,
@@ -102,6 +103,8 @@ def prepare(
     name_map = options.name_map
     if isinstance(name_map, (str, Path)):
         name_map = load_name_map(name_map)
+    elif name_map is not None:
+        name_map = normalize_name_map(name_map)
     param_map = build_param_map(ref, cand, name_map, options.allow_unmapped)
     ref_params = ref.param_values()
     if blocks_pairing(ref, cand, param_map):
@@ -115,7 +118,8 @@ def prepare(
             f"Without counterpart, each side keeps its own values: {state}; a difference they make "
             f"is reported as a divergence."
         )
-    cand_params = {**cand.param_values(), **param_map.carry(ref_params)}
+    own = cand.param_values()
+    cand_params = {**own, **param_map.carry(ref_params, own)}
     dropout = _match_dropouts(ref, cand, param_map, warnings)
     return Setup(
         ref, with_masks_of(cand, dropout), tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
@@ -432,7 +436,7 @@ def _update_divergence(setup: Setup, step: StepResult, ref_run, cand_run):
         values.update(
             ref_before=ref_run.before[step.step][param],
             ref_after=ref_run.outcomes[step.step].params[param],
-            cand_after=pair.carry_back(cand_run.outcomes[step.step].params[pair.candidate]),
+            cand_after=pair.gather(cand_run.outcomes[step.step].params),
         )
     info = setup.ref.meta.params.get(param)
     is_state = info is not None and info.kind == "buffer"
@@ -530,7 +534,8 @@ def compare_gradients(
     pairs = [
         p
         for p in param_map.pairs
-        if ref.meta.params[p.reference].trainable or cand.meta.params[p.candidate].trainable
+        if ref.meta.params[p.reference].trainable
+        or any(cand.meta.params[c].trainable for c in p.candidates)
     ]
     per_param: dict[str, dict[str, ValueDiff]] = {p.reference: {} for p in pairs}
     for loss in ref.meta.losses:
@@ -538,17 +543,17 @@ def compare_gradients(
             ref, loss, [p.reference for p in pairs], inputs, ref_params, device, "reference"
         )
         cand_grads = loss_gradients(
-            cand, loss, [p.candidate for p in pairs],
+            cand, loss, list(dict.fromkeys(c for p in pairs for c in p.candidates)),
             inputs if cand_inputs is None else cand_inputs, cand_params, device, "candidate",
         )
         check_not_both_non_finite(
             {p.reference: ref_grads[p.reference] for p in pairs},
-            {p.reference: cand_grads[p.candidate] for p in pairs}, f"the gradient of {loss} w.r.t.", "",
+            {p.reference: p.gather(cand_grads) for p in pairs}, f"the gradient of {loss} w.r.t.", "",
             lambda: _side(ref, {**inputs, **ref_params}, device),
         )
         for pair in pairs:
             per_param[pair.reference][loss] = compare_arrays(
-                ref_grads[pair.reference], pair.carry_back(cand_grads[pair.candidate]), tol
+                ref_grads[pair.reference], pair.gather(cand_grads), tol
             )
     return {name: GradDiff(diffs) for name, diffs in per_param.items()}
 

@@ -203,9 +203,12 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     )
     pmap = result.param_map
     transposed = sum(p.transform == "transpose" for p in pmap.pairs)
-    renamed = sum(p.reference != p.candidate for p in pmap.pairs)
+    renamed = sum(p.reference != p.candidate and not p.parts and p.packed_in is None
+                  for p in pmap.pairs)
     details = [f"{renamed} renamed"] if renamed else []
     details += [f"{transposed} transposed"] if transposed else []
+    packed = sum(bool(p.parts) or p.packed_in is not None for p in pmap.pairs)
+    details += [f"{packed} packed"] if packed else []
     mapped = f"  parameters {len(pmap.pairs)} paired"
     if details:
         mapped += f" ({', '.join(details)})"

@@ -321,12 +321,13 @@ def compare_step(
     for pair in param_map.pairs:
         if ref.meta.params[pair.reference].trainable:
             ga = a.gradients.get(pair.reference)
-            gb = b.gradients.get(pair.candidate)
-            if ga is not None or gb is not None:
-                ga = ga if ga is not None else np.zeros_like(a.params[pair.reference])
-                gb = pair.carry_back(gb) if gb is not None else np.zeros_like(ga)
+            zeros = np.zeros_like(a.params[pair.reference])
+            gb = pair.gather(b.gradients, like=zeros)
+            if ga is not None or any(c in b.gradients for c in pair.candidates):
+                ga = ga if ga is not None else zeros
+                gb = gb if gb is not None else np.zeros_like(ga)
                 gradients[pair.reference] = GradDiff({a.loss: compare_arrays(ga, gb, tol)})
-        ours = pair.carry_back(b.params[pair.candidate])
+        ours = pair.gather(b.params)
         raw = parameters[pair.reference] = compare_arrays(a.params[pair.reference], ours, tol)
         converted = running_variance_convention(pair, a.params, ref_before, cand_before, ref, cand)
         if converted is not None:
@@ -337,10 +338,12 @@ def compare_step(
     for key, value in a.opt_state.items():
         param, slot = split_state_key(key)
         pair = pairs.get(param)
-        other = b_state.get((pair.candidate, canonical_slot(slot))) if pair else None
+        other = None
+        if pair is not None:
+            same = canonical_slot(slot)
+            other = pair.gather({c: b_state[(c, same)] for c in pair.candidates if (c, same) in b_state})
         if other is None:
             continue  # no counterpart in the candidate's optimizer (e.g. step vs beta powers)
-        other = pair.carry_back(np.asarray(other))
         if other.shape == np.shape(value):
             state[key] = compare_arrays(np.asarray(value), other, tol)
     return StepResult(
@@ -391,7 +394,7 @@ def running_variance_convention(
     after = np.asarray(ref_after[pair.reference], np.float64)
     own = before
     if cand_before is not None and pair.candidate in cand_before:
-        own = pair.carry_back(np.asarray(cand_before[pair.candidate], np.float64))
+        own = np.asarray(pair.gather(cand_before), np.float64)
     retention = _retention(info, ref.framework, len(counts), ref_before)
     if retention is None:
         return None

@@ -8,6 +8,8 @@ leaky_relu has slope 1 at 0."""
 
 from __future__ import annotations
 
+import math
+
 from lossgraph.autodiff.registry import grad_rule, non_differentiable
 from lossgraph.graph import TIE_KEY, node_meta
 
@@ -165,6 +167,29 @@ def erf_grad(ctx, dys):
     x = ctx.inputs[0]
     slope = ctx.op("Exp", ctx.neg(ctx.mul(x, x)))
     return [ctx.mul(dys[0], ctx.mul(ctx.scalar(2.0 / 3.141592653589793**0.5, x), slope))]
+
+
+@grad_rule("Gelu")
+def gelu_grad(ctx, dys):
+    """GELU (opset 20), exact: Phi(x) + x phi(x); ``approximate="tanh"``: with
+    u = sqrt(2/pi) (x + 0.044715 x^3) and t = tanh(u), 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx."""
+    x = ctx.inputs[0]
+    one = ctx.scalar(1.0, x)
+    half = ctx.scalar(0.5, x)
+    if ctx.attr("approximate", "none") == "tanh":
+        c = ctx.scalar(math.sqrt(2.0 / math.pi), x)
+        k = ctx.scalar(0.044715, x)
+        x2 = ctx.mul(x, x)
+        t = ctx.op("Tanh", ctx.mul(c, ctx.add(x, ctx.mul(k, ctx.mul(x2, x)))))
+        du = ctx.mul(c, ctx.add(one, ctx.mul(ctx.scalar(3 * 0.044715, x), x2)))
+        slope = ctx.add(ctx.mul(half, ctx.add(one, t)),
+                        ctx.mul(ctx.mul(half, x), ctx.mul(ctx.sub(one, ctx.mul(t, t)), du)))
+    else:
+        cdf = ctx.mul(half, ctx.add(one, ctx.op("Erf", ctx.mul(x, ctx.scalar(math.sqrt(0.5), x)))))
+        pdf = ctx.mul(ctx.scalar(1.0 / math.sqrt(2.0 * math.pi), x),
+                      ctx.op("Exp", ctx.mul(ctx.scalar(-0.5, x), ctx.mul(x, x))))
+        slope = ctx.add(cdf, ctx.mul(x, pdf))
+    return [ctx.mul(dys[0], slope)]
 
 
 @grad_rule("Sin")

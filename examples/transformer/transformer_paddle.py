@@ -1,0 +1,170 @@
+"""The PaddlePaddle ports of ``transformer_torch.py`` (same function names): ``paddle.nn``'s
+TransformerEncoderLayer (MultiHeadAttention with separate ``q_proj``/``k_proj``/``v_proj``),
+the attention with three projections where torch has one fused, a language model whose output
+head reads the embedding's weight transposed (as PaddleFormers does), ``paddle.nn.LSTM`` and
+``GRU``, and -- for the 2-layer LSTM -- two LSTMCells stepped by hand (a port PaDiff's tests
+have). Pairing needs no name map: lossgraph splits the packed weights, follows the tie and
+pairs the cells with the layers.
+
+    lossgraph export examples/transformer/transformer_paddle.py:encoder_layer -o enc_p.onnx
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+import lossgraph as lg
+
+E, HEADS, FF = 8, 2, 16
+BATCH, SEQ, FEATURES, HIDDEN = 2, 3, 4, 5
+VOCAB = 10
+X = lg.Input([BATCH, SEQ, E])
+
+
+def _square_mean(model, x):
+    out = model(x)
+    return ((out[0] if isinstance(out, tuple) else out) ** 2).mean()
+
+
+def _adam(model) -> dict:
+    return {"adam": paddle.optimizer.Adam(parameters=model.parameters(), learning_rate=1e-3)}
+
+
+def encoder_layer(heads: int = HEADS, normalize_before: bool = False):
+    paddle.seed(0)
+    model = nn.TransformerEncoderLayer(E, heads, dim_feedforward=FF, dropout=0.0,
+                                       normalize_before=normalize_before)
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
+class Attention(nn.Layer):
+    def __init__(self, scale: bool = True) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(E, E)
+        self.k_proj = nn.Linear(E, E)
+        self.v_proj = nn.Linear(E, E)
+        self.o_proj = nn.Linear(E, E)
+        self.scale = scale
+
+    def forward(self, x):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        scores = paddle.matmul(q, k, transpose_y=True)
+        if self.scale:
+            scores = scores / E**0.5
+        return self.o_proj(paddle.matmul(F.softmax(scores, axis=-1), v))
+
+
+def fused_attention(scale: bool = True):
+    paddle.seed(0)
+    model = Attention(scale)
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
+class FusedAttention(nn.Layer):
+    """The same attention with one fused projection, stored [in, 3E] as Paddle's Linear is:
+    q, k and v are its column blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv_proj = nn.Linear(E, 3 * E)
+        self.o_proj = nn.Linear(E, E)
+
+    def forward(self, x):
+        q, k, v = paddle.split(self.qkv_proj(x), 3, axis=-1)
+        scores = paddle.matmul(q, k, transpose_y=True) / E**0.5
+        return self.o_proj(paddle.matmul(F.softmax(scores, axis=-1), v))
+
+
+def fused_qkv():
+    paddle.seed(0)
+    model = FusedAttention()
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
+class LMHead(nn.Layer):
+    """An output head stored [vocab, hidden] and read as h @ W.T, sharing the embedding's
+    weight when given it."""
+
+    def __init__(self, weight=None) -> None:
+        super().__init__()
+        self.weight = weight if weight is not None else self.create_parameter([VOCAB, E])
+
+    def forward(self, h):
+        return paddle.matmul(h, self.weight, transpose_y=True)
+
+
+class TiedLM(nn.Layer):
+    def __init__(self, tied: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, E)
+        self.mid = nn.Linear(E, E)
+        self.lm_head = LMHead(self.embed.weight if tied else None)
+
+    def forward(self, ids):
+        return self.lm_head(paddle.tanh(self.mid(self.embed(ids))))
+
+
+TOKENS = {"ids": lg.Input([BATCH, SEQ], dtype="int64", high=VOCAB),
+          "labels": lg.Input([BATCH, SEQ], dtype="int64", high=VOCAB)}
+
+
+def tied_lm(tied: bool = True):
+    paddle.seed(0)
+    model = TiedLM(tied)
+
+    def loss(model, ids, labels):
+        return F.cross_entropy(model(ids).reshape([-1, VOCAB]), labels.reshape([-1]))
+
+    return lg.Spec(model=model, loss=loss, inputs=TOKENS,
+                   optimizers={"adamw": paddle.optimizer.AdamW(parameters=model.parameters(),
+                                                               learning_rate=1e-2)})
+
+
+def _recurrent(model):
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": lg.Input([BATCH, SEQ, FEATURES])},
+                   optimizers=_adam(model))
+
+
+def lstm():
+    paddle.seed(0)
+    return _recurrent(nn.LSTM(FEATURES, HIDDEN))
+
+
+class Cells(nn.Layer):
+    """A 2-layer LSTM as two LSTMCells stepped over time by hand."""
+
+    def __init__(self, cell=nn.LSTMCell) -> None:
+        super().__init__()
+        self.cell0 = cell(FEATURES, HIDDEN)
+        self.cell1 = cell(HIDDEN, HIDDEN)
+
+    def forward(self, x):
+        states0 = states1 = None
+        outs = []
+        for t in range(x.shape[1]):
+            h0, states0 = self.cell0(x[:, t], states0)
+            h1, states1 = self.cell1(h0, states1)
+            outs.append(h1)
+        return paddle.stack(outs, axis=1)
+
+
+def lstm_2_layers():
+    paddle.seed(0)
+    return _recurrent(Cells())
+
+
+def lstm_bidirectional():
+    paddle.seed(0)
+    return _recurrent(nn.LSTM(FEATURES, HIDDEN, num_layers=2, direction="bidirect"))
+
+
+def gru():
+    paddle.seed(0)
+    return _recurrent(nn.GRU(FEATURES, HIDDEN))
+
+
+def gru_bidirectional():
+    paddle.seed(0)
+    return _recurrent(nn.GRU(FEATURES, HIDDEN, num_layers=2, direction="bidirect"))

@@ -1,0 +1,55 @@
+"""Ports of ``transformer_torch.py`` with one porting bug each (``catalog.py`` style: the
+function name says the bug, the docstring where lossgraph must find it).
+
+    lossgraph export examples/transformer/transformer_paddle_planted.py:heads_split_4 -o bad.onnx
+"""
+
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+from transformer_paddle import HIDDEN, Cells, _recurrent, encoder_layer, fused_attention, tied_lm
+
+
+def heads_split_4():
+    """Four heads where torch has two: found in self_attn."""
+    return encoder_layer(heads=4)
+
+
+def pre_norm():
+    """normalize_before=True where torch's layer is post-norm: found in the layer's first norm
+    or attention input."""
+    return encoder_layer(normalize_before=True)
+
+
+def missing_scale():
+    """Attention scores not divided by sqrt(E): found in the attention, before the softmax."""
+    return fused_attention(scale=False)
+
+
+class SwappedGates(nn.LSTMCell):
+    """An LSTMCell whose port reads the gates in the order i, g, f, o (torch's is i, f, g, o)."""
+
+    def forward(self, inputs, states=None):
+        if states is None:
+            zeros = paddle.zeros([inputs.shape[0], HIDDEN], inputs.dtype)
+            states = (zeros, zeros)
+        h, c = states
+        gates = paddle.matmul(inputs, self.weight_ih, transpose_y=True) + self.bias_ih
+        gates = gates + paddle.matmul(h, self.weight_hh, transpose_y=True) + self.bias_hh
+        i, g, f, o = paddle.split(gates, 4, axis=-1)
+        c = paddle.nn.functional.sigmoid(f) * c + paddle.nn.functional.sigmoid(i) * paddle.tanh(g)
+        h = paddle.nn.functional.sigmoid(o) * paddle.tanh(c)
+        return h, (h, c)
+
+
+def lstm_gate_order():
+    """The 2-layer LSTM's cells with the forget and cell gates swapped: found in cell0."""
+    paddle.seed(0)
+    return _recurrent(Cells(SwappedGates))
+
+
+def untied_head():
+    """The output head a parameter of its own where torch ties it to the embedding: tied and
+    untied weights train differently; pairing says so (exit 2)."""
+    return tied_lm(tied=False)

@@ -1,0 +1,131 @@
+"""Transformer and recurrent ports (``examples/transformer``): torch.nn against paddle.nn as users
+write them -- packed attention weights, fused projections, tied embeddings, LSTM/GRU layers and
+LSTMCells -- verify with gradients and training steps and no name map; planted bugs exit 1 in
+the right place; tied against untied is said."""
+
+import pytest
+from conftest import EXAMPLES
+
+import lossgraph as lg
+from lossgraph.cli import native_runner
+from lossgraph.errors import VerificationError
+from lossgraph.verify.align import Part
+
+FOLDER = EXAMPLES / "transformer"
+E = 8
+
+
+def torch_(name):
+    return f"{FOLDER}/transformer_torch.py:{name}"
+
+
+def paddle_(name):
+    return f"{FOLDER}/transformer_paddle.py:{name}"
+
+
+def planted(name):
+    return f"{FOLDER}/transformer_paddle_planted.py:{name}"
+
+
+def verify(exported, reference, candidate, **options):
+    return lg.verify(exported(reference), exported(candidate), **options)
+
+
+def assert_all_paired(result):
+    pmap = result.param_map
+    assert not pmap.unmapped_reference and not pmap.unmapped_candidate and not pmap.shape_mismatch
+
+
+@pytest.mark.parametrize("name", ["encoder_layer", "fused_attention", "tied_lm", "lstm",
+                                  "lstm_2_layers", "lstm_bidirectional", "gru", "gru_bidirectional"])
+def test_ports_train_the_same(exported, name):
+    result = verify(exported, torch_(name), paddle_(name), grads=True, steps=2)
+    assert result.passed, [(s.step, s.passed) for s in result.steps]
+    assert_all_paired(result)
+
+
+def test_attention_weights_are_split_and_transposed(exported):
+    result = verify(exported, torch_("encoder_layer"), paddle_("encoder_layer"))
+    pairs = {p.reference: p for p in result.param_map.pairs}
+    assert [(p.name, p.rows, p.transform) for p in pairs["self_attn.in_proj_weight"].parts] == [
+        ("self_attn.q_proj.weight", (0, E), "transpose"),
+        ("self_attn.k_proj.weight", (E, 2 * E), "transpose"),
+        ("self_attn.v_proj.weight", (2 * E, 3 * E), "transpose")]
+    assert [p.transform for p in pairs["self_attn.in_proj_bias"].parts] == ["identity"] * 3
+    # out_proj is a NonDynamicallyQuantizableLinear: a Linear, its square weight transposed
+    assert pairs["self_attn.out_proj.weight"].transform == "transpose"
+
+
+def test_paddle_reference_reads_slices_of_torch_packed_weights(exported):
+    result = verify(exported, paddle_("encoder_layer"), torch_("encoder_layer"), grads=True, steps=2)
+    assert result.passed
+    assert_all_paired(result)
+    pairs = {p.reference: p for p in result.param_map.pairs}
+    assert pairs["self_attn.k_proj.bias"].packed_in == Part("self_attn.in_proj_bias", (E, 2 * E))
+    assert pairs["self_attn.v_proj.weight"].packed_in == Part(
+        "self_attn.in_proj_weight", (2 * E, 3 * E), "transpose")
+
+
+@pytest.mark.parametrize("reference, candidate", [
+    (paddle_("fused_attention"), torch_("fused_attention")),  # split against fused
+    (paddle_("fused_qkv"), paddle_("fused_attention")),  # Paddle's fused [in, 3E]: columns
+    (paddle_("fused_attention"), paddle_("fused_qkv")),
+    (torch_("fused_attention"), paddle_("fused_qkv")),  # fused against fused, across layouts
+])
+def test_fused_projections_pair_with_split_ones(exported, reference, candidate):
+    result = verify(exported, reference, candidate, grads=True, steps=2)
+    assert result.passed
+    assert_all_paired(result)
+
+
+def test_tied_weights_are_one_parameter(exported):
+    from lossgraph.graph import LossGraph
+
+    torch_params = LossGraph.load(exported(torch_("tied_lm"))).meta.params
+    assert torch_params["embed.weight"].aliases == ["lm_head.weight"]
+    assert "lm_head.weight" not in torch_params
+    paddle_params = LossGraph.load(exported(paddle_("tied_lm"))).meta.params
+    assert paddle_params["embed.weight"].aliases == ["lm_head.weight"]
+    # a name map may name a tied tensor by any of its names
+    mapped = verify(exported, torch_("tied_lm"), paddle_("tied_lm"),
+                    name_map={"lm_head.weight": {"name": "lm_head.weight"}})
+    assert mapped.passed and mapped.param_map.pairs[0].how == "map"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tied_against_untied_is_said(exported, reverse):
+    ref, cand = torch_("tied_lm"), planted("untied_head")
+    side = "candidate"
+    if reverse:
+        ref, cand, side = cand, ref, "reference"
+    with pytest.raises(VerificationError, match=rf"ties lm_head\.weight to embed\.weight .*the {side} "
+                                                r"has lm_head\.weight as a parameter of its own"):
+        verify(exported, ref, cand)
+
+
+def test_recurrent_ports_train_like_each_framework_eagerly(exported):
+    """A 2-layer torch LSTM against two Paddle LSTMCells, Adam, against both frameworks' own
+    eager training."""
+    result = verify(exported, torch_("lstm_2_layers"), paddle_("lstm_2_layers"), grads=True,
+                    steps=3, native=True, native_runner=native_runner())
+    assert result.passed
+    pairs = {p.reference: p.candidate for p in result.param_map.pairs}
+    assert pairs["weight_ih_l1"] == "cell1.weight_ih" and pairs["bias_hh_l0"] == "cell0.bias_hh"
+    assert all(d.passed for side in result.native.values() for d in side)
+
+
+@pytest.mark.parametrize("reference, candidate, scope, hint", [
+    ("encoder_layer", "heads_split_4", "self_attn", None),
+    ("fused_attention", "missing_scale", "", "2.82843"),
+    ("lstm_2_layers", "lstm_gate_order", "", None),
+])
+def test_planted_bugs_are_found(cli, exported, reference, candidate, scope, hint):
+    result = verify(exported, torch_(reference), planted(candidate), grads=True, steps=2)
+    assert not result.passed
+    found = result.first_divergence
+    assert (found.step, found.phase) == (0, "forward") and found.scope == scope, found
+    assert 0 < found.max_abs_diff < float("inf")
+    if hint:
+        assert hint in (found.hint or "")
+    run = cli("verify", exported(torch_(reference)), exported(planted(candidate)))
+    assert run.exit_code == 1
