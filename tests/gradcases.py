@@ -176,6 +176,8 @@ CASES: list[Case] = [
          lambda x, *a: torch.flip(x, [0])[0:5:2][:, 1:5:2], name="steps"),
     Case("Expand", (A(3, 1), C([2, 3, 4])), lambda x, s: x.expand(2, 3, 4)),
     Case("Tile", (A(2, 3), C([2, 3])), lambda x, r: x.repeat(2, 3)),
+    Case("Trilu", (A(2, 3, 4), C(1)), lambda x, k: torch.triu(x, 1), opset=14),
+    Case("Trilu", (A(3, 4), C(-1)), lambda x, k: torch.tril(x, -1), {"upper": 0}, opset=14, name="lower"),
     Case("SpaceToDepth", (A(2, 3, 4, 6),),
          lambda x: x.reshape(2, 3, 2, 2, 3, 2).permute(0, 3, 5, 1, 2, 4).reshape(2, 12, 2, 3),
          {"blocksize": 2}),

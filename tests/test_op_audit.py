@@ -17,7 +17,8 @@ from losses_torch import SPECS as LOSS_SPECS  # noqa: E402
 from transformer_torch import SPECS as TRANSFORMER_SPECS  # noqa: E402
 
 PENALTIES = ["wgan_gp", "wgan_lp", "dragan", "r1"]
-TRANSFORMER_PLANTED = ["heads_split_4", "pre_norm", "missing_scale", "lstm_gate_order", "untied_head"]
+TRANSFORMER_PLANTED = ["heads_split_4", "pre_norm", "missing_scale", "gelu_tanh", "lstm_gate_order",
+                       "untied_head", "rope_theta", "rms_norm_eps", "gqa_tiled"]
 
 
 def targets() -> list[str]:

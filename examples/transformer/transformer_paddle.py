@@ -32,11 +32,15 @@ def _adam(model) -> dict:
     return {"adam": paddle.optimizer.Adam(parameters=model.parameters(), learning_rate=1e-3)}
 
 
-def encoder_layer(heads: int = HEADS, normalize_before: bool = False):
+def encoder_layer(heads: int = HEADS, normalize_before: bool = False, activation: str = "relu"):
     paddle.seed(0)
     model = nn.TransformerEncoderLayer(E, heads, dim_feedforward=FF, dropout=0.0,
-                                       normalize_before=normalize_before)
+                                       normalize_before=normalize_before, activation=activation)
     return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
+def gelu_encoder_layer():
+    return encoder_layer(activation="gelu")
 
 
 class Attention(nn.Layer):
@@ -168,3 +172,137 @@ def gru():
 def gru_bidirectional():
     paddle.seed(0)
     return _recurrent(nn.GRU(FEATURES, HIDDEN, num_layers=2, direction="bidirect"))
+
+
+# --- a tiny LLaMA, following PaddleFormers' LlamaForCausalLM ----------------------------------
+# (module names; the rotary frequencies computed in the forward, no buffer; the output head
+# stored [hidden, vocab] and read as h @ W, as PaddleFormers 0.4.1 stores it); PaddleFormers
+# itself is not needed.
+
+LLAMA = {"vocab": 16, "hidden": 16, "heads": 4, "kv_heads": 2, "ff": 12, "layers": 2,
+         "rope_theta": 10000.0, "eps": 1e-6, "repeat": "interleave"}
+
+
+class LlamaRMSNorm(nn.Layer):
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.weight = self.create_parameter([hidden], default_initializer=nn.initializer.Constant(1.0))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * paddle.rsqrt(variance + self.variance_epsilon))
+
+
+def _rotary(t: int, dim: int, theta: float):
+    inv_freq = 1.0 / (theta ** (paddle.arange(0, dim, 2, dtype="float32") / dim))
+    freqs = paddle.arange(t, dtype="float32")[:, None] * inv_freq[None, :]
+    emb = paddle.concat([freqs, freqs], axis=-1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+class LlamaAttention(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.repeat = c["heads"], c["kv_heads"], c["repeat"]
+        self.head_dim = c["hidden"] // c["heads"]
+        self.q_proj = nn.Linear(c["hidden"], self.heads * self.head_dim, bias_attr=False)
+        self.k_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=False)
+        self.v_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, c["hidden"], bias_attr=False)
+
+    def forward(self, x, cos, sin):
+        b, t = x.shape[0], x.shape[1]
+        q = self.q_proj(x).reshape([b, t, self.heads, self.head_dim]).transpose([0, 2, 1, 3])
+        k = self.k_proj(x).reshape([b, t, self.kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        v = self.v_proj(x).reshape([b, t, self.kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        groups = self.heads // self.kv_heads
+        if self.repeat == "interleave":
+            k, v = k.repeat_interleave(groups, axis=1), v.repeat_interleave(groups, axis=1)
+        else:
+            k, v = k.tile([1, groups, 1, 1]), v.tile([1, groups, 1, 1])
+        scores = paddle.matmul(q, k, transpose_y=True) / self.head_dim**0.5
+        causal = paddle.triu(paddle.ones([t, t]), diagonal=1) * -1e9
+        weights = F.softmax(scores + causal, axis=-1)
+        return self.o_proj(paddle.matmul(weights, v).transpose([0, 2, 1, 3]).reshape([b, t, -1]))
+
+
+class LlamaMLP(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(c["hidden"], c["ff"], bias_attr=False)
+        self.up_proj = nn.Linear(c["hidden"], c["ff"], bias_attr=False)
+        self.down_proj = nn.Linear(c["ff"], c["hidden"], bias_attr=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(c)
+        self.mlp = LlamaMLP(c)
+        self.input_layernorm = LlamaRMSNorm(c["hidden"], c["eps"])
+        self.post_attention_layernorm = LlamaRMSNorm(c["hidden"], c["eps"])
+
+    def forward(self, x, cos, sin):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.c = c
+        self.embed_tokens = nn.Embedding(c["vocab"], c["hidden"])
+        self.layers = nn.LayerList([LlamaDecoderLayer(c) for _ in range(c["layers"])])
+        self.norm = LlamaRMSNorm(c["hidden"], c["eps"])
+
+    def forward(self, ids):
+        x = self.embed_tokens(ids)
+        cos, sin = _rotary(ids.shape[1], self.c["hidden"] // self.c["heads"], self.c["rope_theta"])
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.norm(x)
+
+
+class LlamaLMHead(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.weight = self.create_parameter([c["hidden"], c["vocab"]])  # [hidden, vocab]
+
+    def forward(self, h):
+        return paddle.matmul(h, self.weight)
+
+
+class LlamaForCausalLM(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.model = LlamaModel(c)
+        self.lm_head = LlamaLMHead(c)
+
+    def forward(self, ids):
+        return self.lm_head(self.model(ids))
+
+
+LLAMA_TOKENS = {"ids": lg.Input([BATCH, 4], dtype="int64", high=LLAMA["vocab"]),
+                "labels": lg.Input([BATCH, 4], dtype="int64", high=LLAMA["vocab"])}
+
+
+def tiny_llama(**changes):
+    paddle.seed(0)
+    model = LlamaForCausalLM({**LLAMA, **changes})
+
+    def loss(model, ids, labels):
+        return F.cross_entropy(model(ids).reshape([-1, LLAMA["vocab"]]), labels.reshape([-1]))
+
+    return lg.Spec(model=model, loss=loss, inputs=LLAMA_TOKENS,
+                   optimizers={"adamw": paddle.optimizer.AdamW(parameters=model.parameters(),
+                                                               learning_rate=1e-3)})

@@ -6,9 +6,19 @@ function name says the bug, the docstring where lossgraph must find it).
 
 from __future__ import annotations
 
+import functools
+
 import paddle
 from paddle import nn
-from transformer_paddle import HIDDEN, Cells, _recurrent, encoder_layer, fused_attention, tied_lm
+from transformer_paddle import (
+    HIDDEN,
+    Cells,
+    _recurrent,
+    encoder_layer,
+    fused_attention,
+    tied_lm,
+    tiny_llama,
+)
 
 
 def heads_split_4():
@@ -20,6 +30,14 @@ def pre_norm():
     """normalize_before=True where torch's layer is post-norm: found in the layer's first norm
     or attention input."""
     return encoder_layer(normalize_before=True)
+
+
+def gelu_tanh():
+    """GELU's tanh approximation where torch's layer has the exact one: found in the
+    feed-forward block."""
+    spec = encoder_layer(activation="gelu")
+    spec.model.activation = functools.partial(paddle.nn.functional.gelu, approximate=True)
+    return spec
 
 
 def missing_scale():
@@ -53,3 +71,19 @@ def untied_head():
     """The output head a parameter of its own where torch ties it to the embedding: tied and
     untied weights train differently; pairing says so (exit 2)."""
     return tied_lm(tied=False)
+
+
+def rope_theta():
+    """rope_theta 500000 where the reference has 10000: found in the first attention."""
+    return tiny_llama(rope_theta=500000.0)
+
+
+def rms_norm_eps():
+    """RMSNorm epsilon 1e-5 where the reference has 1e-6: found in the first input_layernorm."""
+    return tiny_llama(eps=1e-5)
+
+
+def gqa_tiled():
+    """The kv heads tiled ([k0, k1, k0, k1]) where repeat_kv interleaves ([k0, k0, k1, k1]):
+    found in the first attention."""
+    return tiny_llama(repeat="tile")

@@ -65,7 +65,7 @@ def densenet121_planted():
     needs ``BatchNorm(c, act='relu')``). Scope: ``features.denseblock2.denselayer5.relu2``
     (Paddle: ``db_conv_3.conv3_5.bn_ac_func2._batch_norm``)."""
     model = build("densenet121")
-    layer = getattr(model.db_conv_3, "conv3_5")
+    layer = model.db_conv_3.conv3_5
     layer.bn_ac_func2._batch_norm._act = None
     return make_spec("densenet121", model)
 

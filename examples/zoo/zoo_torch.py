@@ -261,7 +261,7 @@ class InvertedResidualConfig:
 
 
 class InvertedResidualV3(nn.Module):
-    def __init__(self, cnf, norm_layer, se_layer=partial(SqueezeExcitation,
+    def __init__(self, cnf, norm_layer, se_layer=partial(SqueezeExcitation,  # noqa: B008
                                                           scale_activation=nn.Hardsigmoid)):
         super().__init__()
         self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
@@ -382,7 +382,7 @@ class _DenseBlock(nn.ModuleDict):
         for i in range(num_layers):
             layer = _DenseLayer(num_input_features + i * growth_rate, growth_rate=growth_rate,
                                 bn_size=bn_size, drop_rate=drop_rate)
-            self.add_module("denselayer%d" % (i + 1), layer)
+            self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, init_features):
         features = [init_features]
@@ -417,12 +417,12 @@ class DenseNet(nn.Module):
         for i, num_layers in enumerate(block_config):
             block = _DenseBlock(num_layers=num_layers, num_input_features=num_features,
                                 bn_size=bn_size, growth_rate=growth_rate, drop_rate=drop_rate)
-            self.features.add_module("denseblock%d" % (i + 1), block)
+            self.features.add_module(f"denseblock{i + 1}", block)
             num_features = num_features + num_layers * growth_rate
             if i != len(block_config) - 1:
                 trans = _Transition(num_input_features=num_features,
                                     num_output_features=num_features // 2)
-                self.features.add_module("transition%d" % (i + 1), trans)
+                self.features.add_module(f"transition{i + 1}", trans)
                 num_features = num_features // 2
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)

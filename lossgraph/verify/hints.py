@@ -68,7 +68,7 @@ def unpaired_state(ctx: HintContext) -> str | None:
     from lossgraph.verify.align import describe_unpaired_state
 
     pmap = ctx.values.get("param_map")
-    if pmap is None:
+    if pmap is None or rope_base(ctx):
         return None
     upstream = []
     for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
@@ -83,6 +83,147 @@ def unpaired_state(ctx: HintContext) -> str | None:
         f"The port leaves one out (a loss weight, a mask, a constant of the model) or names it so "
         f"that it cannot be paired (give a --name-map)."
     )
+
+
+@hint
+def rope_base(ctx: HintContext) -> str | None:
+    """Rotary position embeddings with another base (``rope_theta``): each side's angle table (the
+    constant input of its Cos/Sin nodes, position x frequency) gives its frequencies
+    ``theta^(-2k/d)``, hence its theta. A buffer such as torch's ``inv_freq`` that the port
+    computes in its forward instead is no port bug; the base it implies can be."""
+    ref, cand = _rope_theta(ctx.ref), _rope_theta(ctx.cand)
+    if ref is None or cand is None or abs(ref - cand) <= 1e-3 * max(ref, cand):
+        return None
+    return (
+        f"Rotary embedding base differs: the reference's rotation angles imply rope_theta "
+        f"{ref:.6g}, the candidate's {cand:.6g} (rope_theta / base in the model config)."
+    )
+
+
+def _rope_theta(graph: LossGraph) -> float | None:
+    """theta of the graph's rotary angle tables, if it has any and they agree (None else)."""
+    from lossgraph.runtime.types import constant_values
+
+    constants = constant_values(graph.model)
+    found = set()
+    for node in graph.model.graph.node:
+        table = constants.get(node.input[0]) if node.op_type in ("Cos", "Sin") else None
+        if table is None or np.ndim(table) < 2 or np.shape(table)[-2] < 2:
+            continue
+        step = np.asarray(table, np.float64).reshape(-1, *np.shape(table)[-2:])[0]
+        freqs = np.unique(np.round(step[1] - step[0], 12))[::-1]  # position 1 minus position 0
+        if len(freqs) < 2 or not np.isclose(freqs[0], 1.0) or np.any(freqs <= 0):
+            continue
+        found.add(round(float(freqs[1] ** -len(freqs)), 0))  # f_1 = theta^(-2/d), d = 2 * len
+    return found.pop() if len(found) == 1 else None
+
+
+@hint
+def root_epsilon(ctx: HintContext) -> str | None:
+    """An epsilon of a normalization written out (``x * rsqrt(mean(x^2) + eps)``, RMSNorm, a
+    hand-written LayerNorm): near the diverging node each side adds a small constant before a
+    square root (Sqrt, Rsqrt as Reciprocal, Pow), and the two differ."""
+    if normalization_epsilon(ctx):
+        return None
+    ref, cand = (_root_epsilons(graph, ctx.node(side)) for graph, side in
+                 ((ctx.ref, "ref"), (ctx.cand, "cand")))
+    if len(ref) != 1 or len(cand) > 1 or not _missing(ref, cand):
+        return None
+    instead = f", the candidate {cand[0]:g}" if cand else ", which the candidate does not"
+    where = f" at {ctx.divergence.scope}" if ctx.divergence.scope else ""
+    return (
+        f"Normalization epsilon{where}: the reference adds {ref[0]:g} under the square root"
+        f"{instead} (eps, epsilon, variance_epsilon, rms_norm_eps: defaults differ)."
+    )
+
+
+#: How many producers back from the diverging node an epsilon is looked for.
+_EPSILON_DEPTH = 8
+_ROOTS = ("Sqrt", "Reciprocal", "Pow", "Div")
+
+
+def _root_epsilons(graph: LossGraph, node: onnx.NodeProto | None) -> list[float]:
+    """Small positive constants (below 0.1) added right before a square root (or the division
+    or power it takes part in) among the ``_EPSILON_DEPTH`` producers before ``node``."""
+    from lossgraph.runtime.types import constant_values
+
+    nodes = _ancestors(graph, node, _EPSILON_DEPTH)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    adds = [n for n in nodes if n.op_type == "Add"
+            and any(c.op_type in _ROOTS for c in consumers.get(n.output[0], []))]
+    constants = constant_values(graph.model) if adds else {}
+    found = []
+    for add in adds:
+        for name in add.input:
+            value = constants.get(name)
+            if value is not None and np.size(value) == 1 and 0 < float(np.ravel(value)[0]) < 0.1:
+                found.append(float(np.ravel(value)[0]))
+    return sorted(set(found))
+
+
+def _ancestors(graph: LossGraph, node: onnx.NodeProto | None, depth: int) -> list[onnx.NodeProto]:
+    """``node`` and the nodes producing its inputs, up to ``depth`` producers back."""
+    if node is None:
+        return []
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    found: dict[int, onnx.NodeProto] = {}
+    frontier = [node]
+    for _ in range(depth):
+        ahead = []
+        for current in frontier:
+            if id(current) not in found:
+                found[id(current)] = current
+                ahead += [producers[i] for i in current.input if i in producers]
+        frontier = ahead
+    return list(found.values())
+
+
+#: How many producers back from the diverging node a GELU is looked for.
+_GELU_DEPTH = 12
+
+
+@hint
+def gelu_approximation(ctx: HintContext) -> str | None:
+    """GELU exact (erf) on one side, its tanh approximation on the other: near the divergence,
+    or, where one side has none near it, every GELU of that side's graph. An ONNX Gelu node says
+    which by its ``approximate`` attribute; a decomposed one by Erf, or by Tanh with the
+    approximation's 0.044715."""
+    kinds = [_gelu_kind(graph, _ancestors(graph, ctx.node(side), _GELU_DEPTH))
+             for graph, side in ((ctx.ref, "ref"), (ctx.cand, "cand"))]
+    if (kinds[0] is None) != (kinds[1] is None):
+        # the other side's counterpart lies elsewhere: its GELUs, if all of one kind
+        for k, graph in enumerate((ctx.ref, ctx.cand)):
+            if kinds[k] is None:
+                kinds[k] = _gelu_kind(graph, list(graph.model.graph.node))
+    if None in kinds or kinds[0] == kinds[1]:
+        return None
+    return (
+        f"GELU differs: the reference computes the {kinds[0]} one, the candidate the {kinds[1]} "
+        f"(torch gelu(approximate='tanh'), Paddle gelu(approximate=True), HF 'gelu_new')."
+    )
+
+
+def _gelu_kind(graph: LossGraph, nodes: list[onnx.NodeProto]) -> str | None:
+    """"exact" or "tanh approximation": the GELUs among ``nodes``, if all of one kind."""
+    from lossgraph.runtime.types import constant_values
+
+    kinds = set()
+    for n in nodes:
+        if n.op_type == "Gelu":
+            kinds.add("tanh approximation" if _attributes(n).get("approximate") in ("tanh", b"tanh")
+                      else "exact")
+        elif n.op_type == "Erf":
+            kinds.add("exact")
+    if any(n.op_type == "Tanh" for n in nodes):
+        constants = constant_values(graph.model)
+        values = [constants.get(i) for n in nodes for i in n.input]
+        if any(v is not None and np.size(v) == 1 and abs(float(np.ravel(v)[0]) - 0.044715) < 1e-6
+               for v in values):
+            kinds.add("tanh approximation")
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 @hint
@@ -208,7 +349,7 @@ def differing_constants(ctx: HintContext) -> str | None:
     of their own."""
     diff = _constant_difference(ctx)
     origin = ctx.values.get("origin_constants") or ()
-    if not diff or not origin or normalization_epsilon(ctx) or unpaired_state(ctx):
+    if not diff or not origin or normalization_epsilon(ctx) or root_epsilon(ctx) or unpaired_state(ctx):
         return None
     only_ref, only_cand = diff
     missing = [c for c in origin if c in only_ref]

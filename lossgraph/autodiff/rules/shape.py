@@ -139,6 +139,13 @@ def scatter_to(ctx, dy, index: np.ndarray, shape, like: str) -> str:
     return ctx.reshape(scattered, shape)
 
 
+@grad_rule("Trilu", nondiff=(1,))
+def trilu_grad(ctx, dys):
+    """triu/tril keeps a triangle: the gradient is the same triangle of dy."""
+    upper = int(ctx.attr("upper", 1))
+    return [ctx.op("Trilu", dys[0], ctx.input(1), upper=upper), None]
+
+
 @grad_rule("Tile", nondiff=(1,))
 def tile_grad(ctx, dys):
     x = ctx.inputs[0]
