@@ -40,6 +40,9 @@ TAP_KEY = "lossgraph.tap"
 #: tied element takes the gradient whole, as torch.max(x, dim)), ``positive`` (LeakyRelu: slope 1
 #: at 0, as Paddle's leaky_relu).
 TIE_KEY = "lossgraph.tie"
+#: A Gather exported from an embedding lookup with ``padding_idx`` (torch's ``nn.Embedding``):
+#: the row it names gets no gradient, as in the framework's embedding backward.
+PADDING_IDX_KEY = "lossgraph.padding_idx"
 TIES = ("open", "first", "one", "positive")
 #: Without optimizers in the spec, training steps (on ORT and natively) use plain SGD, under
 #: this name, with this learning rate, on every trainable parameter.

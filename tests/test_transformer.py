@@ -38,7 +38,8 @@ def assert_all_paired(result, buffers=()):
     assert not pmap.unmapped_candidate and not pmap.shape_mismatch
 
 
-@pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "fused_attention", "tied_lm", "lstm",
+@pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention",
+                                  "fused_attention", "tied_lm", "lstm",
                                   "lstm_2_layers", "lstm_bidirectional", "gru", "gru_bidirectional",
                                   "tiny_llama"])
 def test_ports_train_the_same(exported, name):
@@ -68,6 +69,15 @@ def test_attention_weights_are_split_and_transposed(exported):
     assert [p.transform for p in pairs["self_attn.in_proj_bias"].parts] == ["identity"] * 3
     # out_proj is a NonDynamicallyQuantizableLinear: a Linear, its square weight transposed
     assert pairs["self_attn.out_proj.weight"].transform == "transpose"
+
+
+def test_attention_modules_named_apart_pair_by_structure(exported):
+    """torch's decoder calls its cross-attention ``multihead_attn``, Paddle's ``cross_attn``."""
+    result = verify(exported, torch_("decoder_layer"), paddle_("decoder_layer"))
+    pairs = {p.reference: p.candidate for p in result.param_map.pairs}
+    assert pairs["multihead_attn.in_proj_weight"] == (
+        "cross_attn.q_proj.weight + cross_attn.k_proj.weight + cross_attn.v_proj.weight")
+    assert pairs["multihead_attn.out_proj.weight"] == "cross_attn.out_proj.weight"
 
 
 def test_paddle_reference_reads_slices_of_torch_packed_weights(exported):

@@ -43,6 +43,37 @@ def gelu_encoder_layer():
     return encoder_layer(activation="gelu")
 
 
+def decoder_layer():
+    paddle.seed(0)
+    model = nn.TransformerDecoderLayer(E, HEADS, dim_feedforward=FF, dropout=0.0)
+
+    def loss(model, x, memory):
+        return (model(x, memory) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "memory": lg.Input([BATCH, 4, E])},
+                   optimizers=_adam(model))
+
+
+class CrossAttention(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiHeadAttention(E, HEADS, kdim=6, vdim=6)
+
+    def forward(self, x, memory):
+        return self.attn(x, memory, memory)
+
+
+def cross_attention():
+    paddle.seed(0)
+    model = CrossAttention()
+
+    def loss(model, x, memory):
+        return (model(x, memory) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "memory": lg.Input([BATCH, 4, 6])},
+                   optimizers=_adam(model))
+
+
 class Attention(nn.Layer):
     def __init__(self, scale: bool = True) -> None:
         super().__init__()

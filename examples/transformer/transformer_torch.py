@@ -46,6 +46,42 @@ def gelu_encoder_layer():
     return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
 
 
+def decoder_layer():
+    """torch.nn.TransformerDecoderLayer: self-attention, then cross-attention (``multihead_attn``,
+    Paddle's ``cross_attn``) over a memory."""
+    torch.manual_seed(0)
+    model = nn.TransformerDecoderLayer(E, HEADS, dim_feedforward=FF, dropout=0.0, batch_first=True)
+
+    def loss(model, x, memory):
+        return (model(x, memory) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "memory": lg.Input([BATCH, 4, E])},
+                   optimizers=_adam(model))
+
+
+class CrossAttention(nn.Module):
+    """nn.MultiheadAttention over keys of another width (kdim, vdim): torch then keeps separate
+    q_proj_weight, k_proj_weight and v_proj_weight beside the packed in_proj_bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(E, HEADS, kdim=6, vdim=6, batch_first=True)
+
+    def forward(self, x, memory):
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+
+def cross_attention():
+    torch.manual_seed(0)
+    model = CrossAttention()
+
+    def loss(model, x, memory):
+        return (model(x, memory) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "memory": lg.Input([BATCH, 4, 6])},
+                   optimizers=_adam(model))
+
+
 class Attention(nn.Module):
     """Single-head self-attention with one fused q/k/v projection (as GPT-style code has)."""
 
@@ -249,5 +285,5 @@ def tiny_llama():
                    optimizers={"adamw": torch.optim.AdamW(model.parameters(), lr=1e-3)})
 
 
-SPECS = ["encoder_layer", "gelu_encoder_layer", "fused_attention", "tied_lm", "lstm", "lstm_2_layers",
+SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention", "fused_attention", "tied_lm", "lstm", "lstm_2_layers",
          "lstm_bidirectional", "gru", "gru_bidirectional", "tiny_llama"]

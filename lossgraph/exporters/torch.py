@@ -42,6 +42,7 @@ from lossgraph.exporters.training import (
     torch_training,
 )
 from lossgraph.graph import (
+    PADDING_IDX_KEY,
     SCOPE_KEY,
     SOURCE_KEY,
     STOP_GRADIENT_KEY,
@@ -229,6 +230,29 @@ def _annotate_nodes(proto: Any) -> None:
         tie = torch_tie(node.op_type, fx_node)
         if tie is not None:
             set_node_meta(node, TIE_KEY, tie)
+        padding = embedding_padding_idx(node.op_type, fx_node)
+        if padding is not None:
+            set_node_meta(node, PADDING_IDX_KEY, str(padding))
+
+
+_EMBEDDING = re.compile(
+    r"target=torch\.ops\.aten\.embedding\.default\]\(args = \(%\w+, %\w+(?:, (-?\d+))?(?:, (\w+))?"
+)
+
+
+def embedding_padding_idx(op_type: str, fx_node: str) -> int | None:
+    """The ``padding_idx`` of a Gather exported from ``aten.embedding`` (None: none). An
+    embedding that scales its gradient by word frequency is refused: the graph cannot say it."""
+    match = _EMBEDDING.search(fx_node) if op_type == "Gather" else None
+    if match is None:
+        return None
+    if match.group(2) == "True":
+        raise ExportError(
+            "An nn.Embedding with scale_grad_by_freq=True: its gradient depends on how often each "
+            "index occurs in the batch, which lossgraph's gradient rules do not reproduce."
+        )
+    padding = int(match.group(1)) if match.group(1) is not None else -1
+    return padding if padding >= 0 else None
 
 
 #: (ONNX op, aten ops) -> the tie convention (``lossgraph.graph.TIE_KEY``) of those aten ops'

@@ -193,7 +193,9 @@ def constant_values(
         values = _evaluate(model, node, inputs)
         if values is not None:
             for name, value in zip(node.output, values):
-                if name and value is not None and np.asarray(value).size <= FOLD_LIMIT:
+                if not name or value is None or isinstance(value, (list, tuple)):
+                    continue  # a sequence (SplitToSequence's output) is no tensor
+                if np.asarray(value).size <= FOLD_LIMIT:
                     out[name] = np.asarray(value)
     return out
 

@@ -310,6 +310,9 @@ LAYER_ALIASES = {
     "conv3dtranspose": "convtranspose3d",
     "batchnorm": "batchnorm2d",
 }
+#: torch MultiheadAttention's projection weights: packed, or separate where kdim/vdim differ
+#: from embed_dim (Paddle's MultiHeadAttention has q_proj, k_proj, v_proj Linear layers).
+MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 #: Buffers only one framework has (no counterpart to pair with, nothing to report).
 FRAMEWORK_ONLY_ATTRIBUTES = ("num_batches_tracked",)
 #: How each framework stores the weight of its Linear layer (``out_in``: [out, in], read as
@@ -328,6 +331,8 @@ def canonical_layer(info: ParamInfo) -> str:
 
 def canonical_attribute(info: ParamInfo, name: str) -> str:
     attribute = info.attribute or name.rpartition(".")[2]
+    if canonical_layer(info) == "multiheadattention" and attribute in MHA_WEIGHTS[1:]:
+        return attribute.replace("_weight", ".weight")  # q_proj_weight: Paddle's q_proj.weight
     return ATTRIBUTE_ALIASES.get(attribute, attribute)
 
 
@@ -409,8 +414,8 @@ class Layouts:
             return None
         if canonical_layer(info) == "linear" and info.attribute == "weight":
             return LINEAR_LAYOUT.get(framework)
-        if canonical_layer(info) == "multiheadattention" and info.attribute == "in_proj_weight":
-            return "out_in"  # torch's packed q/k/v projection, read by F.linear
+        if canonical_layer(info) == "multiheadattention" and info.attribute in MHA_WEIGHTS:
+            return "out_in"  # torch's packed (or, with kdim/vdim, separate) projections: F.linear
         return read.get(name)
 
     def transform(self, reference: str, candidate: str) -> str:
@@ -437,36 +442,66 @@ def _pair_packed(
     sides = ((reference, taken_ref), (candidate, taken_cand))
     pairs: list[ParamPair] = []
     for packed_side in (0, 1):
-        (packed_graph, packed_taken), (split_graph, split_taken) = (
-            sides[packed_side], sides[1 - packed_side])
-        children: dict[tuple[str, str], dict[str, str]] = {}  # (parent, attribute) -> child -> name
+        pairs += _PackedPairing(sides[packed_side], sides[1 - packed_side], packed_side, layouts).run()
+    return pairs
+
+
+class _PackedPairing:
+    """One direction of :func:`_pair_packed`: packed parameters of one side, split ones of the
+    other (``packed_side`` 0: the reference is packed)."""
+
+    def __init__(self, packed: tuple[LossGraph, set[str]], split: tuple[LossGraph, set[str]],
+                 packed_side: int, layouts: Layouts) -> None:
+        (self.packed_graph, self.packed_taken), (split_graph, self.split_taken) = packed, split
+        self.packed_side, self.layouts = packed_side, layouts
+        self.pairs: list[ParamPair] = []
+        #: (parent module, attribute) -> child module -> split parameter, in definition order
+        self.children: dict[tuple[str, str], dict[str, str]] = {}
         for name, info in split_graph.meta.params.items():
-            if name not in split_taken:
+            if name not in self.split_taken:
                 module, _, attribute = canonical_name(name, info).rpartition(".")
                 parent, _, child = module.rpartition(".")
-                children.setdefault((parent, attribute), {})[child] = name
-        for name, info in packed_graph.meta.params.items():
-            if name in packed_taken:
+                self.children.setdefault((parent, attribute), {})[child] = name
+
+    def run(self) -> list[ParamPair]:
+        attention: list[tuple[str, str, str]] = []  # packed attention projections left over
+        for name, info in self.packed_graph.meta.params.items():
+            if name in self.packed_taken:
                 continue
             parent, fused, attribute = _fused_key(name, info)
-            found = children.get((parent, attribute), {})
+            found = self.children.get((parent, attribute), {})
             order = _split_order(fused, found)
-            if order is None:
+            if (order is None or not self.pair(name, [found[c] for c in order])) and fused in SPLIT_NAMES:
+                attention.append((name, fused, attribute))
+        # by structure: packed attention projections against the modules holding all the split
+        # ones, in definition order (torch's decoder ``multihead_attn``, Paddle's ``cross_attn``)
+        for attribute in ("weight", "bias"):
+            packed = [(n, f) for n, f, a in attention if a == attribute and n not in self.packed_taken]
+            if not packed:
                 continue
-            split = [found[child] for child in order]
-            if any(n in split_taken for n in split):
-                continue
-            parts = _parts(layouts, packed_side, name, split)
-            if parts is None:
-                continue
-            if packed_side == 0:
-                pairs.append(ParamPair.split(name, parts))
-            else:
-                pairs.extend(ParamPair.slice_of(part.name, replace(part, name=name))
-                             for part in parts)
-            packed_taken.add(name)
-            split_taken.update(split)
-    return pairs
+            names = SPLIT_NAMES[packed[0][1]]
+            holders = [[found[c] for c in names] for (_, a), found in self.children.items()
+                       if a == attribute and all(c in found and found[c] not in self.split_taken
+                                                 for c in names)]
+            if len(packed) == len(holders):
+                for (name, _), split in zip(packed, holders):
+                    self.pair(name, split)
+        return self.pairs
+
+    def pair(self, name: str, split: list[str]) -> bool:
+        """Pair packed ``name`` with ``split`` (in its order), if the layouts and sizes allow."""
+        if any(n in self.split_taken for n in split):
+            return False
+        parts = _parts(self.layouts, self.packed_side, name, split)
+        if parts is None:
+            return False
+        if self.packed_side == 0:
+            self.pairs.append(ParamPair.split(name, parts))
+        else:
+            self.pairs.extend(ParamPair.slice_of(part.name, replace(part, name=name)) for part in parts)
+        self.packed_taken.add(name)
+        self.split_taken.update(split)
+        return True
 
 
 def _fused_key(name: str, info: ParamInfo) -> tuple[str, str, str]:

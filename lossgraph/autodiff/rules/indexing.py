@@ -7,6 +7,7 @@ import numpy as np
 
 from lossgraph.autodiff.registry import grad_rule
 from lossgraph.errors import UnsupportedOpError
+from lossgraph.graph import PADDING_IDX_KEY, node_meta
 
 
 def _reduction(ctx) -> str:
@@ -31,6 +32,10 @@ def gather_grad(ctx, dys):
     idx = ctx.reshape(indices, [count, 1])
     if ctx.elem_type(indices) != 7:  # ScatterND takes int64
         idx = ctx.cast(idx, 7)
+    padding = node_meta(ctx.node, PADDING_IDX_KEY)
+    if padding is not None and axis == 0:  # an embedding's padding row learns nothing
+        skip = ctx.op("Equal", ctx.reshape(idx, [count] + [1] * len(rest)), ctx.const(np.int64(padding)))
+        updates = ctx.where(skip, ctx.scalar(0.0, data), updates)
     negative = ctx.op("Less", idx, ctx.const(np.int64(0)))
     idx = ctx.where(negative, ctx.add(idx, ctx.const(np.int64(shape[axis]))), idx)
     zeros = ctx.zeros([shape[axis], *rest], data)

@@ -1,0 +1,96 @@
+"""Embedding lookups with ``padding_idx``: torch's embedding backward leaves the padding row
+alone (the exported Gather is marked, its gradient rule skips the row), Paddle's forward zeroes
+it; a correct port trains the same, on ONNX Runtime and eagerly. ``scale_grad_by_freq`` is
+refused."""
+
+import numpy as np
+import pytest
+from test_autodiff_graphs import assert_close, ort_gradients, torch_autograd
+
+import lossgraph as lg
+from lossgraph.cli import native_runner
+from lossgraph.errors import ExportError
+from lossgraph.graph import PADDING_IDX_KEY, LossGraph, node_meta
+from lossgraph.spec import load_spec
+
+SOURCE = {
+    "torch": '''
+        import torch
+        from torch import nn
+        import lossgraph as lg
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(6, 4, padding_idx={padding})
+                self.fc = nn.Linear(4, 1)
+
+            def forward(self, ids):
+                return self.fc(self.emb(ids))
+
+        def spec():
+            torch.manual_seed(0)
+            m = M()
+            return lg.Spec(model=m, loss=lambda m, ids: (m(ids) ** 2).mean(),
+                           inputs={{"ids": lg.Input([2, 5], dtype="int64", choices=[0, 1, 2, 3, 4, 5])}},
+                           optimizers={{"sgd": torch.optim.SGD(m.parameters(), lr=0.5)}})
+    ''',
+    "paddle": '''
+        import paddle
+        from paddle import nn
+        import lossgraph as lg
+
+        class M(nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(6, 4, padding_idx={padding})
+                self.fc = nn.Linear(4, 1)
+
+            def forward(self, ids):
+                return self.fc(self.emb(ids))
+
+        def spec():
+            paddle.seed(0)
+            m = M()
+            return lg.Spec(model=m, loss=lambda m, ids: (m(ids) ** 2).mean(),
+                           inputs={{"ids": lg.Input([2, 5], dtype="int64", choices=[0, 1, 2, 3, 4, 5])}},
+                           optimizers={{"sgd": paddle.optimizer.SGD(parameters=m.parameters(),
+                                                                    learning_rate=0.5)}})
+    ''',
+}
+
+
+def export(write_spec, tmp_path, side, padding, name=None):
+    path = write_spec(SOURCE[side].format(padding=padding), name or f"emb_{side}.py")
+    out = tmp_path / f"{path.stem}.onnx"
+    lg.export(f"{path}:spec", out)
+    return path, out
+
+
+@pytest.mark.parametrize("padding", [0, 4])
+def test_padding_rows_learn_nothing_on_either_side(write_spec, tmp_path, padding):
+    _, torch_graph = export(write_spec, tmp_path, "torch", padding)
+    _, paddle_graph = export(write_spec, tmp_path, "paddle", padding)
+    gathers = [n for n in LossGraph.load(torch_graph).model.graph.node if n.op_type == "Gather"]
+    assert [node_meta(n, PADDING_IDX_KEY) for n in gathers] == [str(padding)]
+    result = lg.verify(torch_graph, paddle_graph, grads=True, steps=2, native=True,
+                       native_runner=native_runner())
+    assert result.passed
+    assert all(d.passed for side in result.native.values() for d in side)
+
+
+def test_graph_gradient_equals_torch_autograd_on_the_padding_row(write_spec, tmp_path):
+    path, out = export(write_spec, tmp_path, "torch", 2)
+    spec, graph = load_spec(f"{path}:spec"), LossGraph.load(out)
+    inputs, ours = ort_gradients(spec, graph)
+    assert 2 in inputs["ids"]
+    theirs = torch_autograd(spec, inputs, graph.meta.losses)
+    assert_close(ours, theirs, "padding_idx")
+    assert not np.any(ours["loss"]["emb.weight"][2])
+
+
+def test_scale_grad_by_freq_is_refused(write_spec, tmp_path):
+    path = write_spec(SOURCE["torch"].format(padding=0).replace(
+        "padding_idx=0)", "padding_idx=0, scale_grad_by_freq=True)"), "freq.py")
+    with pytest.raises(ExportError, match="scale_grad_by_freq=True"):
+        lg.export(f"{path}:spec", tmp_path / "f.onnx")
