@@ -277,7 +277,7 @@ def finish_export(
     from lossgraph.autodiff.markers import expand_grad_markers
     from lossgraph.exporters.recurrent import unroll_recurrent
 
-    unroll_recurrent(proto)  # no gradient rule for LSTM/GRU/RNN: their ops have
+    unroll_recurrent(proto)  # LSTM/GRU/RNN have no gradient rule; the ops they unroll into do
     proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
     meta = GraphMeta(

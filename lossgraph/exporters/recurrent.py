@@ -64,6 +64,7 @@ class _Unroll:
         self.names = names
         self.base = node.name or node.output[0]
         self.out: list[onnx.NodeProto] = []
+        self.constants_written: dict[tuple, str] = {}
         self.op_type = node.op_type
         self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         self.hidden = int(self.attrs.get("hidden_size", 0))
@@ -79,13 +80,17 @@ class _Unroll:
         self.out.append(node)
         return node.output[0]
 
-    def ints(self, values: Sequence[int]) -> str:
-        return self.op("Constant", value=numpy_helper.from_array(np.asarray(values, np.int64)))
+    def ints(self, values: Sequence[int] | int) -> str:
+        """An int64 constant (a list, or a scalar), written once per node however often used."""
+        array = np.asarray(values, np.int64)
+        key = (array.shape, array.tobytes())
+        if key not in self.constants_written:
+            self.constants_written[key] = self.op("Constant", value=numpy_helper.from_array(array))
+        return self.constants_written[key]
 
     def take(self, x: str, index: int, axis: int = 0) -> str:
         """``x`` at ``index`` along ``axis``, that axis dropped."""
-        return self.op("Gather", x, self.op("Constant", value=numpy_helper.from_array(
-            np.asarray(index, np.int64))), axis=axis)
+        return self.op("Gather", x, self.ints(index), axis=axis)
 
     def rows(self, x: str, start: int, stop: int, axis: int = 0) -> str:
         return self.op("Slice", x, self.ints([start]), self.ints([stop]), self.ints([axis]))

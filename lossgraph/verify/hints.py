@@ -41,6 +41,16 @@ class HintContext:
     #: measurements of the diverging step, e.g. "ref_before"/"ref_after"/"cand_after" buffers,
     #: "ref_lr"/"cand_lr", "ref_grad"/"cand_grad" at the diverging tap
     values: dict[str, Any] = field(default_factory=dict)
+    #: constant_values of each graph, by id, folded on first use
+    folded: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def constants(self, graph: LossGraph) -> dict[str, np.ndarray]:
+        """``constant_values`` of one side's graph, folded once however many hints ask."""
+        from lossgraph.runtime.types import constant_values
+
+        if id(graph) not in self.folded:
+            self.folded[id(graph)] = constant_values(graph.model)
+        return self.folded[id(graph)]
 
     def node(self, side: str) -> onnx.NodeProto | None:
         graph = self.ref if side == "ref" else self.cand
@@ -91,7 +101,7 @@ def rope_base(ctx: HintContext) -> str | None:
     constant input of its Cos/Sin nodes, position x frequency) gives its frequencies
     ``theta^(-2k/d)``, hence its theta. A buffer such as torch's ``inv_freq`` that the port
     computes in its forward instead is no port bug; the base it implies can be."""
-    ref, cand = _rope_theta(ctx.ref), _rope_theta(ctx.cand)
+    ref, cand = _rope_theta(ctx, ctx.ref), _rope_theta(ctx, ctx.cand)
     if ref is None or cand is None or abs(ref - cand) <= 1e-3 * max(ref, cand):
         return None
     return (
@@ -100,14 +110,13 @@ def rope_base(ctx: HintContext) -> str | None:
     )
 
 
-def _rope_theta(graph: LossGraph) -> float | None:
+def _rope_theta(ctx: HintContext, graph: LossGraph) -> float | None:
     """theta of the graph's rotary angle tables, if it has any and they agree (None else)."""
-    from lossgraph.runtime.types import constant_values
-
-    constants = constant_values(graph.model)
+    trig = [n for n in graph.model.graph.node if n.op_type in ("Cos", "Sin")]
+    constants = ctx.constants(graph) if trig else {}
     found = set()
-    for node in graph.model.graph.node:
-        table = constants.get(node.input[0]) if node.op_type in ("Cos", "Sin") else None
+    for node in trig:
+        table = constants.get(node.input[0])
         if table is None or np.ndim(table) < 2 or np.shape(table)[-2] < 2:
             continue
         step = np.asarray(table, np.float64).reshape(-1, *np.shape(table)[-2:])[0]
@@ -125,7 +134,7 @@ def root_epsilon(ctx: HintContext) -> str | None:
     square root (Sqrt, Rsqrt as Reciprocal, Pow), and the two differ."""
     if normalization_epsilon(ctx):
         return None
-    ref, cand = (_root_epsilons(graph, ctx.node(side)) for graph, side in
+    ref, cand = (_root_epsilons(ctx, graph, ctx.node(side)) for graph, side in
                  ((ctx.ref, "ref"), (ctx.cand, "cand")))
     if len(ref) != 1 or len(cand) > 1 or not _missing(ref, cand):
         return None
@@ -142,11 +151,9 @@ _EPSILON_DEPTH = 8
 _ROOTS = ("Sqrt", "Reciprocal", "Pow", "Div")
 
 
-def _root_epsilons(graph: LossGraph, node: onnx.NodeProto | None) -> list[float]:
+def _root_epsilons(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto | None) -> list[float]:
     """Small positive constants (below 0.1) added right before a square root (or the division
     or power it takes part in) among the ``_EPSILON_DEPTH`` producers before ``node``."""
-    from lossgraph.runtime.types import constant_values
-
     nodes = _ancestors(graph, node, _EPSILON_DEPTH)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.model.graph.node:
@@ -154,7 +161,7 @@ def _root_epsilons(graph: LossGraph, node: onnx.NodeProto | None) -> list[float]
             consumers.setdefault(i, []).append(n)
     adds = [n for n in nodes if n.op_type == "Add"
             and any(c.op_type in _ROOTS for c in consumers.get(n.output[0], []))]
-    constants = constant_values(graph.model) if adds else {}
+    constants = ctx.constants(graph) if adds else {}
     found = []
     for add in adds:
         for name in add.input:
@@ -191,13 +198,13 @@ def gelu_approximation(ctx: HintContext) -> str | None:
     or, where one side has none near it, every GELU of that side's graph. An ONNX Gelu node says
     which by its ``approximate`` attribute; a decomposed one by Erf, or by Tanh with the
     approximation's 0.044715."""
-    kinds = [_gelu_kind(graph, _ancestors(graph, ctx.node(side), _GELU_DEPTH))
+    kinds = [_gelu_kind(ctx, graph, _ancestors(graph, ctx.node(side), _GELU_DEPTH))
              for graph, side in ((ctx.ref, "ref"), (ctx.cand, "cand"))]
     if (kinds[0] is None) != (kinds[1] is None):
         # the other side's counterpart lies elsewhere: its GELUs, if all of one kind
         for k, graph in enumerate((ctx.ref, ctx.cand)):
             if kinds[k] is None:
-                kinds[k] = _gelu_kind(graph, list(graph.model.graph.node))
+                kinds[k] = _gelu_kind(ctx, graph, list(graph.model.graph.node))
     if None in kinds or kinds[0] == kinds[1]:
         return None
     return (
@@ -206,10 +213,8 @@ def gelu_approximation(ctx: HintContext) -> str | None:
     )
 
 
-def _gelu_kind(graph: LossGraph, nodes: list[onnx.NodeProto]) -> str | None:
+def _gelu_kind(ctx: HintContext, graph: LossGraph, nodes: list[onnx.NodeProto]) -> str | None:
     """"exact" or "tanh approximation": the GELUs among ``nodes``, if all of one kind."""
-    from lossgraph.runtime.types import constant_values
-
     kinds = set()
     for n in nodes:
         if n.op_type == "Gelu":
@@ -218,7 +223,7 @@ def _gelu_kind(graph: LossGraph, nodes: list[onnx.NodeProto]) -> str | None:
         elif n.op_type == "Erf":
             kinds.add("exact")
     if any(n.op_type == "Tanh" for n in nodes):
-        constants = constant_values(graph.model)
+        constants = ctx.constants(graph)
         values = [constants.get(i) for n in nodes for i in n.input]
         if any(v is not None and np.size(v) == 1 and abs(float(np.ravel(v)[0]) - 0.044715) < 1e-6
                for v in values):
