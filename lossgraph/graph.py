@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,15 @@ GRAD_MARKER_TAG = -2.718281e38
 #: The tag value of a module-output tap marker, and the node metadata naming a tap.
 TAP_TAG = -3.141592e38
 TAP_KEY = "lossgraph.tap"
+#: The tag values of a carried custom backward (an ``autograd.Function`` / ``PyLayer``): the
+#: marker that packs the forward's output with the backward traced from a gradient placeholder,
+#: and that placeholder (exporters emit both; the autodiff turns them into a node tagged
+#: ``lossgraph.custom_vjp`` whose gradient is the traced backward).
+VJP_MARKER_TAG = -1.618033e38
+VJP_GRAD_TAG = -1.414213e38
+CUSTOM_VJP_KEY = "lossgraph.custom_vjp"
+#: The domain of the local functions that hold carried backward passes.
+CUSTOM_VJP_DOMAIN = "lossgraph.custom_vjp"
 #: How a piecewise node's gradient treats a tie or a kink, where the framework op it was exported
 #: from differs from the ONNX op's default rule (the exporters set it; the autodiff reads it):
 #: ``open`` (Clip: no gradient at the bounds, as hardtanh and relu6), ``first`` (Max/Min: input 0
@@ -368,3 +377,16 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         raise ValueError("the graph has a cycle or an input nobody produces")
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def remove_dead_nodes(graph: onnx.GraphProto, keep: Iterable[str] = ()) -> None:
+    """Drop nodes none of whose outputs is used (by another node, as a graph output or in
+    ``keep``)."""
+    keep = set(keep)
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output} | keep
+        alive = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(alive) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(alive)

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lossgraph.autodiff.custom_vjp import CustomVjp, vjp_function
 from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, load_rules
 from lossgraph.errors import InternalError, UnsupportedOpError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, node_meta
@@ -68,6 +69,10 @@ class GradBuilder:
         self._counter: dict[str, int] = {}
         #: gradient contributions computed as reshape(A @ B^T), by value (see _merged_products)
         self.products: dict[str, _Product] = {}
+        #: carried custom backward passes, by node name
+        self.custom_vjps = {
+            node.name: vjp for node in self.graph.node if (vjp := CustomVjp.of(node)) is not None
+        }
 
     # --- naming and emission ---------------------------------------------------------------
 
@@ -123,20 +128,27 @@ class GradBuilder:
         for node in self.graph.node:
             if self._blocks(node):
                 continue
-            rule = RULES.get(node.op_type)
-            nondiff = rule.nondiff if rule else ()
-            if any(inp in requires for i, inp in enumerate(node.input) if i not in nondiff):
+            if any(inp in requires for inp in self._edges(node)):
                 # an op without a rule may carry the gradient in any output (a sequence of
                 # tensors, say): the backward pass then names it instead of dropping the gradient
-                requires.update(o for o in node.output if o and (rule is None or self._is_float(o)))
+                ruled = node.op_type in RULES
+                requires.update(o for o in node.output if o and (not ruled or self._is_float(o)))
         contributes = set(seeds)
         for node in reversed(self.graph.node):
             if self._blocks(node) or not any(o in contributes for o in node.output):
                 continue
-            rule = RULES.get(node.op_type)
-            nondiff = rule.nondiff if rule else ()
-            contributes.update(inp for i, inp in enumerate(node.input) if inp and i not in nondiff)
+            contributes.update(self._edges(node))
         return requires & contributes
+
+    def _edges(self, node: onnx.NodeProto) -> list[str]:
+        """The values a node passes gradient to: its differentiable inputs, or the arguments
+        of a carried custom backward."""
+        vjp = self.custom_vjps.get(node.name)
+        if vjp is not None:
+            return list(vjp.args)
+        rule = RULES.get(node.op_type)
+        nondiff = rule.nondiff if rule else ()
+        return [inp for i, inp in enumerate(node.input) if inp and i not in nondiff]
 
     def _blocks(self, node: onnx.NodeProto) -> bool:
         return node.op_type in NON_DIFFERENTIABLE or node_meta(node, STOP_GRADIENT_KEY) == "1"
@@ -158,7 +170,7 @@ class GradBuilder:
         for node in list(self.graph.node)[::-1]:  # a snapshot: emitted nodes are appended
             if self._blocks(node) or not any(o in contributions for o in node.output):
                 continue
-            if not any(inp in active for inp in node.input):
+            if not any(inp in active for inp in self._edges(node)):
                 continue
             dys = [self._total(o, contributions) if o in contributions else None for o in node.output]
             self._differentiate(node, dys, active, contributions)
@@ -171,6 +183,9 @@ class GradBuilder:
         active: set[str],
         contributions: dict[str, list[str]],
     ) -> None:
+        if node.name in self.custom_vjps:
+            self._custom_backward(node, dys[0], active, contributions)
+            return
         rule = RULES.get(node.op_type)
         if node.domain not in ("", "ai.onnx") or rule is None:
             raise UnsupportedOpError(
@@ -196,6 +211,31 @@ class GradBuilder:
             if rule.broadcasting:
                 grad = ctx.unbroadcast(grad, self.types[node.output[0]].shape, ctx.shape(inp))
             contributions.setdefault(inp, []).append(grad)
+
+    def _custom_backward(
+        self, node: onnx.NodeProto, dy: str, active: set[str], contributions: dict[str, list[str]]
+    ) -> None:
+        """A carried custom backward: its local function's nodes, inlined with the output's
+        gradient in the placeholder's place, give the arguments' gradients."""
+        vjp = self.custom_vjps[node.name]
+        function = vjp_function(self.model, vjp)
+        flat = self.emit("Reshape", [dy, self.constant(np.asarray([-1], np.int64), node)], 1, {}, node)[0]
+        pad = self.constant(np.zeros([1], dtype=self.types[node.output[0]].numpy_dtype), node)
+        placeholder = self.emit("Concat", [pad, flat], 1, {"axis": 0}, node)[0]
+        names = dict(zip(function.input, [placeholder, *vjp.captures]))
+        for body_node in function.node:
+            inputs = [names.get(v, v) if v else "" for v in body_node.input]
+            outputs = self.emit(body_node.op_type, inputs, len(body_node.output), {}, node)
+            self.graph.node[-1].attribute.extend(body_node.attribute)
+            self.graph.node[-1].domain = body_node.domain
+            names.update((old, new) for old, new in zip(body_node.output, outputs) if old)
+        for arg, grad in zip(vjp.args, function.output):
+            if arg not in active:
+                continue
+            shape = self.constant(np.asarray(self.types[arg].shape, np.int64), node)
+            contributions.setdefault(arg, []).append(
+                self.emit("Reshape", [names[grad], shape], 1, {}, node)[0]
+            )
 
     def _total(self, value: str, contributions: dict[str, list[str]]) -> str:
         """The summed gradient of a value: one ``Sum`` node for any fan-out, or one GEMM over

@@ -8,7 +8,7 @@ import re
 import sys
 import sysconfig
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -269,15 +269,19 @@ def finish_export(
     seed: int,
     training: Any = None,
     eager_taps: Mapping[str, np.ndarray] | None = None,
+    custom_backward: Sequence[str] = (),
 ) -> LossGraph:
     """The LossGraph of an export, its metadata filled, its ``lossgraph.grad`` markers expanded
     into gradient subgraphs, and its losses checked against eager. ``training`` is the
     :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export; ``eager_taps``
-    the eager run's module outputs, which name where a failed check parts."""
+    the eager run's module outputs, which name where a failed check parts; ``custom_backward``
+    the labels of the custom backward passes the trace carried, by marker index."""
+    from lossgraph.autodiff.custom_vjp import carry_custom_vjps
     from lossgraph.autodiff.markers import expand_grad_markers
     from lossgraph.exporters.recurrent import unroll_recurrent
 
     unroll_recurrent(proto)  # LSTM/GRU/RNN have no gradient rule; the ops they unroll into do
+    carry_custom_vjps(proto, custom_backward, feeds=inputs)
     proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
     meta = GraphMeta(

@@ -41,7 +41,7 @@ from lossgraph.exporters.common import (
     optimizer_param_names,
     package_versions,
 )
-from lossgraph.exporters.custom_backward import watching
+from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.paddle_ops import convertible_ops
 from lossgraph.exporters.taps import TapRecorder, mark_taps, paddle_taps
@@ -109,10 +109,12 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
             with (
                 convertible_ops(),
                 exporting("paddle"),
+                carrying("paddle") as carried,
                 paddle_taps(model, recorder.taps),
                 tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp,
             ):
                 proto = _convert(spec, model, list(losses), single, trace, recorder, Path(tmp))
+            custom.check_carried(carried, spec.source or "the spec")
     finally:
         model.set_state_dict(state)
     names = list(losses)
@@ -137,6 +139,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         inputs=arrays,
         seed=seed,
         training=trace if spec.train else None,
+        custom_backward=carried,
     )
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lossgraph.autodiff.markers import remove_dead_nodes, source_value
-from lossgraph.graph import TAP_KEY, TAP_TAG, set_node_meta, topological_sort
+from lossgraph.autodiff.markers import source_value
+from lossgraph.graph import TAP_KEY, TAP_TAG, remove_dead_nodes, set_node_meta, topological_sort
 from lossgraph.runtime import constant_values, infer_types
 
 

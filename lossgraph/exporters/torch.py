@@ -30,7 +30,7 @@ from lossgraph.exporters.common import (
     package_versions,
     spec_code_objects,
 )
-from lossgraph.exporters.custom_backward import watching
+from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
@@ -94,11 +94,12 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             wrapper.train(spec.train)
             _register_stack_anchors(spec)
             recorder.taps = TapRecorder(paths)
-            with exporting("torch"), torch_taps(model, recorder.taps):
+            with exporting("torch"), carrying("torch") as carried, torch_taps(model, recorder.taps):
                 proto = _run_exporter(
                     spec, wrapper, tuple(tensors.values()) + masks,
                     [*spec.inputs, *trace.input_names],
                 )
+            custom.check_carried(carried, spec.source or "the spec")
     finally:
         model.load_state_dict(state)  # eager and traced runs may have touched buffers
     names = list(losses)
@@ -122,6 +123,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         inputs=arrays,
         seed=seed,
         training=trace if spec.train else None,
+        custom_backward=carried,
     )
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from lossgraph.autodiff.builder import GRAD_OF_KEY
+from lossgraph.autodiff.custom_vjp import CustomVjp
 from lossgraph.graph import LossGraph, OptimizerInfo, live_nodes
 from lossgraph.verify.results import Divergence
 
@@ -461,6 +463,50 @@ def missing_detach(ctx: HintContext) -> str | None:
         f"The {stops} stops the gradient at {ctx.divergence.scope} where the {flows} lets it "
         f"through: a missing .detach() / stop_gradient (e.g. a GAN's D step on G's output)."
     )
+
+
+@hint
+def custom_backward(ctx: HintContext) -> str | None:
+    """A custom backward (autograd.Function / PyLayer) on one side only, or at the divergence on
+    both: the gradient there is what the user's backward computes, not the forward's
+    derivative."""
+    if ctx.divergence.phase != "backward":
+        return None
+    ref, cand = _custom_backwards(ctx.ref), _custom_backwards(ctx.cand)
+    if not ref and not cand:
+        return None
+    if len(ref) != len(cand):
+        more, fewer, extra, other = (
+            ("reference", "candidate", ref, cand) if len(ref) > len(cand) else
+            ("candidate", "reference", cand, ref)
+        )
+        has = "; ".join(other.values()) if other else "none"
+        return (
+            f"The {more} computes gradients with {len(extra)} custom backward pass(es) "
+            f"({'; '.join(extra.values())}), the {fewer} with {len(other)} ({has}): a custom "
+            f"backward dropped or added in the port."
+        )
+    here = []
+    for side, custom in (("ref", ref), ("cand", cand)):
+        node = ctx.node(side)
+        if node is not None:
+            origin = next((p.value for p in node.metadata_props if p.key == GRAD_OF_KEY), "")
+            here.append(custom.get(node.name) or custom.get(origin))
+    here = [label for label in here if label]
+    if not here:
+        return None
+    return (
+        f"The gradient here comes from a custom backward ({'; '.join(dict.fromkeys(here))}): "
+        f"compare the two backward functions."
+    )
+
+
+def _custom_backwards(graph: LossGraph) -> dict[str, str]:
+    """The carried custom backward passes of a graph: their node's name -> label."""
+    return {
+        node.name: vjp.label for node in graph.model.graph.node
+        if (vjp := CustomVjp.of(node)) is not None
+    }
 
 
 # --- update -----------------------------------------------------------------------------------
