@@ -4,12 +4,12 @@ An exporter traces an ``autograd.Function`` / ``PyLayer`` with a backward of its
 (see ``lossgraph/exporters/custom_backward.py``): ``concat([tag, index, count, output, args...,
 placeholder, grads...])`` with the output picked back out, where ``grads`` were computed by the
 traced backward from ``placeholder``, a stand-in for the output's gradient.
-:func:`carry_custom_vjps` replaces the pick by ``Identity(output)`` tagged ``lossgraph.custom_vjp``
-(the arguments, the label of the Function, the local function holding the backward) and moves
-the backward's nodes into that local function (domain ``lossgraph.custom_vjp``), which takes the
-gradient first and then the forward values the backward reads. :class:`GradBuilder` gives such a
-node's gradient to the arguments, by inlining the function, instead of differentiating the
-forward.
+:func:`carry_custom_vjps` replaces the pick by ``Reshape(flattened output, shape)`` tagged
+``lossgraph.custom_vjp`` (the arguments, the label of the Function, the local function holding the
+backward) and moves the backward's nodes into that local function (domain
+``lossgraph.custom_vjp``), which takes the placeholder first (``concat([pad, flat gradient])``)
+and then the forward values the backward reads. :class:`GradBuilder` gives such a node's
+gradient to the arguments, by inlining the function, instead of differentiating the forward.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import onnx
 from lossgraph.autodiff.builder import GradBuilder
 from lossgraph.errors import ExportError
 from lossgraph.graph import GRAD_MARKER_TAG, remove_dead_nodes, topological_sort
-from lossgraph.runtime import ValueType
 from lossgraph.runtime.types import constant_values
 
 MAGIC = np.float32(GRAD_MARKER_TAG)
@@ -64,7 +63,7 @@ def _expand_one(
     marker = next(n for n in graph.node if n.name == marker.name and list(n.output) == list(marker.output))
     outputs = source_value(marker.input[1], builder.producers)
     inputs = source_value(marker.input[2], builder.producers)
-    result = picked_value(graph, marker.output[0], builder.types[inputs].shape, builder.types)
+    result = _picked_value(graph, marker.output[0], builder.types[inputs].shape, builder)
     out_type = builder.types[outputs]
     seed = builder.constant(np.ones(out_type.shape, dtype=out_type.numpy_dtype), None)
     grads = builder.backward({outputs: seed}, [inputs])
@@ -82,21 +81,19 @@ def _expand_one(
     return builder.model
 
 
-def picked_value(
-    graph: onnx.GraphProto, start: str, shape, types: Mapping[str, ValueType], what: str = "lossgraph.grad"
-) -> str:
-    """Follow the Slice/Reshape chain after a marker's Concat to the first value of ``shape``:
-    that value stands for what the marker computes."""
+def _picked_value(graph: onnx.GraphProto, start: str, shape, builder: GradBuilder) -> str:
+    """Follow the Slice/Reshape chain after the marker's Concat to the first value of
+    ``inputs``' shape: that value stands for the gradient."""
     value = start
     while True:
         consumers = [n for n in graph.node if value in n.input]
         if len(consumers) != 1 or consumers[0].op_type not in _PICK_OPS:
             break
         value = consumers[0].output[0]
-        value_type = types.get(value)
+        value_type = builder.types.get(value)
         if value_type is not None and value_type.shape == tuple(shape):
             return value
     raise ExportError(
-        f"A {what} marker was found but its result could not be traced; the exporter "
+        "A lossgraph.grad marker was found but its result could not be traced; the exporter "
         "rewrote the marker pattern."
     )
