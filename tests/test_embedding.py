@@ -94,3 +94,74 @@ def test_scale_grad_by_freq_is_refused(write_spec, tmp_path):
         "padding_idx=0)", "padding_idx=0, scale_grad_by_freq=True)"), "freq.py")
     with pytest.raises(ExportError, match="scale_grad_by_freq=True"):
         lg.export(f"{path}:spec", tmp_path / "f.onnx")
+
+
+@pytest.mark.parametrize("torch_padding, paddle_padding", [(0, None), (None, 0)])
+def test_padding_idx_on_one_side_is_found_and_named(write_spec, tmp_path, torch_padding, paddle_padding):
+    _, torch_graph = export(write_spec, tmp_path, "torch", torch_padding)
+    _, paddle_graph = export(write_spec, tmp_path, "paddle", paddle_padding)
+    result = lg.verify(torch_graph, paddle_graph, grads=True, steps=2)
+    assert not result.passed
+    found = result.first_divergence
+    assert found.scope == "emb", found
+    if torch_padding is None:  # Paddle's lookup zeroes its row: the forward parts first
+        assert found.phase == "forward"
+        return
+    assert found.phase == "backward"
+    assert f"gives row {torch_padding} (padding_idx) no gradient" in found.hint
+    assert "the candidate's embedding emb.weight has no padding_idx" in found.hint
+
+
+TIED = '''
+    import torch
+    from torch import nn
+    import lossgraph as lg
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(6, 4, padding_idx=0)
+
+        def forward(self, ids):
+            return self.emb(ids) @ self.emb.weight.T  # a tied output head trains the padding row
+
+    def spec():
+        torch.manual_seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, ids: ((m(ids) - 1) ** 2).mean(),
+                       inputs={"ids": lg.Input([2, 5], dtype="int64", choices=[0, 1, 2, 3, 4, 5])},
+                       optimizers={"sgd": torch.optim.SGD(m.parameters(), lr=0.5)})
+'''
+
+TIED_PADDLE = '''
+    import paddle
+    from paddle import nn
+    import lossgraph as lg
+
+    class M(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(6, 4, padding_idx=0)
+
+        def forward(self, ids):
+            return paddle.matmul(self.emb(ids), self.emb.weight, transpose_y=True)
+
+    def spec():
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, ids: ((m(ids) - 1) ** 2).mean(),
+                       inputs={"ids": lg.Input([2, 5], dtype="int64", choices=[0, 1, 2, 3, 4, 5])},
+                       optimizers={"sgd": paddle.optimizer.SGD(parameters=m.parameters(),
+                                                                learning_rate=0.5)})
+'''
+
+
+def test_the_frameworks_padding_conventions_part_once_the_row_moves(write_spec, tmp_path):
+    """torch's lookup returns the padding row (which the tied head trains), Paddle's outputs
+    zeros for the id: a true difference at step 1, named."""
+    torch_graph, paddle_graph = tmp_path / "t.onnx", tmp_path / "p.onnx"
+    lg.export(f"{write_spec(TIED, 'tied_t.py')}:spec", torch_graph)
+    lg.export(f"{write_spec(TIED_PADDLE, 'tied_p.py')}:spec", paddle_graph)
+    result = lg.verify(torch_graph, paddle_graph, grads=True, steps=2)
+    found = result.first_divergence
+    assert (found.step, found.phase, found.scope) == (1, "forward", "emb"), found
+    assert "Paddle's outputs zeros for that id" in found.hint

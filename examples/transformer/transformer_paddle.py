@@ -242,9 +242,10 @@ class LlamaAttention(nn.Layer):
         super().__init__()
         self.heads, self.kv_heads, self.repeat = c["heads"], c["kv_heads"], c["repeat"]
         self.head_dim = c["hidden"] // c["heads"]
-        self.q_proj = nn.Linear(c["hidden"], self.heads * self.head_dim, bias_attr=False)
-        self.k_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=False)
-        self.v_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=False)
+        qkv_bias = None if c.get("qkv_bias") else False  # Qwen2: biases on q, k and v
+        self.q_proj = nn.Linear(c["hidden"], self.heads * self.head_dim, bias_attr=qkv_bias)
+        self.k_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=qkv_bias)
+        self.v_proj = nn.Linear(c["hidden"], self.kv_heads * self.head_dim, bias_attr=qkv_bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, c["hidden"], bias_attr=False)
 
     def forward(self, x, cos, sin):
@@ -337,3 +338,109 @@ def tiny_llama(**changes):
     return lg.Spec(model=model, loss=loss, inputs=LLAMA_TOKENS,
                    optimizers={"adamw": paddle.optimizer.AdamW(parameters=model.parameters(),
                                                                learning_rate=1e-3)})
+
+
+def tiny_qwen2():
+    """Qwen2 is LLaMA with biases on q, k and v (and a larger rotary base)."""
+    return tiny_llama(qkv_bias=True, rope_theta=1000000.0)
+
+
+# --- a tiny BERT masked LM: paddle.nn.TransformerEncoder (post-norm, exact GELU), the decoder
+# tied to the word embeddings (as Hugging Face's BertForMaskedLM and PaddleFormers' BERT) -------
+
+BERT = {"vocab": 16, "hidden": 16, "heads": 4, "ff": 32, "layers": 2, "positions": 8, "eps": 1e-12,
+        "pad": 0}
+
+
+class BertEmbeddings(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c["vocab"], c["hidden"], padding_idx=c["pad"])
+        self.position_embeddings = nn.Embedding(c["positions"], c["hidden"])
+        self.token_type_embeddings = nn.Embedding(2, c["hidden"])
+        self.LayerNorm = nn.LayerNorm(c["hidden"], epsilon=c["eps"])
+
+    def forward(self, ids):
+        positions = paddle.arange(ids.shape[1], dtype="int64")[None, :]
+        types = paddle.zeros_like(ids)
+        x = self.word_embeddings(ids) + self.token_type_embeddings(types)
+        return self.LayerNorm(x + self.position_embeddings(positions))
+
+
+class BertModel(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(c)
+        layer = nn.TransformerEncoderLayer(
+            c["hidden"], c["heads"], c["ff"], dropout=0.0, activation="gelu",
+            normalize_before=False, layer_norm_eps=c["eps"],
+        )
+        self.encoder = nn.TransformerEncoder(layer, c["layers"])
+
+    def forward(self, ids):
+        return self.encoder(self.embeddings(ids))
+
+
+class BertPredictionHeadTransform(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.dense = nn.Linear(c["hidden"], c["hidden"])
+        self.LayerNorm = nn.LayerNorm(c["hidden"], epsilon=c["eps"])
+
+    def forward(self, h):
+        return self.LayerNorm(F.gelu(self.dense(h)))
+
+
+class BertLMPredictionHead(nn.Layer):
+    def __init__(self, c: dict, embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(c)
+        self.embeddings = embeddings  # tied: the decoder reads the word embeddings transposed
+        self.bias = self.create_parameter([c["vocab"]], is_bias=True)
+
+    def forward(self, h):
+        return paddle.matmul(self.transform(h), self.embeddings.weight, transpose_y=True) + self.bias
+
+
+class BertOnlyMLMHead(nn.Layer):
+    def __init__(self, c: dict, embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(c, embeddings)
+
+    def forward(self, h):
+        return self.predictions(h)
+
+
+class BertForMaskedLM(nn.Layer):
+    def __init__(self, c: dict) -> None:
+        super().__init__()
+        self.bert = BertModel(c)
+        self.cls = BertOnlyMLMHead(c, self.bert.embeddings.word_embeddings)
+
+    def forward(self, ids):
+        return self.cls(self.bert(ids))
+
+
+# token 0 is the padding id: a batch without it (with it, see examples/transformer/README.md)
+BERT_TOKENS = {"ids": lg.Input([BATCH, 4], dtype="int64", low=1, high=BERT["vocab"]),
+               "labels": lg.Input([BATCH, 4], dtype="int64", high=BERT["vocab"])}
+
+
+def tiny_bert_mlm(tokens=BERT_TOKENS, **changes):
+    paddle.seed(0)
+    config = {**BERT, **changes}
+    model = BertForMaskedLM(config)
+
+    def loss(model, ids, labels):
+        return F.cross_entropy(model(ids).reshape([-1, config["vocab"]]), labels.reshape([-1]))
+
+    return lg.Spec(model=model, loss=loss, inputs=tokens,
+                   optimizers={"adamw": paddle.optimizer.AdamW(parameters=model.parameters(),
+                                                               learning_rate=1e-3)})
+
+
+def tiny_bert_mlm_padded():
+    """The same port on a batch holding the padding id 0: torch's padding row is an ordinary
+    row in the forward (zero at init, trained by the tied decoder), Paddle's lookup outputs
+    zeros for it, so the two part at step 1 (a convention, named by the hint)."""
+    return tiny_bert_mlm(tokens=LLAMA_TOKENS)

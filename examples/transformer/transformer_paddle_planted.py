@@ -12,11 +12,13 @@ import paddle
 from paddle import nn
 from transformer_paddle import (
     HIDDEN,
+    LLAMA_TOKENS,
     Cells,
     _recurrent,
     encoder_layer,
     fused_attention,
     tied_lm,
+    tiny_bert_mlm,
     tiny_llama,
 )
 
@@ -87,3 +89,8 @@ def gqa_tiled():
     """The kv heads tiled ([k0, k1, k0, k1]) where repeat_kv interleaves ([k0, k0, k1, k1]):
     found in the first attention."""
     return tiny_llama(repeat="tile")
+
+
+def bert_without_padding_idx():
+    """BERT's word embeddings without padding_idx, on a batch that holds the padding id 0."""
+    return tiny_bert_mlm(tokens=LLAMA_TOKENS, pad=None)

@@ -11,7 +11,7 @@ constants (margins, clamps) that differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from onnx import helper
 
 from lossgraph.autodiff.builder import GRAD_OF_KEY
 from lossgraph.autodiff.custom_vjp import CustomVjp
-from lossgraph.graph import LossGraph, OptimizerInfo, live_nodes
+from lossgraph.graph import PADDING_IDX_KEY, LossGraph, OptimizerInfo, live_nodes, node_meta
 from lossgraph.verify.results import Divergence
 
 Hint = Callable[["HintContext"], "str | None"]
@@ -86,7 +86,13 @@ def unpaired_state(ctx: HintContext) -> str | None:
     for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
         node = ctx.node(side)
         nodes = live_nodes(graph.model.graph.node, set(node.output)) if node is not None else []
-        upstream.append({i for n in nodes for i in n.input})
+        # integer buffers (position_ids, token_type_ids) are indices: the other side computes
+        # them inline as often as not, and their effect shows where they are looked up
+        values = graph.param_values()
+        upstream.append({
+            i for n in nodes for i in n.input
+            if i not in values or not np.issubdtype(values[i].dtype, np.integer)
+        })
     state = describe_unpaired_state(ctx.ref, ctx.cand, pmap, (upstream[0], upstream[1]))
     if not state:
         return None
@@ -499,6 +505,82 @@ def custom_backward(ctx: HintContext) -> str | None:
         f"The gradient here comes from a custom backward ({'; '.join(dict.fromkeys(here))}): "
         f"compare the two backward functions."
     )
+
+
+@hint
+def embedding_padding_idx(ctx: HintContext) -> str | None:
+    """Embedding lookups at the divergence that treat a padding id differently: a padding row
+    on one side only (or another row), or the two frameworks' conventions: torch's
+    ``nn.Embedding(padding_idx=k)`` returns row k (zero at init) and gives it no gradient from
+    the lookup; Paddle's outputs zeros for id k whatever the row holds."""
+    found = [_embedding_padding(ctx, side) for side in ("ref", "cand")]
+    if None in found:
+        return None
+    (ref_param, ref_row, ref_kind), (cand_param, cand_row, cand_kind) = found
+    if ref_row != cand_row and ctx.divergence.phase == "backward":
+        def said(side: str, param: str, row: int | None) -> str:
+            return (f"the {side}'s embedding {param} gives row {row} (padding_idx) no gradient"
+                    if row is not None else f"the {side}'s embedding {param} has no padding_idx")
+        first = said("reference", ref_param, ref_row)
+        return (
+            f"{first[0].upper()}{first[1:]}; {said('candidate', cand_param, cand_row)} "
+            f"(nn.Embedding(padding_idx=...), a model config's pad_token_id)."
+        )
+    if ref_row == cand_row is not None and {ref_kind, cand_kind} == {"torch", "paddle"}:
+        return (
+            f"Both embeddings pad row {ref_row}, in their frameworks' conventions: torch's "
+            f"nn.Embedding(padding_idx) returns the row itself (zero at init; a tied output head "
+            f"trains it), Paddle's outputs zeros for that id whatever the row holds. They part "
+            f"once the row is no longer zero."
+        )
+    return None
+
+
+def _embedding_padding(ctx: HintContext, side: str) -> tuple[str, int | None, str | None] | None:
+    """At the divergence on one side, an embedding lookup: its parameter, the padding row its
+    gradient skips and whose convention ("torch": marked by the exporter, "paddle": the weight
+    multiplied by a 0/1 mask with one zero row), or no row; None when the divergence is not at
+    an embedding."""
+    graph = ctx.ref if side == "ref" else ctx.cand
+    name = ctx.divergence.reference_node if side == "ref" else ctx.divergence.candidate_node
+    params = graph.meta.params
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    lookups: dict[str, tuple[int | None, str | None]] = {}
+    for node in graph.model.graph.node:
+        if node.op_type != "Gather" or not node.input:
+            continue
+        data, mark = node.input[0], node_meta(node, PADDING_IDX_KEY)
+        if data in params:
+            lookups[data] = (int(mark), "torch") if mark is not None else (None, None)
+            continue
+        masked = _masked_rows(producers.get(data), params, ctx.constants(graph))
+        if masked is not None:
+            lookups[masked[0]] = (masked[1], "paddle")
+    node = ctx.node(side)
+    if name and name.startswith("grad:"):
+        param = name[len("grad:"):]
+    elif node is not None and node.op_type == "Gather":
+        producer = producers.get(node.input[0])
+        param = node.input[0] if producer is None else producer.input[0]
+    else:
+        return None
+    for primary, info in params.items():  # a tied weight: the lookup may read an alias
+        if param in (primary, *info.aliases):
+            param = primary
+    return (param, *lookups[param]) if param in lookups else None
+
+
+def _masked_rows(
+    node: onnx.NodeProto | None, params: Mapping[str, Any], consts: Mapping[str, np.ndarray]
+) -> tuple[str, int] | None:
+    """``Mul(param, mask)`` with a 0/1 mask whose only zero row is k: (param, k)."""
+    if node is None or node.op_type != "Mul" or node.input[0] not in params:
+        return None
+    mask = consts.get(node.input[1])
+    if mask is None or mask.ndim != 2 or not np.isin(mask, (0, 1)).all():
+        return None
+    zero = np.flatnonzero(~mask.any(axis=1))
+    return (node.input[0], int(zero[0])) if len(zero) == 1 and mask[np.arange(len(mask)) != zero[0]].all() else None
 
 
 def _custom_backwards(graph: LossGraph) -> dict[str, str]:

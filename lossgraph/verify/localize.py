@@ -889,16 +889,21 @@ def _tap_gradients(
     side: Side, loss: str, values: list[str], known: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """d(loss)/d(value) for each value (zeros where the loss does not depend on it; their
-    shapes from ``known`` values where given, else measured)."""
+    shapes from ``known`` values where given, else measured). A tap's gradient is its module
+    output's: the exporter may leave consumers reading the output itself rather than the tap
+    (Hugging Face's BERT: the tap alone would have a zero gradient)."""
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
-    result = build_gradients(side.model, loss, values, feeds=side.feeds)
+    tapped = {n.output[0]: n.input[0] for n in side.model.graph.node if node_meta(n, TAP_KEY)}
+    wrt = {v: tapped.get(v, v) for v in values}
+    result = build_gradients(side.model, loss, list(dict.fromkeys(wrt.values())), feeds=side.feeds)
     outputs = [g for g in result.grads.values() if g]
     got = OrtRunner(result.model, fed=params, device=side.device, arena=False).run(
         side.feeds, outputs=outputs
     )
-    zero = [v for v, g in result.grads.items() if not g and v not in (known or {})]
+    grads = {v: result.grads[w] for v, w in wrt.items()}
+    zero = [v for v, g in grads.items() if not g and v not in (known or {})]
     shapes = {**(known or {}), **(run_values(side, zero) if zero else {})}
-    return {v: got[g] if g else np.zeros_like(shapes[v]) for v, g in result.grads.items()}
+    return {v: got[g] if g else np.zeros_like(shapes[v]) for v, g in grads.items()}
 
 
 #: Nodes shown around a divergence in reports: this many hops up and down, at most this many
