@@ -145,7 +145,7 @@ def test_recurrent_ports_train_like_each_framework_eagerly(exported):
     ("lstm_2_layers", "lstm_gate_order", "", None),
     ("tiny_llama", "rope_theta", "model.layers.0.self_attn", "imply rope_theta 10000, the candidate's 500000"),
     ("tiny_llama", "rms_norm_eps", "model.layers.0.input_layernorm", "adds 1e-06 under the square root, the candidate 1e-05"),
-    ("tiny_llama", "gqa_tiled", "model.layers.0.self_attn", None),
+    ("tiny_llama", "gqa_tiled", "model.layers.0.self_attn", "the reference interleaves them"),
 ])
 def test_planted_bugs_are_found(cli, exported, reference, candidate, scope, hint):
     result = verify(exported, torch_(reference), planted(candidate), grads=True, steps=2)

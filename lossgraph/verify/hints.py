@@ -583,6 +583,56 @@ def _masked_rows(
     return (node.input[0], int(zero[0])) if len(zero) == 1 and mask[np.arange(len(mask)) != zero[0]].all() else None
 
 
+@hint
+def kv_head_repetition(ctx: HintContext) -> str | None:
+    """Grouped-query attention's key/value heads repeated in another order: interleaved (each kv
+    head g times in a row: Hugging Face's repeat_kv, repeat_interleave) on one side, tiled (all
+    kv heads, g times over: tile) on the other."""
+    kinds = [_repetition(ctx, side) for side in ("ref", "cand")]
+    if None in kinds or kinds[0] == kinds[1]:
+        return None
+    word = {"interleave": "interleaves them (each kv head repeated in a row: repeat_kv, "
+                          "repeat_interleave)",
+            "tile": "tiles them (all kv heads, repeated as a block: tile)"}
+    return (
+        f"Grouped-query attention repeats the key/value heads in another order: the reference "
+        f"{word[kinds[0]]}, the candidate {word[kinds[1]]}; query head i must meet kv head i // g."
+    )
+
+
+def _repetition(ctx: HintContext, side: str) -> str | None:
+    """"interleave" or "tile": how the diverging node repeats along the heads axis (1) of a
+    4-D [batch, heads, tokens, dim] tensor (Tile, or Expand of a new axis 2 merged back by a
+    Reshape); None when it is no such repetition."""
+    node = ctx.node(side)
+    if node is None or node.op_type not in ("Tile", "Expand"):
+        return None
+    graph = ctx.ref if side == "ref" else ctx.cand
+    counts = ctx.constants(graph).get(node.input[1])
+    if counts is None:
+        return None
+    counts = [int(c) for c in np.ravel(counts)]
+    if node.op_type == "Tile":
+        return "tile" if len(counts) == 4 and counts[1] > 1 and counts.count(1) == 3 else None
+    # Unsqueeze(axis 2) [b, kv, 1, t, d] -> Expand [b, kv, g, t, d] -> Reshape [b, kv * g, t, d]
+    nodes = graph.model.graph.node
+    producer = next((n for n in nodes if node.input[0] in n.output), None)
+    if len(counts) != 5 or counts[2] <= 1 or producer is None or producer.op_type != "Unsqueeze":
+        return None
+    axes = _attributes(producer).get("axes")
+    if axes is None and len(producer.input) > 1:
+        axes = ctx.constants(graph).get(producer.input[1])
+    if axes is None or [int(a) for a in np.ravel(axes)] != [2]:
+        return None
+    value = node.output[0]
+    while True:
+        readers = [n for n in nodes if value in n.input]
+        if len(readers) != 1 or readers[0].op_type != "Identity":
+            break
+        value = readers[0].output[0]
+    return "interleave" if len(readers) == 1 and readers[0].op_type == "Reshape" else None
+
+
 def _custom_backwards(graph: LossGraph) -> dict[str, str]:
     """The carried custom backward passes of a graph: their node's name -> label."""
     return {
