@@ -30,6 +30,7 @@ from lossgraph.graph import (
     SOURCE_KEY,
     VJP_GRAD_TAG,
     VJP_MARKER_TAG,
+    live_nodes,
     node_meta,
     remove_dead_nodes,
     set_node_meta,
@@ -243,20 +244,9 @@ def vjp_function(model: onnx.ModelProto, vjp: CustomVjp) -> onnx.FunctionProto:
 
 def _live_values(graph: onnx.GraphProto, exclude: set[int]) -> set[str]:
     """Values the graph's outputs need, the nodes in ``exclude`` (by id: the markers) aside."""
-    producers = {
-        out: node for node in graph.node if id(node) not in exclude for out in node.output if out
-    }
-    live: set[str] = set()
-    stack = [o.name for o in graph.output]
-    while stack:
-        value = stack.pop()
-        if value in live:
-            continue
-        live.add(value)
-        node = producers.get(value)
-        if node is not None:
-            stack.extend(v for v in node.input if v)
-    return live
+    outputs = {o.name for o in graph.output}
+    nodes = live_nodes([n for n in graph.node if id(n) not in exclude], outputs)
+    return outputs | {v for n in nodes for v in (*n.input, *n.output) if v}
 
 
 def _ancestors(

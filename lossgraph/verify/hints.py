@@ -88,10 +88,10 @@ def unpaired_state(ctx: HintContext) -> str | None:
         nodes = live_nodes(graph.model.graph.node, set(node.output)) if node is not None else []
         # integer buffers (position_ids, token_type_ids) are indices: the other side computes
         # them inline as often as not, and their effect shows where they are looked up
-        values = graph.param_values()
+        params = graph.meta.params
         upstream.append({
             i for n in nodes for i in n.input
-            if i not in values or not np.issubdtype(values[i].dtype, np.integer)
+            if i not in params or not params[i].dtype.startswith(("int", "uint"))
         })
     state = describe_unpaired_state(ctx.ref, ctx.cand, pmap, (upstream[0], upstream[1]))
     if not state:
