@@ -90,6 +90,9 @@ class OptimizerInfo:
     cls: str
     framework: str
     groups: list[dict[str, Any]]
+    #: parameters the optimizer holds that no loss reaches (absent from the graph): they get no
+    #: gradient, and torch's and Paddle's optimizers skip a parameter without one
+    unreached: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> list[str]:

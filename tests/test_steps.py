@@ -559,3 +559,73 @@ def test_unmatched_dropouts_are_named(cli, exported, dropout_specs, tmp_path):
     assert repr(node) in warning
     hint = report["first_divergence"]["hint"]
     assert "dropouts differ" in hint and "candidate dropout:2" in hint, hint
+
+
+UNREACHED_TORCH = """
+    import torch
+    from torch import nn
+    import lossgraph as lg
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.pooler = nn.Linear(3, 3)  # held by the optimizer, never read by the loss
+
+        def forward(self, x):
+            return self.fc(x)
+
+    def model():
+        torch.manual_seed(0)
+        m = Encoder()
+        return lg.Spec(model=m, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([2, 4])},
+                       optimizers={"adamw": torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)})
+"""
+
+UNREACHED_PADDLE = """
+    import paddle
+    from paddle import nn
+    import lossgraph as lg
+
+    class Encoder(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.pooler = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    def model():
+        paddle.seed(0)
+        m = Encoder()
+        return lg.Spec(model=m, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([2, 4])},
+                       optimizers={"adamw": paddle.optimizer.AdamW(
+                           parameters=m.parameters(), learning_rate=1e-2, weight_decay=0.1)})
+"""
+
+
+def test_parameters_no_loss_reaches_are_left_alone_as_the_frameworks_do(cli, tmp_path_factory, tmp_path):
+    """A pooler a masked-LM loss never reads: its parameters get no gradient, and torch's and
+    Paddle's AdamW skip them (weight decay included); the export lists them, verify warns, and
+    the eager loops (--native) agree with ONNX Runtime's training."""
+    files = write_spec_files(tmp_path_factory, "unreached", {
+        "unreached_torch": textwrap.dedent(UNREACHED_TORCH),
+        "unreached_paddle": textwrap.dedent(UNREACHED_PADDLE),
+    })
+    paths = {}
+    for name, path in files.items():
+        paths[name] = tmp_path / f"{name}.onnx"
+        run = cli("export", f"{path}:model", "-o", paths[name])
+        assert run.exit_code == 0, run.output
+        assert "adamw also holds 2 parameter(s) no loss reaches" in run.output
+        assert "pooler.weight, pooler.bias" in run.output
+        graph = LossGraph.load(paths[name])
+        assert graph.meta.optimizers["adamw"].params == ["fc.weight", "fc.bias"]
+        assert graph.meta.optimizers["adamw"].unreached == ["pooler.weight", "pooler.bias"]
+    run = cli("verify", paths["unreached_torch"], paths["unreached_paddle"], "--steps", "2", "--native",
+              "--json", tmp_path / "r.json")
+    assert run.exit_code == 0, run.output
+    warning = next(w for w in json.loads((tmp_path / "r.json").read_text())["warnings"]
+                   if "reached by no loss" in w)
+    assert "in the reference pooler.weight, pooler.bias; in the candidate pooler.weight" in warning

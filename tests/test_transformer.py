@@ -3,12 +3,14 @@ write them -- packed attention weights, fused projections, tied embeddings, LSTM
 LSTMCells -- verify with gradients and training steps and no name map; planted bugs exit 1 in
 the right place; tied against untied is said."""
 
+import numpy as np
 import pytest
 from conftest import EXAMPLES
 
 import lossgraph as lg
 from lossgraph.cli import native_runner
 from lossgraph.errors import VerificationError
+from lossgraph.verify import hints
 from lossgraph.verify.align import Part
 
 FOLDER = EXAMPLES / "transformer"
@@ -159,3 +161,30 @@ def test_planted_bugs_are_found(cli, exported, reference, candidate, scope, hint
         assert "without counterpart" not in found.hint
     run = cli("verify", exported(torch_(reference)), exported(planted(candidate)))
     assert run.exit_code == 1
+
+
+def _cosine_table(theta, dim=8, positions=32, interleaved=False, layout=(32, 8)):
+    freqs = theta ** (-np.arange(0, dim, 2) / dim)
+    freqs = np.repeat(freqs, 2) if interleaved else np.concatenate([freqs, freqs])
+    return np.cos(np.arange(positions)[:, None] * freqs).astype(np.float32).reshape(layout)
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0, 1000000.0])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("layout", [(32, 8), (1, 32, 1, 8), (1, 1, 32, 8)])
+def test_rope_base_read_off_a_cached_cosine_table(theta, interleaved, layout):
+    """A model that computes its rotary tables at construction (PaddleFormers' LLaMA) leaves
+    only cos(position x frequency) in the graph: theta is read off it through float32 rounding."""
+    found = hints._cosine_table_theta(_cosine_table(theta, interleaved=interleaved, layout=layout))
+    assert found is not None and abs(found - theta) < 1e-3 * theta, found
+
+
+@pytest.mark.parametrize("table", [
+    np.ones((32, 8), np.float32),                               # no angle at all
+    np.random.default_rng(0).uniform(-1, 1, (32, 8)).astype(np.float32),
+    _cosine_table(10000.0)[:, :1],                              # too narrow
+    np.cos(np.arange(32)[:, None] * np.full(8, 0.3)).astype(np.float32),  # one frequency, not 1
+    np.sin(np.arange(32)[:, None] * np.ones(8)).astype(np.float32),       # a sine table
+])
+def test_what_is_not_a_rotary_cosine_table_gives_no_base(table):
+    assert hints._cosine_table_theta(table) is None

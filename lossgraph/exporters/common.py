@@ -280,6 +280,7 @@ def finish_export(
     from lossgraph.autodiff.markers import expand_grad_markers
     from lossgraph.exporters.recurrent import unroll_recurrent
 
+    optimizers = {name: reached_only(info, params) for name, info in optimizers.items()}
     unroll_recurrent(proto)  # LSTM/GRU/RNN have no gradient rule; the ops they unroll into do
     carry_custom_vjps(proto, custom_backward, feeds=inputs)
     proto = expand_grad_markers(proto, feeds=inputs)
@@ -302,6 +303,24 @@ def finish_export(
     graph = LossGraph(model=proto, meta=meta)
     record_eager_check(graph, eager, inputs, seed, training.state if training else None, eager_taps)
     return graph
+
+
+def reached_only(info: OptimizerInfo, params: Mapping[str, ParamInfo]) -> OptimizerInfo:
+    """``info`` without the parameters the graph does not have: no loss reaches them, so they get
+    no gradient, and torch's and Paddle's optimizers skip a parameter without one (a pooler a
+    masked-LM loss never reads). They are kept in ``unreached``, for the report."""
+    groups = []
+    for group in info.groups:
+        entry = {}
+        for key, value in group.items():
+            if key in ("params", "decay_params"):
+                value = [n for n in value if n in params]
+            elif key.startswith("param_") and isinstance(value, dict):
+                value = {n: v for n, v in value.items() if n in params}
+            entry[key] = value
+        groups.append(entry)
+    unreached = [n for n in info.params if n not in params]
+    return OptimizerInfo(info.cls, info.framework, groups, [*info.unreached, *unreached])
 
 
 def optimizer_param_names(

@@ -758,7 +758,7 @@ def describe_unpaired_state(
         if state:
             values = graph.param_values()
             shown = [describe_tensor(n, graph.meta.params[n], values.get(n)) for n in state]
-            parts.append(f"in the {side} {_names(shown)}")
+            parts.append(f"in the {side} {shown_names(shown)}")
     return "; ".join(parts)
 
 
@@ -776,7 +776,7 @@ def describe_tensor(name: str, info: ParamInfo, value: np.ndarray | None) -> str
 NAMES_SHOWN = 4
 
 
-def _names(names: list[str]) -> str:
+def shown_names(names: list[str]) -> str:
     shown = ", ".join(names[:NAMES_SHOWN])
     more = len(names) - NAMES_SHOWN
     return shown + (f" and {more} more" if more > 0 else "")
@@ -790,13 +790,13 @@ def unpaired_summary(reference: LossGraph, candidate: LossGraph, pmap: ParamMap)
     if pmap.shape_mismatch:
         problems.append(
             "shape mismatch: "
-            + _names([f"{m['reference']} {m['reference_shape']} vs {m['candidate']} {m['candidate_shape']}"
+            + shown_names([f"{m['reference']} {m['reference_shape']} vs {m['candidate']} {m['candidate_shape']}"
                       for m in pmap.shape_mismatch])
         )
     for side, names, params in (("reference", pmap.unmapped_reference, ref_params),
                                 ("candidate", pmap.unmapped_candidate, cand_params)):
         if names:
-            problems.append(f"unmapped in {side} ({len(names)} of {len(params)}): " + _names(names))
+            problems.append(f"unmapped in {side} ({len(names)} of {len(params)}): " + shown_names(names))
     structure = _tie_difference(reference, candidate, pmap) or _structural_difference(
         reference, candidate, pmap)
     return (
@@ -843,7 +843,7 @@ def _structural_difference(reference: LossGraph, candidate: LossGraph, pmap: Par
                 found.append(module)
 
     def count(names: list[str]) -> str:
-        return f"{len(names)} ({_names(names)})" if names else "none"
+        return f"{len(names)} ({shown_names(names)})" if names else "none"
 
     parts = [
         f"{kinds[kind]} layers: {count(ref)} in the reference, {count(cand)} in the candidate"

@@ -119,20 +119,67 @@ def rope_base(ctx: HintContext) -> str | None:
 
 
 def _rope_theta(ctx: HintContext, graph: LossGraph) -> float | None:
-    """theta of the graph's rotary angle tables, if it has any and they agree (None else)."""
-    trig = [n for n in graph.model.graph.node if n.op_type in ("Cos", "Sin")]
-    constants = ctx.constants(graph) if trig else {}
-    found = set()
-    for node in trig:
-        table = constants.get(node.input[0])
-        if table is None or np.ndim(table) < 2 or np.shape(table)[-2] < 2:
-            continue
-        step = np.asarray(table, np.float64).reshape(-1, *np.shape(table)[-2:])[0]
-        freqs = np.unique(np.round(step[1] - step[0], 12))[::-1]  # position 1 minus position 0
-        if len(freqs) < 2 or not np.isclose(freqs[0], 1.0) or np.any(freqs <= 0):
-            continue
-        found.add(round(float(freqs[1] ** -len(freqs)), 0))  # f_1 = theta^(-2/d), d = 2 * len
-    return found.pop() if len(found) == 1 else None
+    """theta of the graph's rotary tables, if it has any and they agree (None else): the angle
+    tables its Cos/Sin nodes read, or, where the model computed them at construction (a cached
+    buffer, as PaddleFormers' LLaMA does), the cosine tables themselves."""
+    trig = {n.input[0] for n in graph.model.graph.node if n.op_type in ("Cos", "Sin")}
+    found = []
+    for name, table in ctx.constants(graph).items():
+        theta = _angle_table_theta(table) if name in trig else _cosine_table_theta(table)
+        if theta is not None:
+            found.append(theta)
+    # a cosine table's arccos carries float32 rounding: thetas agree to 1e-3, shown to 4 digits
+    if not found or max(found) > min(found) * (1 + 1e-3):
+        return None
+    return float(f"{np.median(found):.4g}")
+
+
+def _angle_table_theta(table: np.ndarray) -> float | None:
+    """theta of an angle table (position x frequency, positions on the next-to-last axis):
+    its frequencies are position 1 minus position 0, exactly."""
+    if np.ndim(table) < 2 or np.shape(table)[-2] < 2:
+        return None
+    step = np.asarray(table, np.float64).reshape(-1, *np.shape(table)[-2:])[0]
+    distinct: list[float] = []
+    for f in sorted(step[1] - step[0], reverse=True):
+        if not distinct or f < distinct[-1] * (1 - 1e-9):
+            distinct.append(float(f))
+    if len(distinct) < 2 or distinct[-1] <= 0:
+        return None
+    return _theta(distinct[0], distinct[1], len(distinct))
+
+
+def _cosine_table_theta(table: np.ndarray) -> float | None:
+    """theta of a cosine table ``cos(position * f)`` ([positions, dim] once its axes of 1 are
+    dropped; each frequency once, or twice as halves or pairs); None for anything else. Each
+    frequency is read at the furthest position where its angle is still below pi; those too
+    low for float32 to resolve are left out, the highest two give theta."""
+    cos = np.squeeze(np.asarray(table, np.float64))
+    if cos.ndim != 2 or cos.shape[0] < 2 or cos.shape[1] < 2 or np.asarray(table).dtype.kind != "f":
+        return None
+    if not np.allclose(cos[0], 1.0, atol=1e-6) or np.any(np.abs(cos) > 1 + 1e-6):
+        return None
+    half = cos.shape[1] // 2
+    if cos.shape[1] % 2 == 0 and np.array_equal(cos[:, :half], cos[:, half:]):
+        cos = cos[:, :half]
+    elif cos.shape[1] % 2 == 0 and np.array_equal(cos[:, 0::2], cos[:, 1::2]):
+        cos = cos[:, 0::2]
+    angles = np.arccos(np.clip(cos, -1.0, 1.0))
+    positions = np.arange(cos.shape[0])[:, None]
+    last = np.maximum((positions * angles[1][None, :] < 3.0).sum(axis=0) - 1, 1)
+    freqs = np.where(angles[1] > 0, angles[last, np.arange(cos.shape[1])] / last, 0.0)
+    if not np.allclose(np.cos(positions * freqs), cos, atol=1e-4):
+        return None
+    top = sorted(freqs, reverse=True)
+    return _theta(top[0], top[1], cos.shape[1]) if len(top) > 1 else None
+
+
+def _theta(first: float, second: float, count: int) -> float | None:
+    """The base of ``count`` rotary frequencies ``theta^(-2k/d)`` (d = 2 * count) from the two
+    highest, 1 and ``theta^(-2/d)``; None when they are not that."""
+    if not np.isclose(first, 1.0, atol=1e-4) or not 0 < second < 1 - 1e-4 or count < 2:
+        return None
+    return float(second) ** -count
 
 
 @hint

@@ -26,6 +26,7 @@ from lossgraph.verify.align import (
     describe_unpaired_state,
     load_name_map,
     normalize_name_map,
+    shown_names,
 )
 from lossgraph.verify.compare import (
     Tolerance,
@@ -117,6 +118,16 @@ def prepare(
         warnings.append(
             f"Without counterpart, each side keeps its own values: {state}; a difference they make "
             f"is reported as a divergence."
+        )
+    unreached = [
+        f"in the {side} {shown_names(names)}"
+        for side, graph in (("reference", ref), ("candidate", cand))
+        if (names := [n for o in graph.meta.optimizers.values() for n in o.unreached])
+    ]
+    if unreached:
+        warnings.append(
+            f"Held by an optimizer but reached by no loss (no gradient; neither framework "
+            f"updates them): {'; '.join(unreached)}."
         )
     own = cand.param_values()
     cand_params = {**own, **param_map.carry(ref_params, own)}

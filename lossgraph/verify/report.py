@@ -21,6 +21,7 @@ from rich.text import Text
 
 from lossgraph.errors import VerificationError
 from lossgraph.graph import LossGraph
+from lossgraph.verify.align import shown_names
 from lossgraph.verify.compare import ValueDiff
 from lossgraph.verify.results import (
     ConventionDiff,
@@ -434,6 +435,12 @@ def render_export(graph: LossGraph, path: str, console: Console) -> None:
     if meta.optimizers:
         opts = ", ".join(f"{n}={o.cls}({len(o.params)} params)" for n, o in meta.optimizers.items())
         console.print(f"optimizers: {opts}")
+        for n, o in meta.optimizers.items():
+            if o.unreached:
+                console.print(
+                    f"  {n} also holds {len(o.unreached)} parameter(s) no loss reaches (no gradient, never "
+                    f"updated): {shown_names(o.unreached)}"
+                )
     if meta.schedule:
         console.print("schedule: " + " -> ".join(f"{loss}/{opt}" for loss, opt in meta.schedule))
     histogram = graph.op_histogram().most_common()
