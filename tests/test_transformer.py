@@ -41,7 +41,7 @@ def assert_all_paired(result, buffers=()):
 
 
 @pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention",
-                                  "fused_attention", "tied_lm", "lstm",
+                                  "causal_attention", "fused_attention", "tied_lm", "lstm",
                                   "lstm_2_layers", "lstm_bidirectional", "gru", "gru_bidirectional",
                                   "tiny_llama"])
 def test_ports_train_the_same(exported, name):
@@ -141,8 +141,16 @@ def test_recurrent_ports_train_like_each_framework_eagerly(exported):
 
 
 @pytest.mark.parametrize("reference, candidate, scope, hint", [
-    ("encoder_layer", "heads_split_4", "self_attn", None),
-    ("fused_attention", "missing_scale", "", "2.82843"),
+    ("encoder_layer", "heads_split_4", "self_attn",
+     "the reference's scores contract heads of 4 features, the candidate's heads of 2"),
+    ("encoder_layer", "pre_norm", "self_attn",
+     "the candidate has already applied norm1, the reference not (pre-norm against post-norm"),
+    ("causal_attention", "mask_not_inverted", "attn",
+     "the candidate leaves out exactly the positions the reference attends to"),
+    ("causal_attention", "mask_dropped", "attn",
+     "the reference leaves out 3 of 9 score positions before the softmax, the candidate none"),
+    ("fused_attention", "missing_scale", "",
+     "the reference divides the scores by 2.82843 (sqrt(8)), the candidate does not"),
     ("gelu_encoder_layer", "gelu_tanh", "", "the reference computes the exact one, the candidate the tanh"),
     ("lstm_2_layers", "lstm_gate_order", "", None),
     ("tiny_llama", "rope_theta", "model.layers.0.self_attn", "imply rope_theta 10000, the candidate's 500000"),
@@ -188,3 +196,9 @@ def test_rope_base_read_off_a_cached_cosine_table(theta, interleaved, layout):
 ])
 def test_what_is_not_a_rotary_cosine_table_gives_no_base(table):
     assert hints._cosine_table_theta(table) is None
+
+
+@pytest.mark.parametrize("value, size", [(8**0.5, 8), (1 / 8**0.5, 8), (float(np.float32(64**-0.5)), 64),
+                                         (2.0, 4), (3.0, 9), (2.5, None), (0.3, None), (1.0, None)])
+def test_attention_scales_are_read_as_head_sizes(value, size):
+    assert hints._head_size_of_scale(value) == size

@@ -74,6 +74,28 @@ def cross_attention():
                    optimizers=_adam(model))
 
 
+class CausalAttention(nn.Layer):
+    """paddle.nn.MultiHeadAttention with a boolean causal mask: in Paddle, True marks a
+    position to attend to (torch's mask, inverted)."""
+
+    def __init__(self, mask: str = "keep") -> None:
+        super().__init__()
+        self.attn = nn.MultiHeadAttention(E, HEADS)
+        self.mask = mask  # "keep" (Paddle's convention), "leave out" (torch's), or "none"
+
+    def forward(self, x):
+        t = x.shape[1]
+        future = paddle.triu(paddle.ones([t, t]), diagonal=1).astype("bool")
+        mask = {"keep": ~future, "leave out": future, "none": None}[self.mask]
+        return self.attn(x, x, x, attn_mask=mask)
+
+
+def causal_attention(mask: str = "keep"):
+    paddle.seed(0)
+    model = CausalAttention(mask)
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
 class Attention(nn.Layer):
     def __init__(self, scale: bool = True) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from transformer_paddle import (
     LLAMA_TOKENS,
     Cells,
     _recurrent,
+    causal_attention,
     encoder_layer,
     fused_attention,
     tied_lm,
@@ -45,6 +46,17 @@ def gelu_tanh():
 def missing_scale():
     """Attention scores not divided by sqrt(E): found in the attention, before the softmax."""
     return fused_attention(scale=False)
+
+
+def mask_not_inverted():
+    """torch's boolean attn_mask passed on as it is: Paddle reads True as "attend", torch as
+    "leave out", so the port attends to the future only: found in self_attn's softmax input."""
+    return causal_attention(mask="leave out")
+
+
+def mask_dropped():
+    """The causal mask not passed: found in self_attn's softmax input."""
+    return causal_attention(mask="none")
 
 
 class SwappedGates(nn.LSTMCell):

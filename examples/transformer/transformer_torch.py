@@ -82,6 +82,26 @@ def cross_attention():
                    optimizers=_adam(model))
 
 
+class CausalAttention(nn.Module):
+    """nn.MultiheadAttention with a boolean causal mask: in torch, True marks a position to
+    leave out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(E, HEADS, batch_first=True)
+
+    def forward(self, x):
+        t = x.shape[1]
+        future = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+        return self.attn(x, x, x, attn_mask=future, need_weights=False)[0]
+
+
+def causal_attention():
+    torch.manual_seed(0)
+    model = CausalAttention()
+    return lg.Spec(model=model, loss=_square_mean, inputs={"x": X}, optimizers=_adam(model))
+
+
 class Attention(nn.Module):
     """Single-head self-attention with one fused q/k/v projection (as GPT-style code has)."""
 

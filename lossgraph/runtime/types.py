@@ -190,6 +190,8 @@ def constant_values(
             continue
         if sum(v.size for v in inputs if v is not None) > FOLD_LIMIT:
             continue
+        if node.op_type == "Trilu" and len(inputs) > 1 and inputs[1] is not None:
+            inputs[1] = inputs[1].reshape(())  # paddle2onnx's k is [1]: ORT takes it, onnx.reference not
         values = _evaluate(model, node, inputs)
         if values is not None:
             for name, value in zip(node.output, values):

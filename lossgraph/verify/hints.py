@@ -54,6 +54,15 @@ class HintContext:
             self.folded[id(graph)] = constant_values(graph.model)
         return self.folded[id(graph)]
 
+    def types(self, graph: LossGraph) -> dict[str, Any]:
+        """``static_types`` of one side's graph (element type and shape of each value), once."""
+        from lossgraph.runtime.types import static_types
+
+        key = -id(graph)  # beside the folded constants, under a key of their own
+        if key not in self.folded:
+            self.folded[key] = static_types(graph.model)
+        return self.folded[key]
+
     def node(self, side: str) -> onnx.NodeProto | None:
         graph = self.ref if side == "ref" else self.cand
         name = self.divergence.reference_node if side == "ref" else self.divergence.candidate_node
@@ -210,10 +219,7 @@ def _root_epsilons(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto | No
     """Small positive constants (below 0.1) added right before a square root (or the division
     or power it takes part in) among the ``_EPSILON_DEPTH`` producers before ``node``."""
     nodes = _ancestors(graph, node, _EPSILON_DEPTH)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(graph)
     adds = [n for n in nodes if n.op_type == "Add"
             and any(c.op_type in _ROOTS for c in consumers.get(n.output[0], []))]
     constants = ctx.constants(graph) if adds else {}
@@ -403,13 +409,85 @@ def normalization_epsilon(ctx: HintContext) -> str | None:
 
 
 @hint
+def attention_scale(ctx: HintContext) -> str | None:
+    """Attention scores scaled on one side only, or by another factor: the diverging node (a
+    Div or Mul a softmax reads) computes with a constant sqrt(d) or 1/sqrt(d) (d a head size)
+    that the other side does not use."""
+    diff = _constant_difference(ctx)
+    if not diff or ctx.divergence.phase != "forward":
+        return None
+    for side, other, node, mine, theirs in (("reference", "candidate", ctx.node("ref"), *diff),
+                                            ("candidate", "reference", ctx.node("cand"), *diff[::-1])):
+        graph = ctx.ref if side == "reference" else ctx.cand
+        if node is None or node.op_type not in ("Div", "Mul") or not _feeds_softmax(graph, node):
+            continue
+        scales = [(c, d) for c in mine if (d := _head_size_of_scale(c)) is not None]
+        if len(scales) != 1:
+            continue
+        (c, d), = scales
+        by = f"{'divides' if c > 1 else 'multiplies'} the scores by {c:g} ({'' if c > 1 else '1/'}sqrt({d}))"
+        theirs = [t for t in theirs if _head_size_of_scale(t) is not None]
+        instead = f", the {other} by {_fmt_list(theirs)}" if theirs else f", the {other} does not"
+        return (
+            f"Attention scale differs: the {side} {by}{instead} (scale, scaling, head_dim ** -0.5; "
+            f"scaled by the head size or the model width)."
+        )
+    return None
+
+
+def _head_size_of_scale(value: float) -> int | None:
+    """d when ``value`` is sqrt(d) or 1/sqrt(d) for a whole d from 2 to 4096, within float32
+    rounding; None else."""
+    if value <= 0:
+        return None
+    square = (value if value > 1 else 1 / value) ** 2
+    d = round(square)
+    return d if 2 <= d <= 4096 and abs(square - d) <= 1e-5 * d else None
+
+
+@hint
+def normalization_placement(ctx: HintContext) -> str | None:
+    """Pre-norm against post-norm: a normalization layer is upstream of the diverging node on
+    one side, its counterpart (through the parameter map) not on the other."""
+    pmap = ctx.values.get("param_map")
+    if pmap is None or ctx.divergence.phase != "forward":
+        return None
+    upstream = []
+    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
+        node = ctx.node(side)
+        if node is None:
+            return None
+        upstream.append({i for n in live_nodes(graph.model.graph.node, set(node.output)) for i in n.input})
+    only: dict[str, list[str]] = {"reference": [], "candidate": []}
+    for pair in pmap.pairs:
+        info = ctx.ref.meta.params.get(pair.reference)
+        if pair.parts or pair.packed_in or info is None or "Norm" not in (info.base_type or info.layer_type):
+            continue
+        here, there = pair.reference in upstream[0], pair.candidate in upstream[1]
+        if here != there:
+            where = only["reference" if here else "candidate"]
+            if info.module not in where:
+                where.append(info.module)
+    if not only["reference"] and not only["candidate"]:
+        return None
+    parts = [f"the {side} has already applied {', '.join(modules)}, the {other} not"
+             for side, other, modules in (("reference", "candidate", only["reference"]),
+                                          ("candidate", "reference", only["candidate"])) if modules]
+    return (
+        f"Normalization placement differs: before the diverging node {'; '.join(parts)} "
+        f"(pre-norm against post-norm: normalize_before, norm_first; or a norm moved)."
+    )
+
+
+@hint
 def differing_constants(ctx: HintContext) -> str | None:
     """The origin computes with a constant the candidate does not use (a margin, a clamp bound,
     a weighting); normalization epsilons, BCE's clamp and tensors without counterpart have hints
     of their own."""
     diff = _constant_difference(ctx)
     origin = ctx.values.get("origin_constants") or ()
-    if not diff or not origin or normalization_epsilon(ctx) or root_epsilon(ctx) or unpaired_state(ctx):
+    if (not diff or not origin or normalization_epsilon(ctx) or root_epsilon(ctx) or unpaired_state(ctx)
+            or attention_scale(ctx)):
         return None
     only_ref, only_cand = diff
     missing = [c for c in origin if c in only_ref]
@@ -678,6 +756,141 @@ def _repetition(ctx: HintContext, side: str) -> str | None:
             break
         value = readers[0].output[0]
     return "interleave" if len(readers) == 1 and readers[0].op_type == "Reshape" else None
+
+
+@hint
+def attention_heads(ctx: HintContext) -> str | None:
+    """Another head count: each side's attention scores (a MatMul whose product a softmax
+    reads) contract one head size, the last axis of the queries, and the two differ."""
+    if ctx.divergence.phase != "forward":
+        return None
+    sizes = []
+    for graph in (ctx.ref, ctx.cand):
+        types, consumers = ctx.types(graph), _consumers(graph)
+        sizes.append({
+            types[n.input[0]].shape[-1] for n in graph.model.graph.node
+            if n.op_type == "MatMul" and n.input[0] in types and types[n.input[0]].shape
+            and _feeds_softmax(graph, n, consumers=consumers)
+        })
+    if len(sizes[0]) != 1 or len(sizes[1]) != 1 or sizes[0] == sizes[1]:
+        return None
+    (ref,), (cand,) = sizes
+    return (
+        f"Attention heads differ in {ctx.divergence.scope or 'the attention'}: the reference's "
+        f"scores contract heads of {ref} features, the candidate's heads of {cand} (num_heads, "
+        f"nhead, num_attention_heads, head_dim)."
+    )
+
+
+def _descendants(
+    graph: LossGraph, node: onnx.NodeProto, depth: int,
+    consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
+) -> list[onnx.NodeProto]:
+    """The nodes reading ``node``'s outputs, and theirs, up to ``depth`` consumers on
+    (``consumers``: value -> its readers, when the caller has it)."""
+    if consumers is None:
+        consumers = _consumers(graph)
+    found: dict[int, onnx.NodeProto] = {}
+    values = set(node.output)
+    for _ in range(depth):
+        readers = [n for v in values for n in consumers.get(v, ()) if id(n) not in found]
+        found.update((id(n), n) for n in readers)
+        values = {o for n in readers for o in n.output}
+    return list(found.values())
+
+
+def _consumers(graph: LossGraph) -> dict[str, list[onnx.NodeProto]]:
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return consumers
+
+
+@hint
+def attention_mask(ctx: HintContext) -> str | None:
+    """An attention mask that leaves out other positions on each side: read off the constant
+    masks added to (or selected into) the scores upstream of the diverging node. The classic
+    port bug is a boolean mask passed on unchanged: torch's attn_mask marks the positions to
+    leave out (True = masked), Paddle's MultiHeadAttention the positions to attend to."""
+    if ctx.divergence.phase != "forward":
+        return None
+    ref, cand = (_blocked_positions(ctx, side) for side in ("ref", "cand"))
+    if ref is None and cand is None:
+        return None
+    if ref is not None and cand is not None:
+        if ref.shape != cand.shape or np.array_equal(ref, cand):
+            return None
+        if np.array_equal(ref, ~cand):
+            return (
+                f"Attention mask inverted: the candidate leaves out exactly the positions the "
+                f"reference attends to ({int(ref.sum())} of {ref.size} masked in the reference). "
+                f"A boolean attn_mask means 'leave out' in torch (True = masked) and 'attend' in "
+                f"Paddle's MultiHeadAttention (True = keep): invert it in the port."
+            )
+        return (
+            f"Attention masks differ: the reference leaves out {int(ref.sum())} of {ref.size} "
+            f"positions, the candidate {int(cand.sum())}, {int((ref != cand).sum())} of them "
+            f"other ones (causal vs padding mask, an off-by-one diagonal, or a mask's convention)."
+        )
+    side, other, mask = ("reference", "candidate", ref) if ref is not None else ("candidate", "reference", cand)
+    graph, node = (ctx.cand, ctx.node("cand")) if ref is not None else (ctx.ref, ctx.node("ref"))
+    if any(n.op_type in _MASK_MAKERS for n in _ancestors(graph, node, _MASK_DEPTH)):
+        return None  # the other side builds a mask this could not read: unsure, say nothing
+    return (
+        f"Attention mask on one side only: the {side} leaves out {int(mask.sum())} of {mask.size} "
+        f"score positions before the softmax, the {other} none (a causal or padding mask the "
+        f"port does not pass, or is_causal on one side)."
+    )
+
+
+#: How many producers back from the diverging node an attention mask is looked for.
+_MASK_DEPTH = 10
+#: Additive mask entries at or below this leave their position out of a softmax.
+_MASKED = -1e4
+#: Ops that build or apply masks: a side having them upstream may have a mask not folded.
+_MASK_MAKERS = ("Where", "Trilu", "Not", "Equal", "Less", "Greater", "LessOrEqual",
+                "GreaterOrEqual", "And", "Or")
+
+
+def _blocked_positions(ctx: HintContext, side: str) -> np.ndarray | None:
+    """The score positions (2-D, axes of 1 dropped) a constant mask leaves out upstream of the
+    diverging node, if a softmax follows it: an additive mask (-inf or a large negative entry),
+    or a Where choosing such a constant. None when there is no such mask."""
+    graph = ctx.ref if side == "ref" else ctx.cand
+    nodes = _ancestors(graph, ctx.node(side), _MASK_DEPTH)
+    if not any(n.op_type in ("Softmax", "Exp") for n in nodes) and not _feeds_softmax(graph, ctx.node(side)):
+        return None
+    constants = ctx.constants(graph)
+    for node in nodes:
+        values = [constants.get(i) for i in node.input]
+        blocked = None
+        if node.op_type == "Add":
+            floats = [v for v in values if v is not None and np.ndim(v) >= 2 and np.asarray(v).dtype.kind == "f"]
+            if len(floats) == 1 and len(values) == 2 and None in values:
+                blocked = np.asarray(floats[0]) <= _MASKED
+        elif node.op_type == "Where" and len(values) == 3 and values[0] is not None:
+            cond = np.asarray(values[0], bool)
+            low = [v is not None and np.size(v) == 1 and float(np.ravel(v)[0]) <= _MASKED for v in values[1:]]
+            if low == [True, False]:
+                blocked = cond
+            elif low == [False, True]:
+                blocked = ~cond
+        if blocked is not None and blocked.any():
+            blocked = np.squeeze(blocked)
+            return blocked if blocked.ndim == 2 else None
+    return None
+
+
+def _feeds_softmax(
+    graph: LossGraph, node: onnx.NodeProto | None, depth: int = 3,
+    consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
+) -> bool:
+    """Whether a Softmax (or the Exp of a decomposed one) reads ``node``'s output within
+    ``depth`` consumers."""
+    return node is not None and any(
+        n.op_type in ("Softmax", "Exp") for n in _descendants(graph, node, depth, consumers)
+    )
 
 
 def _custom_backwards(graph: LossGraph) -> dict[str, str]:
