@@ -52,6 +52,10 @@ TIE_KEY = "lossgraph.tie"
 #: A Gather exported from an embedding lookup with ``padding_idx`` (torch's ``nn.Embedding``):
 #: the row it names gets no gradient, as in the framework's embedding backward.
 PADDING_IDX_KEY = "lossgraph.padding_idx"
+#: The Slice of an unrolled ONNX LSTM that takes the cell candidate's gate (ONNX's block 3 of
+#: i, o, f, c): its value is that gate's block in the framework's weights (2: torch's and
+#: Paddle's i, f, g, o, from which both exporters reorder the rows).
+LSTM_CELL_GATE_KEY = "lossgraph.lstm_cell_gate"
 TIES = ("open", "first", "one", "positive")
 #: Without optimizers in the spec, training steps (on ORT and natively) use plain SGD, under
 #: this name, with this learning rate, on every trainable parameter.

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lossgraph.errors import UnsupportedOpError
-from lossgraph.graph import derived_node, value_names
+from lossgraph.graph import LSTM_CELL_GATE_KEY, derived_node, set_node_meta, value_names
 from lossgraph.runtime.types import constant_values, static_types
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -230,6 +230,7 @@ class _Unroll:
         f, g, act_h = activations
         gates = self.add(xw, self.recurrent(h, r, r_bias, 0, 4))
         i, o, fo, cand = (self.gate(gates, k) for k in range(4))
+        set_node_meta(self.out[-1], LSTM_CELL_GATE_KEY, "2")  # the cell candidate's Slice
         if peep is not None and c is not None:
             i = self.op("Add", i, self.op("Mul", self.gate(peep, 0), c))
             fo = self.op("Add", fo, self.op("Mul", self.gate(peep, 2), c))

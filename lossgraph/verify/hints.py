@@ -21,7 +21,14 @@ from onnx import helper
 
 from lossgraph.autodiff.builder import GRAD_OF_KEY
 from lossgraph.autodiff.custom_vjp import CustomVjp
-from lossgraph.graph import PADDING_IDX_KEY, LossGraph, OptimizerInfo, live_nodes, node_meta
+from lossgraph.graph import (
+    LSTM_CELL_GATE_KEY,
+    PADDING_IDX_KEY,
+    LossGraph,
+    OptimizerInfo,
+    live_nodes,
+    node_meta,
+)
 from lossgraph.verify.results import Divergence
 
 Hint = Callable[["HintContext"], "str | None"]
@@ -788,10 +795,14 @@ def _descendants(
 ) -> list[onnx.NodeProto]:
     """The nodes reading ``node``'s outputs, and theirs, up to ``depth`` consumers on
     (``consumers``: value -> its readers, when the caller has it)."""
-    if consumers is None:
-        consumers = _consumers(graph)
+    return _readers(set(node.output), depth, _consumers(graph) if consumers is None else consumers)
+
+
+def _readers(
+    values: set[str], depth: int, consumers: Mapping[str, list[onnx.NodeProto]]
+) -> list[onnx.NodeProto]:
+    """The nodes reading ``values``, and theirs, up to ``depth`` consumers on, nearest first."""
     found: dict[int, onnx.NodeProto] = {}
-    values = set(node.output)
     for _ in range(depth):
         readers = [n for v in values for n in consumers.get(v, ()) if id(n) not in found]
         found.update((id(n), n) for n in readers)
@@ -891,6 +902,43 @@ def _feeds_softmax(
     return node is not None and any(
         n.op_type in ("Softmax", "Exp") for n in _descendants(graph, node, depth, consumers)
     )
+
+
+@hint
+def lstm_gate_order(ctx: HintContext) -> str | None:
+    """An LSTM port that reads its gates in another order: the cell candidate (the gate under
+    tanh) comes from another block of the gate rows on each side. Only that gate is told apart
+    (input, forget and output gates all take a sigmoid)."""
+    blocks = [_cell_candidate_blocks(ctx, graph) for graph in (ctx.ref, ctx.cand)]
+    if not blocks[0] or not blocks[1] or blocks[0] == blocks[1] or len(blocks[0]) != 1:
+        return None
+    (ref,), cand = blocks[0], sorted(blocks[1] - blocks[0])
+    if not cand:
+        return None
+    return (
+        f"LSTM gate order differs: the reference computes the cell candidate (the tanh gate) "
+        f"from block {ref} of the 4 gate blocks (i, f, g, o: torch's and Paddle's order of the "
+        f"weights' rows), the candidate from block {', '.join(map(str, cand))} (counting from 0): "
+        f"the port splits the gates in another order."
+    )
+
+
+def _cell_candidate_blocks(ctx: HintContext, graph: LossGraph) -> set[int]:
+    """The gate block an LSTM's tanh gate is read from, for each LSTM of the graph: unrolled
+    ONNX LSTMs say it (``LSTM_CELL_GATE_KEY``); a cell written out splits its gates into four
+    blocks along the last axis, three of which reach a sigmoid and one a tanh."""
+    found = {int(v) for n in graph.model.graph.node if (v := node_meta(n, LSTM_CELL_GATE_KEY))}
+    consumers = _consumers(graph)
+    for node in graph.model.graph.node:
+        if node.op_type != "Split" or len(node.output) != 4:
+            continue
+        kinds = []
+        for value in node.output:
+            reached = [n.op_type for n in _readers({value}, 3, consumers) if n.op_type in ("Sigmoid", "Tanh")]
+            kinds.append(reached[0] if reached else None)
+        if sorted(kinds, key=str) == ["Sigmoid", "Sigmoid", "Sigmoid", "Tanh"]:
+            found.add(kinds.index("Tanh"))
+    return found
 
 
 def _custom_backwards(graph: LossGraph) -> dict[str, str]:
