@@ -18,7 +18,8 @@ from transformer_torch import SPECS as TRANSFORMER_SPECS  # noqa: E402
 
 PENALTIES = ["wgan_gp", "wgan_lp", "dragan", "r1"]
 TRANSFORMER_PLANTED = ["heads_split_4", "pre_norm", "missing_scale", "gelu_tanh", "lstm_gate_order",
-                       "untied_head", "rope_theta", "rms_norm_eps", "gqa_tiled"]
+                       "untied_head", "rope_theta", "rms_norm_eps", "gqa_tiled", "mask_not_inverted",
+                       "mask_dropped"]
 
 
 def targets() -> list[str]:

@@ -305,5 +305,6 @@ def tiny_llama():
                    optimizers={"adamw": torch.optim.AdamW(model.parameters(), lr=1e-3)})
 
 
-SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention", "fused_attention", "tied_lm", "lstm", "lstm_2_layers",
-         "lstm_bidirectional", "gru", "gru_bidirectional", "tiny_llama"]
+SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention", "causal_attention",
+         "fused_attention", "tied_lm", "lstm", "lstm_2_layers", "lstm_bidirectional", "gru",
+         "gru_bidirectional", "tiny_llama"]
