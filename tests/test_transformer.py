@@ -43,6 +43,7 @@ def assert_all_paired(result, buffers=()):
 @pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention",
                                   "causal_attention", "fused_attention", "tied_lm", "lstm",
                                   "lstm_2_layers", "lstm_bidirectional", "gru", "gru_bidirectional",
+                                  "lstm_birnn", "gru_rnn",
                                   "tiny_llama"])
 def test_ports_train_the_same(exported, name):
     result = verify(exported, torch_(name), paddle_(name), grads=True, steps=2)

@@ -227,6 +227,27 @@ def gru_bidirectional():
     return _recurrent(nn.GRU(FEATURES, HIDDEN, num_layers=2, direction="bidirect"))
 
 
+class Recurrent(nn.Layer):
+    """nn.RNN or nn.BiRNN of cells: the output sequence only."""
+
+    def __init__(self, rnn: nn.Layer) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def lstm_birnn():
+    paddle.seed(0)
+    return _recurrent(Recurrent(nn.BiRNN(nn.LSTMCell(FEATURES, HIDDEN), nn.LSTMCell(FEATURES, HIDDEN))))
+
+
+def gru_rnn():
+    paddle.seed(0)
+    return _recurrent(Recurrent(nn.RNN(nn.GRUCell(FEATURES, HIDDEN))))
+
+
 # --- a tiny LLaMA, following PaddleFormers' LlamaForCausalLM ----------------------------------
 # (module names; the rotary frequencies computed in the forward, no buffer; the output head
 # stored [hidden, vocab] and read as h @ W, as PaddleFormers 0.4.1 stores it); PaddleFormers

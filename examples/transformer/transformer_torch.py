@@ -174,6 +174,16 @@ def gru():
     return _recurrent(nn.GRU)
 
 
+def lstm_birnn():
+    """A one-layer bidirectional LSTM (Paddle: a BiRNN of two LSTMCells)."""
+    return _recurrent(nn.LSTM, 1, True)
+
+
+def gru_rnn():
+    """A GRU (Paddle: nn.RNN over a GRUCell)."""
+    return _recurrent(nn.GRU)
+
+
 def gru_bidirectional():
     return _recurrent(nn.GRU, 2, True)
 
@@ -307,4 +317,4 @@ def tiny_llama():
 
 SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention", "causal_attention",
          "fused_attention", "tied_lm", "lstm", "lstm_2_layers", "lstm_bidirectional", "gru",
-         "gru_bidirectional", "tiny_llama"]
+         "gru_bidirectional", "lstm_birnn", "gru_rnn", "tiny_llama"]

@@ -2,8 +2,9 @@
 
 While a model is traced for export, :func:`convertible_ops` swaps these in for Paddle's own
 (``paddle.nn.functional.softplus``, ``nll_loss`` and ``label_smooth``, which the layers
-``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too). Each follows the Paddle kernel's formula, so the eager check at export
-confirms the exported graph computes what Paddle computes.
+``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too; the
+While loop of ``nn.RNN``/``BiRNN`` of cells). Each follows the Paddle kernel's formula, so the
+eager check at export confirms the exported graph computes what Paddle computes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,20 @@ def label_smooth(label: Any, prior_dist: Any = None, epsilon: float = 0.1, name:
 
 #: (module, attribute) -> replacement. ``paddle.nn.functional`` re-exports from its submodules,
 #: and layers call through ``paddle.nn.functional``; both names are swapped.
+def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_length: Any = None,
+              time_major: bool = False, is_reverse: bool = False, **kwargs: Any) -> Any:
+    """``paddle.nn.RNN`` and ``BiRNN`` of cells (LSTMCell, GRUCell, SimpleRNNCell, a cell of the
+    user's) traced step by step, as Paddle runs them eagerly: a Python loop over the time steps,
+    which an export's static shapes fix. Their static-graph form is a While loop over tensor
+    arrays, on which paddle2onnx aborts."""
+    from paddle.nn.layer import rnn
+
+    return rnn._rnn_dynamic_graph(cell, inputs, initial_states, sequence_length, time_major,
+                                  is_reverse, **kwargs)
+
+
 REPLACEMENTS = {
+    ("paddle.nn.layer.rnn", "_rnn_static_graph"): rnn_steps,
     ("paddle.nn.functional", "softplus"): softplus,
     ("paddle.nn.functional.activation", "softplus"): softplus,
     ("paddle.nn.functional", "nll_loss"): nll_loss,
