@@ -36,3 +36,49 @@ def test_nested_module_outputs_each_tap_the_tensor(exported, side):
     )
     first, *rest = values.values()
     assert all(np.array_equal(first, other) for other in rest)
+
+
+NAMED_OUTPUT = """
+    import collections
+    import torch
+    from torch import nn
+    import lossgraph as lg
+
+    Heads = collections.namedtuple("Heads", ["mean", "scale", "steps"])
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            mean, scale = self.fc(x).chunk(2, dim=-1)
+            return Heads(mean, scale.exp(), 3)  # a named tuple with a non-tensor field
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+
+        def forward(self, x):
+            heads = self.encoder(x)
+            return heads.mean * heads.scale * heads.steps
+
+    def model():
+        torch.manual_seed(0)
+        return lg.Spec(model=Model(), loss=lambda m, x: m(x).pow(2).mean(),
+                       inputs={"x": lg.Input([2, 4])})
+"""
+
+
+def test_a_module_returning_a_named_tuple_is_tapped_field_by_field(cli, tmp_path):
+    """Tapping rebuilds a module's tuple output: a named tuple (torch's PackedSequence among
+    them) from its fields; it was built from one list, which failed the eager run."""
+    import textwrap
+
+    spec = tmp_path / "named.py"
+    spec.write_text(textwrap.dedent(NAMED_OUTPUT))
+    run = cli("export", f"{spec}:model", "-o", tmp_path / "named.onnx")
+    assert run.exit_code == 0, run.output
+    taps = {node_meta(n, TAP_KEY) for n in LossGraph.load(tmp_path / "named.onnx").model.graph.node}
+    assert {"encoder#0.0", "encoder#0.1"} <= taps

@@ -50,7 +50,12 @@ def _tap_outputs(output: Any, tap_one: Any, suffix: str = "") -> Any:
     """Apply ``tap_one(tensor, suffix)`` to every tensor in a (nested) module output."""
     if isinstance(output, (list, tuple)):
         tapped = [_tap_outputs(item, tap_one, f"{suffix}.{i}") for i, item in enumerate(output)]
-        return type(output)(tapped) if isinstance(output, tuple) else tapped
+        if all(a is b for a, b in zip(tapped, output)):
+            return output  # nothing tapped: the very object, whatever its class
+        if isinstance(output, list):
+            return tapped
+        # a named tuple (torch's PackedSequence) is built from its fields, a tuple from a list
+        return type(output)(*tapped) if hasattr(output, "_fields") else type(output)(tapped)
     return tap_one(output, suffix)
 
 
