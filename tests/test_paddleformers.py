@@ -58,6 +58,7 @@ def hf(name):
 @pytest.mark.parametrize("name, buffers, unreached", [
     ("llama", ["model.rotary_emb.inv_freq"], []),
     ("qwen2", ["model.rotary_emb.inv_freq"], []),
+    ("qwen2_tied", ["model.rotary_emb.inv_freq"], []),
     ("bert", ["bert.embeddings.position_ids", "bert.embeddings.token_type_ids"],
      ["bert.pooler.dense.weight", "bert.pooler.dense.bias"]),
 ])

@@ -62,6 +62,11 @@ def bert(tokens=BERT_TOKENS, **changes):
     return _spec(BertForMaskedLM(BertConfig(**{**config, **changes})), tokens)
 
 
+def qwen2_tied():
+    """The output head tied to the embeddings, as small Qwen2 checkpoints have it."""
+    return qwen2(tie_word_embeddings=True)
+
+
 # --- planted differences -------------------------------------------------------------------------
 
 def llama_rope_theta():

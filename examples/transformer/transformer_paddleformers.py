@@ -68,6 +68,11 @@ def bert(**changes):
     return _spec(BertForMaskedLM(BertConfig(**{**config, **changes})), BERT_TOKENS)
 
 
+def qwen2_tied():
+    """The output head tied to the embeddings, as small Qwen2 checkpoints have it."""
+    return qwen2(tie_word_embeddings=True)
+
+
 # --- planted differences -------------------------------------------------------------------------
 
 def llama_rope_theta():
