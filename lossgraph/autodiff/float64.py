@@ -58,7 +58,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     ops that ORT cannot run (or runs inaccurately) in float64 -- Conv, ConvTranspose,
     AveragePool, Global{Average,Max}Pool, InstanceNormalization, LayerNormalization with
     statistics outputs, Erf, Gelu, Softplus, Mish, Sigmoid, Elu, Celu, Selu, LeakyRelu, PRelu,
-    ThresholdedRelu, HardSigmoid, HardSwish, Softsign, Mean, NonZero -- are replaced by nodes
+    ThresholdedRelu, HardSigmoid, HardSwish, Softsign, Shrink, Tan, Sinh, Cosh, Asinh, Acosh, Atanh, Atan,
+    Asin, Acos, Mean, NonZero -- are replaced by nodes
     named ``<node name, or its first output>/f64/<k>`` that compute the same outputs. The
     decompositions of convolutions and pooling need static spatial shapes, taken from ONNX
     shape inference with data propagation; ``UnsupportedOpError`` names the node where one is
@@ -880,6 +881,102 @@ def _hard_swish(r: _Rewrite) -> str:
 def _softsign(r: _Rewrite) -> str:
     x = r.input(0)
     return r.op("Div", x, r.op("Add", r.op("Abs", x), r.const(1.0)))
+
+
+@_replaces("Shrink")
+def _shrink(r: _Rewrite) -> str:
+    # ORT's float64 Shrink rounds through float32
+    x = r.input(0)
+    lambd, bias = r.attr("lambd", 0.5), r.attr("bias", 0.0)
+    below = r.op("Less", x, r.const(-lambd))
+    above = r.op("Greater", x, r.const(lambd))
+    shrunk = r.where(below, r.op("Add", x, r.const(bias)), r.const(0.0))
+    return r.where(above, r.op("Sub", x, r.const(bias)), shrunk)
+
+
+@_replaces("Tan")
+def _tan(r: _Rewrite) -> str:
+    x = r.input(0)
+    return r.op("Div", r.op("Sin", x), r.op("Cos", x))
+
+
+@_replaces("Sinh")
+def _sinh(r: _Rewrite) -> str:
+    # (e^x - e^-x) / 2 as expm1 terms of opposite signs: no cancellation near 0
+    x = r.input(0)
+    return r.op("Mul", r.const(0.5), r.op("Sub", _expm1(r, x), _expm1(r, r.op("Neg", x))))
+
+
+@_replaces("Cosh")
+def _cosh(r: _Rewrite) -> str:
+    x = r.input(0)
+    return r.op("Mul", r.const(0.5), r.op("Add", r.op("Exp", x), r.op("Exp", r.op("Neg", x))))
+
+
+@_replaces("Asinh")
+def _asinh(r: _Rewrite) -> str:
+    # sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))): no cancellation near 0
+    x = r.input(0)
+    y = r.op("Abs", x)
+    y2 = r.op("Mul", y, y)
+    root = r.op("Add", r.const(1.0), r.op("Sqrt", r.op("Add", r.const(1.0), y2)))
+    magnitude = _log1p(r, r.op("Add", y, r.op("Div", y2, root)))
+    return r.where(r.op("Less", x, r.const(0.0)), r.op("Neg", magnitude), magnitude)
+
+
+@_replaces("Acosh")
+def _acosh(r: _Rewrite) -> str:
+    # log1p(t + sqrt(2t + t^2)), t = x - 1 (exact for x near 1)
+    t = r.op("Sub", r.input(0), r.const(1.0))
+    inner = r.op("Mul", t, r.op("Add", t, r.const(2.0)))
+    return _log1p(r, r.op("Add", t, r.op("Sqrt", inner)))
+
+
+@_replaces("Atanh")
+def _atanh(r: _Rewrite) -> str:
+    x = r.input(0)
+    ratio = r.op("Div", r.op("Mul", r.const(2.0), x), r.op("Sub", r.const(1.0), x))
+    return r.op("Mul", r.const(0.5), _log1p(r, ratio))
+
+
+#: atan(y) / y = sum (-1)^k y^2k / (2k + 1), highest power first: to float64 rounding for
+#: |y| <= tan(pi / 16), where the reductions below leave it.
+_ATAN_SERIES = tuple((-1.0) ** k / (2 * k + 1) for k in range(13, -1, -1))
+
+
+def _atan(r: _Rewrite, x: str) -> str:
+    """atan by reduction: |x| > 1 through pi/2 - atan(1/|x|), then two halvings
+    atan(y) = 2 atan(y / (1 + sqrt(1 + y^2))), then the series."""
+    y = r.op("Abs", x)
+    large = r.op("Greater", y, r.const(1.0))
+    y = r.where(large, r.op("Reciprocal", y), y)
+    for _ in range(2):
+        y = r.op("Div", y, r.op("Add", r.const(1.0), r.op("Sqrt", r.op("Add", r.const(1.0), r.op("Mul", y, y)))))
+    series = r.op("Mul", y, _horner(r, r.op("Mul", y, y), _ATAN_SERIES))
+    reduced = r.op("Mul", r.const(4.0), series)
+    magnitude = r.where(large, r.op("Sub", r.const(math.pi / 2), reduced), reduced)
+    return r.where(r.op("Less", x, r.const(0.0)), r.op("Neg", magnitude), magnitude)
+
+
+@_replaces("Atan")
+def _atan_node(r: _Rewrite) -> str:
+    return _atan(r, r.input(0))
+
+
+@_replaces("Asin")
+def _asin(r: _Rewrite) -> str:
+    # atan(x / sqrt((1 - x)(1 + x)))
+    x = r.input(0)
+    root = r.op("Sqrt", r.op("Mul", r.op("Sub", r.const(1.0), x), r.op("Add", r.const(1.0), x)))
+    return _atan(r, r.op("Div", x, root))
+
+
+@_replaces("Acos")
+def _acos(r: _Rewrite) -> str:
+    # 2 atan(sqrt((1 - x) / (1 + x))): accurate over the whole domain
+    x = r.input(0)
+    ratio = r.op("Div", r.op("Sub", r.const(1.0), x), r.op("Add", r.const(1.0), x))
+    return r.op("Mul", r.const(2.0), _atan(r, r.op("Sqrt", ratio)))
 
 
 @_replaces("Mean")

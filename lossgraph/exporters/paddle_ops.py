@@ -1,7 +1,7 @@
 """Paddle functions that paddle2onnx 2.1.0 cannot convert, re-expressed in convertible ops.
 
 While a model is traced for export, :func:`convertible_ops` swaps these in for Paddle's own
-(``paddle.nn.functional.softplus``, ``nll_loss`` and ``label_smooth``, which the layers
+(``paddle.nn.functional.softplus``, ``celu``, ``nll_loss`` and ``label_smooth``, which the layers
 ``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too; the
 While loop of ``nn.RNN``/``BiRNN`` of cells). Each follows the Paddle kernel's formula, so the
 eager check at export confirms the exported graph computes what Paddle computes.
@@ -69,6 +69,14 @@ def label_smooth(label: Any, prior_dist: Any = None, epsilon: float = 0.1, name:
 
 #: (module, attribute) -> replacement. ``paddle.nn.functional`` re-exports from its submodules,
 #: and layers call through ``paddle.nn.functional``; both names are swapped.
+def celu(x: Any, alpha: float = 1.0, name: Any = None) -> Any:
+    """Paddle's celu, which paddle2onnx has no converter for: alpha * elu(x / alpha) (x above 0,
+    alpha (exp(x / alpha) - 1) at and below)."""
+    import paddle
+
+    return paddle.nn.functional.elu(x / alpha, 1.0) * alpha
+
+
 def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_length: Any = None,
               time_major: bool = False, is_reverse: bool = False, **kwargs: Any) -> Any:
     """``paddle.nn.RNN`` and ``BiRNN`` of cells (LSTMCell, GRUCell, SimpleRNNCell, a cell of the
@@ -82,6 +90,8 @@ def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_lengt
 
 
 REPLACEMENTS = {
+    ("paddle.nn.functional", "celu"): celu,
+    ("paddle.nn.functional.activation", "celu"): celu,
     ("paddle.nn.layer.rnn", "_rnn_static_graph"): rnn_steps,
     ("paddle.nn.functional", "softplus"): softplus,
     ("paddle.nn.functional.activation", "softplus"): softplus,

@@ -303,6 +303,11 @@ def _mapped_pair(
 
 #: Attribute spellings that mean the same thing in torch and Paddle.
 ATTRIBUTE_ALIASES = {"_mean": "running_mean", "_variance": "running_var"}
+#: Parameter names of one layer kind that differ between the frameworks, Paddle -> torch.
+LAYER_ATTRIBUTE_ALIASES = {
+    "prelu": {"_weight": "weight"},
+    **{f"instancenorm{d}d": {"scale": "weight"} for d in (1, 2, 3)},
+}
 #: Layer class names that differ between the frameworks, lower-cased, Paddle -> torch.
 LAYER_ALIASES = {
     "conv1dtranspose": "convtranspose1d",
@@ -333,6 +338,7 @@ def canonical_attribute(info: ParamInfo, name: str) -> str:
     attribute = info.attribute or name.rpartition(".")[2]
     if canonical_layer(info) == "multiheadattention" and attribute in MHA_WEIGHTS[1:]:
         return attribute.replace("_weight", ".weight")  # q_proj_weight: Paddle's q_proj.weight
+    attribute = LAYER_ATTRIBUTE_ALIASES.get(canonical_layer(info), {}).get(attribute, attribute)
     return ATTRIBUTE_ALIASES.get(attribute, attribute)
 
 

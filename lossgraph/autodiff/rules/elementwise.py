@@ -145,6 +145,72 @@ def elu_grad(ctx, dys):
     return [ctx.where(_positive(ctx, x), dys[0], negative)]
 
 
+@grad_rule("Selu")
+def selu_grad(ctx, dys):
+    """gamma where x > 0, gamma alpha exp(x) at and below 0 (torch and Paddle)."""
+    x = ctx.inputs[0]
+    gamma = ctx.scalar(ctx.attr("gamma", 1.0507009873554805), x)
+    alpha = ctx.scalar(ctx.attr("alpha", 1.6732632423543772), x)
+    negative = ctx.mul(ctx.mul(gamma, alpha), ctx.op("Exp", x))
+    return [ctx.mul(dys[0], ctx.where(_positive(ctx, x), gamma, negative))]
+
+
+@grad_rule("Celu")
+def celu_grad(ctx, dys):
+    """1 where x > 0, exp(x / alpha) at and below 0 (equal at 0)."""
+    x = ctx.inputs[0]
+    alpha = ctx.scalar(ctx.attr("alpha", 1.0), x)
+    negative = ctx.op("Exp", ctx.div(x, alpha))
+    return [ctx.mul(dys[0], ctx.where(_positive(ctx, x), ctx.scalar(1.0, x), negative))]
+
+
+@grad_rule("PRelu", broadcasting=True)
+def prelu_grad(ctx, dys):
+    """x where x > 0, slope * x else: dx = slope at and below 0 (torch and Paddle),
+    dslope = x where x <= 0."""
+    (dy,) = dys
+    x, slope = ctx.inputs
+    positive = _positive(ctx, x)
+    dx = ctx.mul(dy, ctx.where(positive, ctx.scalar(1.0, x), slope)) if ctx.wants(0) else None
+    dslope = ctx.where(positive, ctx.scalar(0.0, x), ctx.mul(dy, x)) if ctx.wants(1) else None
+    return [dx, dslope]
+
+
+@grad_rule("ThresholdedRelu")
+def thresholded_relu_grad(ctx, dys):
+    """x where x > alpha, 0 else: 1 above alpha, nothing at it."""
+    x = ctx.inputs[0]
+    return [ctx.masked(dys[0], ctx.op("Greater", x, ctx.scalar(ctx.attr("alpha", 1.0), x)))]
+
+
+@grad_rule("Shrink")
+def shrink_grad(ctx, dys):
+    """hardshrink / softshrink: 1 where x < -lambd or x > lambd, nothing at the bounds."""
+    x = ctx.inputs[0]
+    lambd = ctx.attr("lambd", 0.5)
+    outside = ctx.op("Or", ctx.op("Less", x, ctx.scalar(-lambd, x)),
+                     ctx.op("Greater", x, ctx.scalar(lambd, x)))
+    return [ctx.masked(dys[0], outside)]
+
+
+@grad_rule("Softsign")
+def softsign_grad(ctx, dys):
+    """x / (1 + |x|): 1 / (1 + |x|)^2."""
+    x = ctx.inputs[0]
+    denominator = ctx.add(ctx.scalar(1.0, x), ctx.op("Abs", x))
+    return [ctx.div(dys[0], ctx.mul(denominator, denominator))]
+
+
+@grad_rule("Mish")
+def mish_grad(ctx, dys):
+    """x tanh(softplus(x)): t + x (1 - t^2) sigmoid(x), t = tanh(softplus(x))."""
+    x = ctx.inputs[0]
+    t = ctx.op("Tanh", ctx.op("Softplus", x))
+    one = ctx.scalar(1.0, x)
+    slope = ctx.add(t, ctx.mul(ctx.mul(x, ctx.sub(one, ctx.mul(t, t))), ctx.op("Sigmoid", x)))
+    return [ctx.mul(dys[0], slope)]
+
+
 @grad_rule("Sigmoid")
 def sigmoid_grad(ctx, dys):
     y = ctx.outputs[0]
@@ -200,6 +266,62 @@ def sin_grad(ctx, dys):
 @grad_rule("Cos")
 def cos_grad(ctx, dys):
     return [ctx.neg(ctx.mul(dys[0], ctx.op("Sin", ctx.inputs[0])))]
+
+
+@grad_rule("Tan")
+def tan_grad(ctx, dys):
+    y = ctx.outputs[0]
+    return [ctx.mul(dys[0], ctx.add(ctx.scalar(1.0, y), ctx.mul(y, y)))]
+
+
+@grad_rule("Sinh")
+def sinh_grad(ctx, dys):
+    return [ctx.mul(dys[0], ctx.op("Cosh", ctx.inputs[0]))]
+
+
+@grad_rule("Cosh")
+def cosh_grad(ctx, dys):
+    return [ctx.mul(dys[0], ctx.op("Sinh", ctx.inputs[0]))]
+
+
+def _over_root(ctx, dy: str, radicand: str) -> str:
+    return ctx.div(dy, ctx.op("Sqrt", radicand))
+
+
+@grad_rule("Asin")
+def asin_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [_over_root(ctx, dys[0], ctx.sub(ctx.scalar(1.0, x), ctx.mul(x, x)))]
+
+
+@grad_rule("Acos")
+def acos_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [ctx.neg(_over_root(ctx, dys[0], ctx.sub(ctx.scalar(1.0, x), ctx.mul(x, x))))]
+
+
+@grad_rule("Asinh")
+def asinh_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [_over_root(ctx, dys[0], ctx.add(ctx.mul(x, x), ctx.scalar(1.0, x)))]
+
+
+@grad_rule("Acosh")
+def acosh_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [_over_root(ctx, dys[0], ctx.sub(ctx.mul(x, x), ctx.scalar(1.0, x)))]
+
+
+@grad_rule("Atan")
+def atan_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [ctx.div(dys[0], ctx.add(ctx.scalar(1.0, x), ctx.mul(x, x)))]
+
+
+@grad_rule("Atanh")
+def atanh_grad(ctx, dys):
+    x = ctx.inputs[0]
+    return [ctx.div(dys[0], ctx.sub(ctx.scalar(1.0, x), ctx.mul(x, x)))]
 
 
 @grad_rule("Clip", nondiff=(1, 2))
