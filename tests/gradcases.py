@@ -104,6 +104,27 @@ def _nll(logp, target, weight=None, reduction="mean", ignore_index=-100):
 
 
 CASES: list[Case] = [
+    # --- resizing -----------------------------------------------------------------------------
+    Case("Resize", (A(1, 2, 3, 4), C([], np.float32), C([1, 1, 2, 2], np.float32)),
+         lambda x, r, s: F.interpolate(x, scale_factor=2, mode="nearest"),
+         {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+         opset=18, name="nearest"),
+    Case("Resize", (A(1, 2, 3, 4), C([], np.float32), C([1, 1, 2, 1.5], np.float32)),
+         lambda x, r, s: F.interpolate(x, scale_factor=(2, 1.5), mode="bilinear", align_corners=False),
+         {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, opset=18,
+         name="bilinear"),
+    Case("Resize", (A(1, 2, 5, 4), C([], np.float32), C([], np.float32), C([1, 2, 3, 7])),
+         lambda x, r, s, z: F.interpolate(x, size=(3, 7), mode="bilinear", align_corners=True),
+         {"mode": "linear", "coordinate_transformation_mode": "align_corners"}, opset=18,
+         name="align-corners-sizes"),
+    Case("Resize", (A(1, 2, 4, 4), C([], np.float32), C([1, 1, 2, 2], np.float32)),
+         lambda x, r, s: F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False),
+         {"mode": "cubic", "coordinate_transformation_mode": "pytorch_half_pixel",
+          "cubic_coeff_a": -0.75}, opset=18, name="bicubic"),
+    Case("Resize", (A(2, 3, 8), C([], np.float32), C([], np.float32), C([5])),
+         lambda x, r, s, z: F.interpolate(x, size=5, mode="linear", align_corners=False),
+         {"mode": "linear", "coordinate_transformation_mode": "half_pixel", "axes": [2]}, opset=18,
+         name="axes-downsample"),
     # --- element-wise -------------------------------------------------------------------------
     Case("Identity", (A(2, 3),), lambda x: x),
     Case("Add", (A(2, 3), A(3)), torch.add, name="broadcast"),

@@ -39,6 +39,8 @@ class Case:
     high: float = 2.0
     outputs: int = 1
     elementwise: bool = False  # compare each element relatively, not against the largest
+    #: constant inputs after the drawn ones (initializers; None: an absent input)
+    constants: tuple[Any, ...] = ()
 
     @property
     def id(self) -> str:
@@ -250,6 +252,18 @@ CASES = [
          {"lambd": 0.3, "bias": 0.3}, low=-2.0, high=2.0, elementwise=True),
     Case("Shrink", ((400,),), lambda x: F.hardshrink(x, 0.5), {"lambd": 0.5}, name="hard",
          low=-2.0, high=2.0, elementwise=True, opset=17),
+    # --- resizing: one MatMul per resized axis ---------------------------------------------
+    Case("Resize", ((1, 2, 3, 4),), lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+         {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+         "nearest", opset=18, constants=(None, np.array([1, 1, 2, 2], np.float32))),
+    Case("Resize", ((1, 2, 3, 4),),
+         lambda x: F.interpolate(x, scale_factor=(2, 1.5), mode="bilinear", align_corners=False),
+         {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, "bilinear",
+         opset=18, constants=(None, np.array([1, 1, 2, 1.5], np.float32))),
+    Case("Resize", ((1, 2, 5, 4),),
+         lambda x: F.interpolate(x, size=(3, 7), mode="bicubic", align_corners=True),
+         {"mode": "cubic", "coordinate_transformation_mode": "align_corners", "cubic_coeff_a": -0.75},
+         "bicubic-sizes", opset=18, constants=(None, None, np.array([1, 2, 3, 7], np.int64))),
     Case("Tan", ((400,),), torch.tan, low=-1.5, high=1.5, elementwise=True),
     Case("Sinh", ((400,),), torch.sinh, low=-20.0, high=20.0, elementwise=True),
     Case("Sinh", ((400,),), torch.sinh, name="near0", low=-1e-6, high=1e-6, elementwise=True, opset=17),
@@ -270,14 +284,18 @@ CASES = [
 
 def _node_model(case: Case) -> onnx.ModelProto:
     names = [f"in{i}" for i in range(len(case.shapes))]
+    constants = [numpy_helper.from_array(np.asarray(c), f"const{k}")
+                 for k, c in enumerate(case.constants) if c is not None]
+    inputs = names + ["" if c is None else f"const{k}" for k, c in enumerate(case.constants)]
     outputs = [f"y{j}" for j in range(case.outputs)]
-    node = helper.make_node(case.op, names, outputs, name="node", **case.attrs)
+    node = helper.make_node(case.op, inputs, outputs, name="node", **case.attrs)
     for key, value in META.items():
         node.metadata_props.add(key=key, value=value)
     graph = helper.make_graph(
         [node], case.id,
         [helper.make_tensor_value_info(n, F32, list(s)) for n, s in zip(names, case.shapes)],
         [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
+        constants,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
     return onnx.shape_inference.infer_shapes(model)  # types the outputs, as the checker wants

@@ -1,7 +1,7 @@
 """The layer catalog (``examples/catalog``): each torch.nn layer against its paddle.nn
 counterpart, as a user writes them, verified with gradients and two Adam steps -- exports on
-both sides, pairs with no name map (PReLU's ``_weight``), has a gradient rule for every op,
-and passes. The full list is slow; the default run takes a representative few."""
+both sides, pairs with no name map (PReLU's ``_weight``, LayerNorm's flat weight), has a
+gradient rule for every op, and passes. The full list is slow; the default run takes a representative few."""
 
 import sys
 
@@ -12,18 +12,36 @@ import lossgraph as lg
 
 FOLDER = EXAMPLES / "catalog"
 sys.path.insert(0, str(FOLDER))
-from layers_torch import LAYERS  # noqa: E402
+from layers_torch import LAYERS, SPATIAL  # noqa: E402
 
-#: in the default run: a rule or a pairing each needed (PRelu, Celu through Elu, Mish, Shrink,
-#: ThresholdedRelu through Relu's kink at the threshold, GLU's Split)
-DEFAULT = ("prelu_channels", "celu", "mish", "softshrink", "threshold", "glu")
+#: in the default run: each needed a rule, a pairing or an export fix (PRelu's _weight, Celu
+#: through Elu, Mish, Shrink, GLU's Split; Resize's gradient and Paddle's scale_factor as sizes;
+#: PixelUnshuffle as reshapes; Paddle's constant pad, whose value paddle2onnx left
+#: uninitialized; LayerNorm's weight, flat in Paddle)
+DEFAULT = ("prelu_channels", "celu", "mish", "softshrink", "glu", "upsample_bilinear",
+           "upsample_nearest", "pixel_unshuffle", "zero_pad", "layer_norm", "instance_norm_affine")
+#: Correct pairs still reported DIVERGED, and why (strict: fixing one fails its test, to be
+#: moved out of here).
+KNOWN_FALSE_DIVERGED = {
+    "instance_norm_affine": (
+        "InstanceNorm's bias has a gradient that is zero but for rounding at step 0 (the "
+        "normalized output has zero mean), which Adam's division by sqrt(v) + eps turns into a "
+        "step of full size in float32 (4e-3 apart) and, two steps on, of 4e-6 in float64: above "
+        "the tolerance, so the noise floor calls it semantic"),
+}
 
 
 def _params(names):
-    return [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow) for n in names]
+    params = []
+    for name in names:
+        marks = [] if name in DEFAULT else [pytest.mark.slow]
+        if name in KNOWN_FALSE_DIVERGED:
+            marks.append(pytest.mark.xfail(reason=KNOWN_FALSE_DIVERGED[name], strict=True))
+        params.append(pytest.param(name, marks=marks))
+    return params
 
 
-@pytest.mark.parametrize("name", _params(LAYERS))
+@pytest.mark.parametrize("name", _params([*LAYERS, *SPATIAL]))
 def test_layer_trains_like_its_port(exported, name):
     result = lg.verify(exported(f"{FOLDER}/layers_torch.py:{name}"),
                        exported(f"{FOLDER}/layers_paddle.py:{name}"), grads=True, steps=2)

@@ -45,6 +45,34 @@ LAYERS = {
 }
 
 
+SPATIAL = {
+    "upsample_nearest": lambda: nn.Upsample(scale_factor=2, mode="nearest"),
+    "upsample_bilinear": lambda: nn.Upsample(scale_factor=2, mode="bilinear"),
+    "upsample_bilinear_corners": lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+    "upsample_bicubic": lambda: nn.Upsample(scale_factor=2, mode="bicubic"),
+    "upsample_size": lambda: nn.Upsample(size=(7, 9), mode="bilinear"),
+    "pixel_shuffle": lambda: nn.PixelShuffle(2),
+    "pixel_unshuffle": lambda: nn.Sequential(nn.Pad2D([0, 0, 0, 1]), nn.PixelUnshuffle(2)),
+    "zero_pad": lambda: nn.Pad2D([1, 2, 0, 1]),
+    "reflection_pad": lambda: nn.Pad2D([1, 2, 0, 1], mode="reflect"),
+    "replication_pad": lambda: nn.Pad2D([1, 2, 0, 1], mode="replicate"),
+    "max_pool": lambda: nn.MaxPool2D(2),
+    "max_pool_ceil": lambda: nn.MaxPool2D(2, ceil_mode=True),
+    "avg_pool": lambda: nn.AvgPool2D(3, stride=2, padding=1, exclusive=False),
+    "avg_pool_exclusive": lambda: nn.AvgPool2D(3, stride=2, padding=1),
+    "adaptive_avg_pool": lambda: nn.AdaptiveAvgPool2D((2, 3)),
+    "batch_norm": lambda: nn.BatchNorm2D(CHANNELS),
+    "group_norm": lambda: nn.GroupNorm(2, CHANNELS),
+    "instance_norm": lambda: nn.InstanceNorm2D(CHANNELS, weight_attr=False, bias_attr=False),
+    "instance_norm_affine": lambda: nn.InstanceNorm2D(CHANNELS),
+    "layer_norm": lambda: nn.LayerNorm([5, 6]),
+    "local_response_norm": lambda: nn.LocalResponseNorm(3),
+    "unfold": lambda: nn.Unfold(kernel_sizes=2, strides=1),
+}
+CHANNELS = 4
+MAPS = lg.Input([2, 2, 5, 6])
+
+
 class Block(nn.Layer):
     def __init__(self, layer: nn.Layer) -> None:
         super().__init__()
@@ -55,13 +83,24 @@ class Block(nn.Layer):
         return self.layer(self.fc(x))
 
 
+class ConvBlock(nn.Layer):
+    def __init__(self, layer: nn.Layer) -> None:
+        super().__init__()
+        self.conv = nn.Conv2D(2, CHANNELS, 3, padding=1)
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(self.conv(x))
+
+
 def _spec(name: str) -> lg.Spec:
     paddle.seed(0)
-    model = Block(LAYERS[name]())
-    return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": X},
+    spatial = name in SPATIAL
+    model = ConvBlock(SPATIAL[name]()) if spatial else Block(LAYERS[name]())
+    return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": MAPS if spatial else X},
                    optimizers={"adam": paddle.optimizer.Adam(parameters=model.parameters(),
                                                              learning_rate=1e-2)})
 
 
-for _name in LAYERS:
+for _name in (*LAYERS, *SPATIAL):
     globals()[_name] = functools.partial(_spec, _name)

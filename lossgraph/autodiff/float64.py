@@ -58,7 +58,7 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     ops that ORT cannot run (or runs inaccurately) in float64 -- Conv, ConvTranspose,
     AveragePool, Global{Average,Max}Pool, InstanceNormalization, LayerNormalization with
     statistics outputs, Erf, Gelu, Softplus, Mish, Sigmoid, Elu, Celu, Selu, LeakyRelu, PRelu,
-    ThresholdedRelu, HardSigmoid, HardSwish, Softsign, Shrink, Tan, Sinh, Cosh, Asinh, Acosh, Atanh, Atan,
+    ThresholdedRelu, HardSigmoid, HardSwish, Softsign, Shrink, Resize, Tan, Sinh, Cosh, Asinh, Acosh, Atanh, Atan,
     Asin, Acos, Mean, NonZero -- are replaced by nodes
     named ``<node name, or its first output>/f64/<k>`` that compute the same outputs. The
     decompositions of convolutions and pooling need static spatial shapes, taken from ONNX
@@ -73,11 +73,15 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     _collect_names(out.graph, names)
     for function in out.functions:
         _collect_names(function, names)
-    converter = _Converter(types, opset, names)
+    converter = _Converter(types, opset, names, _LazyConstants(model))
     converter.graph(out.graph)
     for function in out.functions:
         converter.function(function)
     return out
+
+
+#: Inputs an op takes only as float32 whatever its data type: op -> input position.
+_FLOAT32_ONLY = {"Resize": 2, "Upsample": 1}
 
 
 # --- value types --------------------------------------------------------------------------
@@ -156,13 +160,35 @@ def _widen_tensor(tensor: onnx.TensorProto) -> None:
 # --- the graph walk -----------------------------------------------------------------------
 
 
+class _LazyConstants:
+    """The model's constant values (initializers, Constant nodes and what folds from them),
+    computed on first use: only a few decompositions need them (Resize's scales)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.values: dict[str, np.ndarray] | None = None
+
+    def get(self, name: str | None) -> np.ndarray | None:
+        if not name:
+            return None
+        if self.values is None:
+            from lossgraph.runtime.types import constant_values
+
+            self.values = constant_values(self.model)
+        return self.values.get(name)
+
+
 class _Converter:
     """Retypes graphs in place and swaps nodes ORT cannot run in float64 for decompositions."""
 
-    def __init__(self, types: dict[str, tuple[int, _Dims | None]], opset: int, names: set[str]):
+    def __init__(
+        self, types: dict[str, tuple[int, _Dims | None]], opset: int, names: set[str],
+        constants: _LazyConstants,
+    ):
         self.types = types
         self.opset = opset
         self.names = names
+        self.constants = constants
 
     def graph(self, graph: onnx.GraphProto) -> None:
         for info in (*graph.input, *graph.output, *graph.value_info):
@@ -184,13 +210,30 @@ class _Converter:
             self._widen_attributes(node)
             rule = _DECOMPOSITIONS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
             if rule is None or not self._applies(node):
+                rewritten.extend(self._float32_inputs(node))
                 rewritten.append(node)
                 continue
-            rewrite = _Rewrite(node, self.types, self.opset, self.names)
+            rewrite = _Rewrite(node, self.types, self.opset, self.names, self.constants)
             results = rule(rewrite)
             rewritten.extend(rewrite.finish([results] if isinstance(results, str) else results))
         del nodes[:]
         nodes.extend(rewritten)
+
+    def _float32_inputs(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """Casts back to float32 for the inputs an op takes only as float32 (Resize's scales),
+        which the widening made float64; exact, as they were float32 values."""
+        position = _FLOAT32_ONLY.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
+        if position is None or len(node.input) <= position or not node.input[position]:
+            return []
+        name = node.input[position] + "/f32"
+        while name in self.names:
+            name += "_"
+        self.names.add(name)
+        cast = onnx.helper.make_node("Cast", [node.input[position]], [name], to=_F32,
+                                     name=f"{node.name or node.output[0]}/f32")
+        cast.metadata_props.extend(node.metadata_props)
+        node.input[position] = name
+        return [cast]
 
     def _applies(self, node: onnx.NodeProto) -> bool:
         if node.op_type == "LayerNormalization":
@@ -247,6 +290,7 @@ class _Rewrite:
         types: dict[str, tuple[int, _Dims | None]],
         opset: int,
         names: set[str],
+        constants: _LazyConstants | None = None,
     ) -> None:
         if opset < 13:
             raise UnsupportedOpError(
@@ -260,6 +304,7 @@ class _Rewrite:
         self.names = names
         self.nodes: list[onnx.NodeProto] = []
         self._consts: dict[tuple, str] = {}
+        self.constants = constants
 
     def input(self, index: int) -> str | None:
         """The node's input ``index``, or None where it is absent or empty."""
@@ -293,6 +338,20 @@ class _Rewrite:
 
     def rank(self, value: str) -> int:
         return len(self.shape(value, ()))
+
+    def constant(self, index: int) -> np.ndarray | None:
+        """The value of the node's input ``index`` when it is constant; None where the input
+        is absent; UnsupportedOpError where it is computed."""
+        name = self.input(index)
+        if name is None:
+            return None
+        value = self.constants.get(name) if self.constants is not None else None
+        if value is None:
+            raise UnsupportedOpError(
+                f"Cannot convert node {self.node.name!r} ({self.node.op_type}) to float64: its "
+                f"input {name!r} is computed, and its decomposition needs it constant."
+            )
+        return value
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         """Append one node and return its (fresh) output name."""
@@ -892,6 +951,24 @@ def _shrink(r: _Rewrite) -> str:
     above = r.op("Greater", x, r.const(lambd))
     shrunk = r.where(below, r.op("Add", x, r.const(bias)), r.const(0.0))
     return r.where(above, r.op("Sub", x, r.const(bias)), shrunk)
+
+
+@_replaces("Resize")
+def _resize(r: _Rewrite) -> str:
+    # ORT has no float64 Resize: the same interpolation as one MatMul per resized axis
+    from lossgraph.autodiff.resize import resize_matrices
+
+    x = r.input(0)
+    in_shape, out_shape = r.shape(x), r.shape(r.node.output[0])
+    rank = len(in_shape)
+    y = x
+    matrices = resize_matrices(r.node, r.opset, in_shape, out_shape, *(r.constant(i) for i in (1, 2, 3)))
+    for axis, matrix in matrices:
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        moved = y if axis == rank - 1 else r.op("Transpose", y, perm=perm)
+        moved = r.op("MatMul", moved, r.const(matrix.T))
+        y = moved if axis == rank - 1 else r.op("Transpose", moved, perm=[int(a) for a in np.argsort(perm)])
+    return y if y != x else r.op("Identity", x)
 
 
 @_replaces("Tan")

@@ -1,9 +1,11 @@
 """Paddle functions that paddle2onnx 2.1.0 cannot convert, re-expressed in convertible ops.
 
 While a model is traced for export, :func:`convertible_ops` swaps these in for Paddle's own
-(``paddle.nn.functional.softplus``, ``celu``, ``nll_loss`` and ``label_smooth``, which the layers
+(``paddle.nn.functional.softplus``, ``celu``, ``pixel_unshuffle``, ``nll_loss`` and ``label_smooth``, which the layers
 ``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too; the
-While loop of ``nn.RNN``/``BiRNN`` of cells). Each follows the Paddle kernel's formula, so the
+While loop of ``nn.RNN``/``BiRNN`` of cells; ``interpolate``'s and ``nn.Upsample``'s
+``scale_factor``, as the sizes it gives; a constant ``pad``, whose value paddle2onnx reads
+from uninitialized memory). Each follows the Paddle kernel's formula, so the
 eager check at export confirms the exported graph computes what Paddle computes.
 """
 
@@ -77,6 +79,81 @@ def celu(x: Any, alpha: float = 1.0, name: Any = None) -> Any:
     return paddle.nn.functional.elu(x / alpha, 1.0) * alpha
 
 
+def _sized(function_name: str) -> Any:
+    """``paddle.nn.functional.<function_name>`` (interpolate, upsample) with a ``scale_factor``
+    that gives whole output sizes on the static input shape called with those sizes instead:
+    paddle2onnx aborts on a scale factor. Paddle interpolates alike either way then (the
+    ratio in/out is 1/scale); anything else is passed on unchanged."""
+
+    def resize(*args: Any, **kwargs: Any) -> Any:
+        from paddle.nn.functional import common
+
+        original = getattr(common, function_name)
+        x = args[0] if args else kwargs.get("x", kwargs.get("input"))
+        size = kwargs["size"] if "size" in kwargs else (args[1] if len(args) > 1 else None)
+        scale = kwargs["scale_factor"] if "scale_factor" in kwargs else (args[2] if len(args) > 2 else None)
+        if x is None or size is not None or scale is None or len(args) > 3:
+            return original(*args, **kwargs)
+        channels_last = str(kwargs.get("data_format") or "").endswith("C")
+        spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
+        scales = list(scale) if isinstance(scale, (list, tuple)) else [scale] * len(spatial)
+        if len(scales) != len(spatial) or any(not isinstance(d, int) or d < 0 for d in spatial):
+            return original(*args, **kwargs)
+        sizes = [d * float(f) for d, f in zip(spatial, scales)]
+        if any(abs(v - round(v)) > 1e-9 for v in sizes):
+            return original(*args, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("x", "input", "size", "scale_factor")}
+        return original(x, [int(round(v)) for v in sizes], None, *args[3:], **kwargs)
+
+    return resize
+
+
+def pad(x: Any, pad: Any, mode: str = "constant", value: float = 0.0, data_format: Any = None,
+        pad_from_left_axis: bool = True, name: Any = None) -> Any:
+    """Paddle's constant pad of the spatial axes (the Pad1D/2D/3D layers, ``F.pad`` with two
+    values per spatial axis) as concatenated blocks of ``value``: paddle2onnx writes the pad
+    value of its Pad node from uninitialized memory (1e-38 one run, inf the next). Every other
+    call goes to Paddle's pad."""
+    import paddle
+    from paddle.nn.functional import common
+
+    rank = len(x.shape)
+    spatial = rank - 2
+    channels_last = str(data_format or "").endswith("C")
+    pads = list(pad) if isinstance(pad, (list, tuple)) else None
+    if (mode != "constant" or pads is None or len(pads) != 2 * spatial or spatial < 1
+            or any(not isinstance(p, int) for p in pads) or any(d < 0 for d in x.shape)):
+        return common.pad(x, pad, mode, value, data_format, pad_from_left_axis, name)
+    axes = list(range(1, rank - 1)) if channels_last else list(range(2, rank))
+    out = x
+    # pads run from the last spatial axis: [left, right, top, bottom, front, back]
+    for k, axis in enumerate(reversed(axes)):
+        before, after = pads[2 * k], pads[2 * k + 1]
+        parts = []
+        for width in (before, after):
+            shape = list(out.shape)
+            shape[axis] = width
+            parts.append(paddle.full(shape, value, dtype=out.dtype) if width > 0 else None)
+        pieces = [p for p in (parts[0], out, parts[1]) if p is not None]
+        out = paddle.concat(pieces, axis=axis) if len(pieces) > 1 else out
+    return out
+
+
+def pixel_unshuffle(x: Any, downscale_factor: int, data_format: str = "NCHW", name: Any = None) -> Any:
+    """Paddle's pixel_unshuffle, which paddle2onnx has no converter for, as a reshape and a
+    transpose: [N, C, H, W] -> [N, C r r, H / r, W / r], channel c r r + i r + j holding
+    x[c, h r + i, w r + j]."""
+    import paddle
+    from paddle.nn.functional import vision
+
+    if data_format != "NCHW" or any(d < 0 for d in x.shape):
+        return vision.pixel_unshuffle(x, downscale_factor, data_format, name)
+    n, c, h, w = x.shape
+    r = downscale_factor
+    blocks = paddle.reshape(x, [n, c, h // r, r, w // r, r])
+    return paddle.reshape(paddle.transpose(blocks, [0, 1, 3, 5, 2, 4]), [n, c * r * r, h // r, w // r])
+
+
 def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_length: Any = None,
               time_major: bool = False, is_reverse: bool = False, **kwargs: Any) -> Any:
     """``paddle.nn.RNN`` and ``BiRNN`` of cells (LSTMCell, GRUCell, SimpleRNNCell, a cell of the
@@ -90,6 +167,10 @@ def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_lengt
 
 
 REPLACEMENTS = {
+    ("paddle.nn.functional", "pixel_unshuffle"): pixel_unshuffle,
+    ("paddle.nn.functional", "pad"): pad,
+    ("paddle.nn.functional", "interpolate"): _sized("interpolate"),
+    ("paddle.nn.functional", "upsample"): _sized("upsample"),
     ("paddle.nn.functional", "celu"): celu,
     ("paddle.nn.functional.activation", "celu"): celu,
     ("paddle.nn.layer.rnn", "_rnn_static_graph"): rnn_steps,

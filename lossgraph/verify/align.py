@@ -35,7 +35,7 @@ import onnx
 from lossgraph.errors import VerificationError
 from lossgraph.graph import LossGraph, ParamInfo
 
-TRANSFORMS = ("identity", "transpose")
+TRANSFORMS = ("identity", "transpose", "reshape")
 
 
 def _transformed(value: np.ndarray, transform: str) -> np.ndarray:
@@ -74,6 +74,20 @@ class ParamPair:
     # "packed" (a packed parameter against split ones)
     parts: tuple[Part, ...] = ()
     packed_in: Part | None = None
+    #: transform "reshape": the reference's shape and the candidate's (a LayerNorm weight
+    #: [5, 6] that Paddle stores flat, [30])
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def _to_candidate(self, value: np.ndarray) -> np.ndarray:
+        if self.transform == "reshape" and self.shapes is not None:
+            return np.reshape(value, self.shapes[1])
+        return _transformed(value, self.transform)
+
+    def _to_reference(self, value: np.ndarray) -> np.ndarray:
+        if self.transform == "reshape" and self.shapes is not None:
+            # per-tensor state (Paddle's beta powers [1]) is left as it is
+            return np.reshape(value, self.shapes[0]) if value.size == int(np.prod(self.shapes[0])) else value
+        return _transformed(value, self.transform)
 
     @classmethod
     def split(cls, reference: str, parts: list[Part], how: str = "packed") -> ParamPair:
@@ -100,7 +114,7 @@ class ParamPair:
         if self.parts:
             return {p.name: _transformed(np.ascontiguousarray(p.take(value)), p.transform)
                     for p in self.parts}
-        carried = _transformed(value, self.transform)
+        carried = self._to_candidate(value)
         if self.packed_in is None:
             return {self.candidate: carried}
         packed = np.array((candidate_values or {})[self.candidate])
@@ -120,7 +134,7 @@ class ParamPair:
                 if value.ndim <= self.packed_in.axis:
                     return None  # per-tensor state (Paddle's beta powers [1]): no slice of it
                 value = self.packed_in.take(value)
-            return _transformed(value, self.transform)
+            return self._to_reference(value)
         pieces = []
         for p in self.parts:
             value = values.get(p.name)
@@ -627,6 +641,15 @@ def _pair_by_structure(
     return pairs
 
 
+def _flattened(pair: ParamPair, ref_shape: list[int], cand_shape: list[int]) -> bool:
+    """Whether a pair's shapes differ only in that one side stores the tensor flat: as many
+    values, one shape 1-D (Paddle's LayerNorm over several axes keeps weight and bias as
+    [prod(normalized_shape)])."""
+    return (pair.transform == "identity" and not pair.parts and pair.packed_in is None
+            and int(np.prod(ref_shape)) == int(np.prod(cand_shape))
+            and (len(ref_shape) == 1) != (len(cand_shape) == 1))
+
+
 def _checked_map(
     reference: LossGraph, candidate: LossGraph, pairs: list[ParamPair], allow_unmapped: bool
 ) -> ParamMap:
@@ -644,6 +667,9 @@ def _checked_map(
         else:
             carried = ref_shape[::-1] if pair.transform == "transpose" else ref_shape
             cand_shape = list(cand_params[pair.candidate].shape)
+            if carried != cand_shape and _flattened(pair, ref_shape, cand_shape):
+                pair = replace(pair, transform="reshape", shapes=(tuple(ref_shape), tuple(cand_shape)))
+                carried = cand_shape
         if carried != cand_shape:
             mismatch.append(
                 {"reference": pair.reference, "candidate": pair.candidate,

@@ -208,6 +208,8 @@ def render_verify(result: VerifyResult, console: Console) -> None:
                   for p in pmap.pairs)
     details = [f"{renamed} renamed"] if renamed else []
     details += [f"{transposed} transposed"] if transposed else []
+    reshaped = sum(p.transform == "reshape" for p in pmap.pairs)
+    details += [f"{reshaped} reshaped"] if reshaped else []
     packed = sum(bool(p.parts) or p.packed_in is not None for p in pmap.pairs)
     details += [f"{packed} packed"] if packed else []
     mapped = f"  parameters {len(pmap.pairs)} paired"

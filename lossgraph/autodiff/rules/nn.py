@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from lossgraph.autodiff.registry import grad_rule
+from lossgraph.autodiff.resize import resize_matrices
 from lossgraph.errors import UnsupportedOpError
 
 # --- matrix products -----------------------------------------------------------------------
@@ -654,3 +655,32 @@ def dropout_grad(ctx, dys):
     mask = ctx.op("CastLike", ctx.ensure_output(1, 9, ctx.shape(ctx.inputs[0])), ctx.inputs[0])
     scale = ctx.scalar(1.0 / (1.0 - ratio) if ratio < 1.0 else 0.0, ctx.inputs[0])
     return [ctx.mul(ctx.mul(dys[0], mask), scale), None, None]
+
+
+# --- resizing ----------------------------------------------------------------------------------
+
+
+@grad_rule("Resize", nondiff=(1, 2, 3))
+def resize_grad(ctx, dys):
+    """Resize is linear in X and separable: along each resized axis y = M x, M [out, in] the
+    axis's interpolation matrix (any mode, coordinate transformation, nearest rounding, cubic
+    coefficient, antialias or crop), read off ONNX's reference Resize applied to the identity;
+    the gradient is M^T dy, axis by axis (a MatMul with a constant)."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    in_shape, out_shape = ctx.shape(x), ctx.shape(y)
+    rank = len(in_shape)
+    roi, scales, sizes = (ctx.const_value(ctx.input(i)) for i in (1, 2, 3))
+    if any(ctx.input(i) and value is None for i, value in ((1, roi), (2, scales), (3, sizes))):
+        raise UnsupportedOpError(
+            f"Resize node {ctx.node.name!r} takes computed scales, sizes or roi; lossgraph "
+            f"differentiates only constant ones."
+        )
+    grad = dys[0]
+    for axis, matrix in resize_matrices(ctx.node, ctx.opset, in_shape, out_shape, roi, scales, sizes):
+        constant = ctx.const(matrix.astype(ctx.np_dtype(x)))
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        moved = grad if axis == rank - 1 else ctx.transpose(grad, perm)
+        moved = ctx.op("MatMul", moved, constant)
+        grad = moved if axis == rank - 1 else ctx.transpose(moved, list(np.argsort(perm)))
+    return [grad, None, None, None]
+
