@@ -48,3 +48,27 @@ def test_layer_trains_like_its_port(exported, name):
     assert result.passed, result.first_divergence
     pmap = result.param_map
     assert not pmap.unmapped_reference and not pmap.unmapped_candidate
+
+
+from layers_paddle_planted import PLANTED  # noqa: E402
+
+#: in the default run: one pairing error and three hints
+PLANTED_DEFAULT = ("instance_norm_affine_default", "align_corners", "ceil_mode", "batch_norm_epsilon")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in PLANTED_DEFAULT else pytest.mark.slow)
+                                  for n in PLANTED])
+def test_a_mistaken_argument_is_named(cli, exported, name):
+    """A realistic porting mistake in one layer's arguments exits 1 at that layer in the
+    forward pass with a hint naming the argument (or 2, when the parameters cannot pair, with
+    the default that differs)."""
+    torch_name, _, _, code, said = PLANTED[name]
+    reference = exported(f"{FOLDER}/layers_torch.py:{torch_name}")
+    candidate = exported(f"{FOLDER}/layers_paddle_planted.py:{name}")
+    run = cli("verify", reference, candidate)
+    assert run.exit_code == code, run.output
+    assert said in " ".join(run.output.split()), run.output
+    if code == 1:
+        found = lg.verify(reference, candidate).first_divergence
+        assert (found.step, found.phase, found.scope) == (0, "forward", "layer"), found
+        assert 0 < found.max_abs_diff < float("inf")

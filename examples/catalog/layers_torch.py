@@ -101,13 +101,15 @@ class ConvBlock(nn.Module):
         return self.layer(self.conv(x))
 
 
-def _spec(name: str) -> lg.Spec:
+def spec_of(make_layer, spatial: bool) -> lg.Spec:
+    """The catalog's spec around one layer (``make_layer()``), on feature maps or vectors."""
     torch.manual_seed(0)
-    spatial = name in SPATIAL
-    model = ConvBlock(SPATIAL[name]()) if spatial else Block(LAYERS[name]())
+    model = ConvBlock(make_layer()) if spatial else Block(make_layer())
     return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": MAPS if spatial else X},
                    optimizers={"adam": torch.optim.Adam(model.parameters(), lr=1e-2)})
 
 
-for _name in (*LAYERS, *SPATIAL):
-    globals()[_name] = functools.partial(_spec, _name)
+for _name, _make in LAYERS.items():
+    globals()[_name] = functools.partial(spec_of, _make, False)
+for _name, _make in SPATIAL.items():
+    globals()[_name] = functools.partial(spec_of, _make, True)

@@ -172,9 +172,10 @@ class _LazyConstants:
         if not name:
             return None
         if self.values is None:
-            from lossgraph.runtime.types import constant_values
+            from lossgraph.runtime.types import constant_values, static_types
 
-            self.values = constant_values(self.model)
+            # with the static shapes, Shape folds too (paddle2onnx computes Resize's sizes)
+            self.values = constant_values(self.model, static_types(self.model))
         return self.values.get(name)
 
 

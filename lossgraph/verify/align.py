@@ -829,13 +829,37 @@ def unpaired_summary(reference: LossGraph, candidate: LossGraph, pmap: ParamMap)
                                 ("candidate", pmap.unmapped_candidate, cand_params)):
         if names:
             problems.append(f"unmapped in {side} ({len(names)} of {len(params)}): " + shown_names(names))
-    structure = _tie_difference(reference, candidate, pmap) or _structural_difference(
-        reference, candidate, pmap)
+    structure = (_tie_difference(reference, candidate, pmap) or _default_difference(reference, candidate, pmap)
+                 or _structural_difference(reference, candidate, pmap))
     return (
         "Parameters could not all be paired (" + "; ".join(problems) + ")"
         + (f"; {structure}" if structure else "")
         + "; fix the model, give a --name-map, or pass --allow-unmapped to compare anyway."
     )
+
+
+#: Layers whose parameters one framework creates by default and the other does not: layer
+#: kind -> what to say.
+DEFAULT_PARAMETERS = {
+    **{f"instancenorm{d}d": (
+        "Paddle's InstanceNorm{d}D has a learnable scale and bias by default, torch's "
+        "InstanceNorm{d}d none (affine=False): give torch affine=True, or Paddle "
+        "weight_attr=False, bias_attr=False") for d in (1, 2, 3)},
+}
+
+
+def _default_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:
+    """Unpaired parameters that exist on one side only because the frameworks' defaults differ
+    (InstanceNorm's affine): the argument to change."""
+    found = []
+    for names, params in ((pmap.unmapped_reference, reference.meta.params),
+                          (pmap.unmapped_candidate, candidate.meta.params)):
+        for name in names:
+            info = params.get(name)
+            kind = canonical_layer(info) if info is not None else ""
+            if kind in DEFAULT_PARAMETERS:
+                found.append(f"{info.module}: {DEFAULT_PARAMETERS[kind].format(d=kind[-2])}")
+    return "; ".join(dict.fromkeys(found))
 
 
 def _tie_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamMap) -> str:

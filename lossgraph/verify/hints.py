@@ -348,10 +348,23 @@ def differing_attributes(ctx: HintContext) -> str | None:
              "AvgPool count_include_pad (Paddle: exclusive=not count_include_pad)", "alpha": "slope",
              "momentum": "momentum", "strides": "strides", "pads": "padding",
              "dilations": "dilation", "group": "groups", "kernel_shape": "kernel size",
-             "ceil_mode": "ceil_mode", "transB": "transposed weight (transB)"}
+             "ceil_mode": "ceil_mode", "transB": "transposed weight (transB)",
+             "mode": "interpolation mode", "nearest_mode": "nearest rounding",
+             "cubic_coeff_a": "cubic coefficient",
+             "coordinate_transformation_mode": "coordinate transformation"}
     # an attribute left out means its ONNX default; those without one compare only when given
     defaults = {"count_include_pad": 0, "epsilon": 1e-5, "ceil_mode": 0, "group": 1, "transB": 0}
-    a, b = {**defaults, **a}, {**defaults, **b}
+    if ref_node.op_type == "Resize":
+        defaults.update({"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+                         "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75})
+    a, b = ({k: v.decode() if isinstance(v, bytes) else v for k, v in {**defaults, **d}.items()}
+            for d in (a, b))
+    if ref_node.op_type == "Resize":
+        # torch's pytorch_half_pixel is half_pixel but for an output of size 1
+        a, b = ({**d, "coordinate_transformation_mode": _RESIZE_COORDINATES.get(
+            d["coordinate_transformation_mode"], d["coordinate_transformation_mode"])} for d in (a, b))
+        if a["mode"] != "nearest" and b["mode"] != "nearest":
+            a, b = ({k: v for k, v in d.items() if k != "nearest_mode"} for d in (a, b))
     diffs = [
         f"{names[k]} {a[k]:g} vs {b[k]:g}" if isinstance(a[k], float) else f"{names[k]} {a[k]} vs {b[k]}"
         for k in sorted(set(a) & set(b))
@@ -360,6 +373,15 @@ def differing_attributes(ctx: HintContext) -> str | None:
     if not diffs:
         return None
     return f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
+
+
+#: Resize's coordinate transformations as the frameworks' arguments say them.
+_RESIZE_COORDINATES = {
+    "half_pixel": "half_pixel (align_corners=False; Paddle align_mode=0)",
+    "pytorch_half_pixel": "half_pixel (align_corners=False; Paddle align_mode=0)",
+    "align_corners": "align_corners (align_corners=True)",
+    "asymmetric": "asymmetric (Paddle align_mode=1, or torch's nearest)",
+}
 
 
 def _as_stored(value: Any) -> Any:
@@ -466,10 +488,13 @@ def normalization_placement(ctx: HintContext) -> str | None:
             return None
         upstream.append({i for n in live_nodes(graph.model.graph.node, set(node.output)) for i in n.input})
     only: dict[str, list[str]] = {"reference": [], "candidate": []}
+    scope = ctx.divergence.scope
     for pair in pmap.pairs:
         info = ctx.ref.meta.params.get(pair.reference)
         if pair.parts or pair.packed_in or info is None or "Norm" not in (info.base_type or info.layer_type):
             continue
+        if scope and (info.module == scope or info.module.startswith(scope + ".")):
+            continue  # the diverging norm itself: one side reads its weights before the other
         here, there = pair.reference in upstream[0], pair.candidate in upstream[1]
         if here != there:
             where = only["reference" if here else "candidate"]
@@ -870,7 +895,10 @@ def _blocked_positions(ctx: HintContext, side: str) -> np.ndarray | None:
     or a Where choosing such a constant. None when there is no such mask."""
     graph = ctx.ref if side == "ref" else ctx.cand
     nodes = _ancestors(graph, ctx.node(side), _MASK_DEPTH)
-    if not any(n.op_type in ("Softmax", "Exp") for n in nodes) and not _feeds_softmax(graph, ctx.node(side)):
+    consumers = _consumers(graph)
+    softmax_above = any(n.op_type == "Softmax" or n.op_type == "Exp" and any(
+        r.op_type == "ReduceSum" for r in _readers(set(n.output), 2, consumers)) for n in nodes)
+    if not softmax_above and not _feeds_softmax(graph, ctx.node(side), consumers=consumers):
         return None
     constants = ctx.constants(graph)
     for node in nodes:
@@ -897,11 +925,17 @@ def _feeds_softmax(
     graph: LossGraph, node: onnx.NodeProto | None, depth: int = 3,
     consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
 ) -> bool:
-    """Whether a Softmax (or the Exp of a decomposed one) reads ``node``'s output within
-    ``depth`` consumers."""
-    return node is not None and any(
-        n.op_type in ("Softmax", "Exp") for n in _descendants(graph, node, depth, consumers)
-    )
+    """Whether a Softmax (or a decomposed one: an Exp whose output is summed) reads ``node``'s
+    output within ``depth`` consumers."""
+    if node is None:
+        return False
+    consumers = _consumers(graph) if consumers is None else consumers
+    for n in _descendants(graph, node, depth, consumers):
+        if n.op_type == "Softmax":
+            return True
+        if n.op_type == "Exp" and any(r.op_type == "ReduceSum" for r in _readers(set(n.output), 2, consumers)):
+            return True
+    return False
 
 
 @hint

@@ -7,6 +7,7 @@ graphs run on ONNX Runtime with the same seeded inputs, and every named loss is 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -355,8 +356,15 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
         "reference": neighbourhood(setup.ref, found.reference_node, values.get("ref_status")),
         "candidate": neighbourhood(setup.cand, found.candidate_node, values.get("cand_status")),
     }
-    return replace(found, hint=hints_for(context), neighbourhood=around,
-                   statistics=divergence_statistics(values, setup.tol))
+    statistics = divergence_statistics(values, setup.tol)
+    if phase == "forward" and not math.isfinite(found.max_abs_diff) and (
+            statistics is None or statistics.get("shapes_differ")):
+        # values of other shapes (NaN and Inf were reported above) have no difference to
+        # measure: the size is the losses' one
+        sizes = [d.abs_diff for d in step.losses.values() if math.isfinite(d.abs_diff) and d.abs_diff > 0]
+        if sizes:
+            found = replace(found, max_abs_diff=max(sizes))
+    return replace(found, hint=hints_for(context), neighbourhood=around, statistics=statistics)
 
 
 def _non_finite_divergence(step: StepResult, ref_side: Any, cand_side: Any, setup: Setup) -> Divergence | None:
@@ -409,8 +417,11 @@ def divergence_statistics(values: Mapping[str, Any], tol: Tolerance) -> dict[str
     for ref_key, cand_key, what in (("ref_value", "cand_value", "value"),
                                     ("ref_grad", "cand_grad", "gradient")):
         ref, cand = values.get(ref_key), values.get(cand_key)
-        if ref is None or cand is None or np.shape(ref) != np.shape(cand):
+        if ref is None or cand is None:
             continue
+        if np.shape(ref) != np.shape(cand):
+            return {"what": what, "reference": summarize(ref), "candidate": summarize(cand),
+                    "shapes_differ": True}
         diff = compare_arrays(ref, cand, tol)
         return {
             "what": what,

@@ -275,7 +275,12 @@ def _render_divergence(div: Divergence, console: Console) -> None:
         source = div.source
         console.print(escape(f"  source {_short(source['file'])}:{source['line']}  {source['code']}"))
     stats = div.statistics
-    if stats:
+    if stats and stats.get("shapes_differ"):
+        console.print(escape(
+            f"  {stats['what']}: reference {_stats_text(stats['reference'])}; candidate "
+            f"{_stats_text(stats['candidate'])}: the shapes differ (max |diff| above is the losses')"
+        ))
+    elif stats:
         console.print(escape(
             f"  {stats['what']}: reference {_stats_text(stats['reference'])}; candidate "
             f"{_stats_text(stats['candidate'])}; max rel diff {_sci(stats['max_rel_diff'])}, "
@@ -599,8 +604,9 @@ def _html_divergence(div: Mapping[str, Any] | None, passed: bool) -> str:
                 + "</tr>"
                 for k, v in rows
             )
-            + f"</table><p>max rel diff {_html_sci(stats['max_rel_diff'])}; the smallest tolerance "
-            f"that would have passed here: {_html_sci(stats['required_tol'])}</p>"
+            + ("</table><p>the shapes differ</p>" if stats.get("shapes_differ") else
+               f"</table><p>max rel diff {_html_sci(stats['max_rel_diff'])}; the smallest tolerance "
+               f"that would have passed here: {_html_sci(stats['required_tol'])}</p>")
         )
     lines.append("</div>")
     around = div.get("neighbourhood") or {}
