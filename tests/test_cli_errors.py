@@ -30,6 +30,20 @@ def spec():
     return lg.Spec(model=_net(), loss=lambda model, x: model(x).pow(2).mean(),
                    inputs={"x": lg.Input([4, 3])})
 
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+    def forward(self, x):
+        y = self.fc(x)
+        if torch.equal(y, y.abs()):  # data-dependent control flow: torch.export cannot trace it
+            return y
+        return -y
+
+def data_dependent():
+    return lg.Spec(model=Branchy(), loss=lambda model, x: model(x).pow(2).mean(),
+                   inputs={"x": lg.Input([4, 3])})
+
 def nan_loss():
     return lg.Spec(model=_net(), loss=lambda model, x: torch.log(model(x) - 100.0).mean(),
                    inputs={"x": lg.Input([4, 3])})
@@ -122,6 +136,9 @@ def test_export_of_a_missing_function(cli, specs, tmp_path):
         ("negative_dim", "Input shape must be a list of positive integers, got [4, -3]"),
         ("string_shape", "Input shape must be a list of positive integers, got 'abc'"),
         ("dict_with_non_scalar", "loss 'per_row' must be a scalar, got a tensor of shape [4, 2]"),
+        # torch's own error is a generic TorchExportError: the cause and the user's line are named
+        ("data_dependent", "aten.equal.default; torch.export cannot trace it (data-dependent "
+                           "control flow or shapes are the usual cause)"),
     ],
 )
 def test_export_of_bad_specs(cli, specs, tmp_path, name, message):

@@ -40,7 +40,8 @@ def assert_all_paired(result, buffers=()):
     assert not pmap.unmapped_candidate and not pmap.shape_mismatch
 
 
-@pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention",
+@pytest.mark.parametrize("name", ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "transformer",
+                                  "cross_attention",
                                   "causal_attention", "fused_attention", "tied_lm", "lstm",
                                   "lstm_2_layers", "lstm_bidirectional", "gru", "gru_bidirectional",
                                   "lstm_birnn", "gru_rnn",

@@ -74,6 +74,27 @@ def cross_attention():
                    optimizers=_adam(model))
 
 
+class Seq2Seq(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = nn.Transformer(E, HEADS, 1, 1, FF, dropout=0.0)
+
+    def forward(self, x, y):
+        mask = self.transformer.generate_square_subsequent_mask(y.shape[1])
+        return self.transformer(x, y, tgt_mask=mask)
+
+
+def transformer():
+    paddle.seed(0)
+    model = Seq2Seq()
+
+    def loss(model, x, y):
+        return (model(x, y) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "y": lg.Input([BATCH, 4, E])},
+                   optimizers=_adam(model))
+
+
 class CausalAttention(nn.Layer):
     """paddle.nn.MultiHeadAttention with a boolean causal mask: in Paddle, True marks a
     position to attend to (torch's mask, inverted)."""

@@ -82,6 +82,29 @@ def cross_attention():
                    optimizers=_adam(model))
 
 
+class Seq2Seq(nn.Module):
+    """nn.Transformer, encoder and decoder, the target under a causal mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = nn.Transformer(E, HEADS, 1, 1, FF, dropout=0.0, batch_first=True)
+
+    def forward(self, x, y):
+        mask = nn.Transformer.generate_square_subsequent_mask(y.shape[1])
+        return self.transformer(x, y, tgt_mask=mask)
+
+
+def transformer():
+    torch.manual_seed(0)
+    model = Seq2Seq()
+
+    def loss(model, x, y):
+        return (model(x, y) ** 2).mean()
+
+    return lg.Spec(model=model, loss=loss, inputs={"x": X, "y": lg.Input([BATCH, 4, E])},
+                   optimizers=_adam(model))
+
+
 class CausalAttention(nn.Module):
     """nn.MultiheadAttention with a boolean causal mask: in torch, True marks a position to
     leave out."""
@@ -315,6 +338,7 @@ def tiny_llama():
                    optimizers={"adamw": torch.optim.AdamW(model.parameters(), lr=1e-3)})
 
 
-SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "cross_attention", "causal_attention",
+SPECS = ["encoder_layer", "gelu_encoder_layer", "decoder_layer", "transformer", "cross_attention",
+         "causal_attention",
          "fused_attention", "tied_lm", "lstm", "lstm_2_layers", "lstm_bidirectional", "gru",
          "gru_bidirectional", "lstm_birnn", "gru_rnn", "tiny_llama"]

@@ -34,7 +34,7 @@ from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
-from lossgraph.exporters.torch_ops import translation_table
+from lossgraph.exporters.torch_ops import traceable, translation_table
 from lossgraph.exporters.training import (
     StepRecorder,
     TrainingTrace,
@@ -174,7 +174,7 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: 
         logging.getLogger(logger).setLevel(logging.ERROR)
     captured = io.StringIO()
     try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), traceable():
             program = torch.onnx.export(
                 wrapper,
                 args,
@@ -187,12 +187,28 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: 
             )
     except Exception as exc:
         raise ExportError(
-            f"torch.onnx.export failed for {spec.source or 'the spec'}: {type(exc).__name__}: "
-            f"{one_line(exc)}"
+            f"torch.onnx.export failed for {spec.source or 'the spec'}: {_export_cause(exc)}"
         ) from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program.")
     return program.model_proto
+
+
+def _export_cause(exc: BaseException) -> str:
+    """What made torch's exporter fail, in one line: the first line of the innermost exception
+    of the chain (torch wraps the cause in a generic TorchExportError) and the user's code line
+    torch names, if any."""
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    where = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+)', text)
+    at = f" (at {where.group(1)}:{where.group(2)})" if where else ""
+    cause = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    if root is not exc:
+        cause += "; torch.export cannot trace it (data-dependent control flow or shapes are the usual cause)"
+    return one_line(RuntimeError(cause + at), limit=400)
 
 
 def _register_stack_anchors(spec: Spec) -> None:

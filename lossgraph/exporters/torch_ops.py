@@ -1,12 +1,35 @@
 """Translations that replace torch.onnx's own where it is not faithful to eager PyTorch.
 
 Passed to ``torch.onnx.export(custom_translation_table=...)``. Each entry says what the stock
-translation gets wrong.
+translation gets wrong. :func:`traceable` swaps in, while the model is traced, torch functions
+that torch.export cannot trace, each for one computing the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+
+def _detect_is_causal_mask(mask: Any, is_causal: bool | None = None, size: int | None = None) -> bool:
+    """torch.nn.Transformer's check of whether a mask is the causal one compares the mask's
+    values (torch.equal), which torch.export cannot trace. Only a fast path hangs on it: the
+    mask itself is applied either way, so the traced layer takes the mask as given."""
+    return bool(is_causal)
+
+
+@contextlib.contextmanager
+def traceable() -> Iterator[None]:
+    """Swap in the traceable stand-ins while the model is traced."""
+    from torch.nn.modules import transformer
+
+    saved = transformer._detect_is_causal_mask
+    transformer._detect_is_causal_mask = _detect_is_causal_mask
+    try:
+        yield
+    finally:
+        transformer._detect_is_causal_mask = saved
 
 
 def translation_table() -> dict[Any, Any]:
