@@ -104,6 +104,22 @@ def _nll(logp, target, weight=None, reduction="mean", ignore_index=-100):
 
 
 CASES: list[Case] = [
+    # --- einsum -------------------------------------------------------------------------------
+    Case("Einsum", (A(2, 3), A(3, 4)), lambda a, b: torch.einsum("ij,jk->ik", a, b),
+         {"equation": "ij,jk->ik"}, name="matmul"),
+    Case("Einsum", (A(2, 2, 3), A(2, 3, 4)), lambda a, b: torch.einsum("bij,bjk->bki", a, b),
+         {"equation": "bij,bjk->bki"}, name="batched-transposed"),
+    Case("Einsum", (A(3), A(4)), lambda a, b: torch.einsum("i,j->ij", a, b),
+         {"equation": "i,j->ij"}, name="outer"),
+    Case("Einsum", (A(3, 4),), lambda a: torch.einsum("ij->j", a), {"equation": "ij->j"}, name="sum"),
+    Case("Einsum", (A(2, 3), A(3, 4), A(4, 2)), lambda a, b, c: torch.einsum("ij,jk,kl->il", a, b, c),
+         {"equation": "ij,jk,kl->il"}, name="three"),
+    Case("Einsum", (A(2, 2, 3), A(2, 3, 4)), lambda a, b: torch.einsum("...ij,...jk->...ik", a, b),
+         {"equation": "...ij,...jk->...ik"}, name="ellipsis"),
+    Case("Einsum", (A(2, 3), A(3, 4)), lambda a, b: torch.einsum("ij,jk", a, b),
+         {"equation": "ij,jk"}, name="implicit"),
+    Case("Einsum", (A(2, 3), A(2, 3, 5)), lambda a, b: torch.einsum("bi,bik->b", a, b),
+         {"equation": "bi,bik->b"}, name="summed-letter"),
     # --- resizing -----------------------------------------------------------------------------
     Case("Resize", (A(1, 2, 3, 4), C([], np.float32), C([1, 1, 2, 2], np.float32)),
          lambda x, r, s: F.interpolate(x, scale_factor=2, mode="nearest"),

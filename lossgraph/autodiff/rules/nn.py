@@ -47,6 +47,67 @@ def matmul_grad(ctx, dys):
     return [da, db]
 
 
+@grad_rule("Einsum")
+def einsum_grad(ctx, dys):
+    """The gradient of operand i is an Einsum of dy with the other operands, written to i's
+    subscripts; letters only operand i has (summed away in the forward) are broadcast back.
+    Ellipses become letters of their own (operands whose ellipsis dims differ in size, and
+    repeated letters within one operand -- diagonals -- are refused by name)."""
+    terms, out = _einsum_terms(ctx)
+    grads = []
+    for i, term in enumerate(terms):
+        if not ctx.wants(i):
+            grads.append(None)
+            continue
+        if len(set(term)) != len(term):
+            raise UnsupportedOpError(
+                f"Einsum node {ctx.node.name!r} ({ctx.attr('equation')!r}): operand {i} repeats "
+                f"a subscript (a diagonal); lossgraph differentiates Einsums without one."
+            )
+        others = [t for j, t in enumerate(terms) if j != i]
+        available = set(out) | set("".join(others))
+        kept = "".join(c for c in term if c in available)
+        operands = [ctx.inputs[j] for j in range(len(terms)) if j != i]
+        grad = ctx.op("Einsum", dys[0], *operands, equation=",".join([out, *others]) + "->" + kept)
+        if kept != term:
+            missing = [k for k, c in enumerate(term) if c not in available]
+            grad = ctx.op("Unsqueeze", grad, ctx.ints(missing))
+            grad = ctx.expand(grad, list(ctx.shape(ctx.inputs[i])))
+        grads.append(grad)
+    return grads
+
+
+def _einsum_terms(ctx) -> tuple[list[str], str]:
+    """The operands' subscripts and the output's, explicit, ellipses spelled out as letters
+    (the implicit output: every letter used once, in alphabetical order, after the ellipsis)."""
+    equation = ctx.attr("equation").replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    shapes = [ctx.shape(x) for x in ctx.inputs]
+    dots = [len(shape) - (len(t) - 3) if "..." in t else 0 for t, shape in zip(terms, shapes)]
+    width = max(dots, default=0)
+    letters = "".join(free[:width])
+    sizes: dict[str, int] = {}
+    for t, shape, n in zip(terms, shapes, dots):
+        if "..." not in t:
+            continue
+        start = t.index("...")
+        for letter, size in zip(letters[width - n:], shape[start:start + n]):
+            if sizes.setdefault(letter, size) != size:
+                raise UnsupportedOpError(
+                    f"Einsum node {ctx.node.name!r} ({equation!r}) broadcasts its ellipsis "
+                    f"dimensions; lossgraph differentiates Einsums whose operands agree there."
+                )
+    terms = [t.replace("...", letters[width - n:]) for t, n in zip(terms, dots)]
+    if arrow:
+        out = out.replace("...", letters)
+    else:
+        once = sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1 and c not in letters)
+        out = letters + "".join(once)
+    return terms, out
+
+
 @grad_rule("Gemm")
 def gemm_grad(ctx, dys):
     (dy,) = dys
