@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import paddle
+import paddle.nn.functional as F
 from paddle import nn
 
 import lossgraph as lg
@@ -72,6 +73,42 @@ SPATIAL = {
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
 
+INDEX = [[0, 2, 1], [5, 5, 0], [3, 1, 4], [2, 0, 0]]
+MASK = [[True, False, False, True, False, True]] * 4
+
+FUNCTIONS = {
+    "gather": lambda h: paddle.take_along_axis(h, paddle.to_tensor(INDEX), 1),
+    "scatter_add": lambda h: paddle.put_along_axis(paddle.zeros_like(h), paddle.to_tensor(INDEX), h[:, :3], 1,
+                                                   reduce="add"),
+    "cumsum": lambda h: paddle.cumsum(h, 1),
+    "where": lambda h: paddle.where(h > 0, h, 0.1 * h),
+    "topk": lambda h: paddle.topk(h, 3, axis=1)[0],
+    "sort": lambda h: paddle.sort(h, axis=1, descending=True),
+    "roll": lambda h: paddle.roll(h, 2, 1),
+    "flip": lambda h: paddle.flip(h, [1]),
+    "masked_fill": lambda h: paddle.masked_fill(h, paddle.to_tensor(MASK), 0.5),
+    "normalize": lambda h: F.normalize(h, axis=1),
+    "logsumexp": lambda h: paddle.logsumexp(h, 1),
+    "amax": lambda h: paddle.amax(h, 1),
+    "clamp": lambda h: paddle.clip(h, -0.5, 0.5),
+    "tril": lambda h: paddle.tril(h, -1),
+    "einsum": lambda h: paddle.einsum("bi,bj->ij", h, h),
+    "cumprod": lambda h: paddle.cumprod(F.sigmoid(h), 1),
+    "prod": lambda h: paddle.prod(F.sigmoid(h), 1),
+    "var": lambda h: paddle.var(h, 1),
+    "std": lambda h: paddle.std(h, 1),
+    "norm": lambda h: paddle.linalg.norm(h, 2, axis=1),
+}
+
+
+class Function(nn.Layer):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h):
+        return self.fn(h)
+
 
 class Block(nn.Layer):
     def __init__(self, layer: nn.Layer) -> None:
@@ -106,3 +143,5 @@ for _name, _make in LAYERS.items():
     globals()[_name] = functools.partial(spec_of, _make, False)
 for _name, _make in SPATIAL.items():
     globals()[_name] = functools.partial(spec_of, _make, True)
+for _name, _fn in FUNCTIONS.items():
+    globals()[_name] = functools.partial(spec_of, functools.partial(Function, _fn), False)

@@ -1,7 +1,8 @@
 """The layer catalog, torch side: one small model per torch.nn layer -- a Linear, the layer, a
 square-mean loss, Adam -- against its paddle.nn counterpart in ``layers_paddle.py`` (same
-names). ``LAYERS`` (after a Linear) and ``SPATIAL`` (on feature maps, after a Conv2d) list
-them; each is a function of this module.
+names). ``LAYERS`` (after a Linear), ``SPATIAL`` (on feature maps, after a Conv2d) and
+``FUNCTIONS`` (tensor functions of a Linear's output, as forward code calls them) list them;
+each is a function of this module.
 
     lossgraph export examples/catalog/layers_torch.py:prelu -o t.onnx
     lossgraph export examples/catalog/layers_paddle.py:prelu -o p.onnx
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lossgraph as lg
@@ -80,6 +82,44 @@ SPATIAL = {
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
 
+INDEX = [[0, 2, 1], [5, 5, 0], [3, 1, 4], [2, 0, 0]]  # rows of a [4, 6] value, 3 per row
+MASK = [[True, False, False, True, False, True]] * 4
+
+#: name -> a tensor function of the Linear's output h [4, 6], as forward code calls them
+FUNCTIONS = {
+    "gather": lambda h: torch.gather(h, 1, torch.tensor(INDEX)),
+    "scatter_add": lambda h: torch.zeros_like(h).scatter_add(1, torch.tensor(INDEX), h[:, :3]),
+    "cumsum": lambda h: torch.cumsum(h, 1),
+    "where": lambda h: torch.where(h > 0, h, 0.1 * h),
+    "topk": lambda h: torch.topk(h, 3, dim=1).values,
+    "sort": lambda h: torch.sort(h, dim=1, descending=True).values,
+    "roll": lambda h: torch.roll(h, 2, 1),
+    "flip": lambda h: torch.flip(h, [1]),
+    "masked_fill": lambda h: h.masked_fill(torch.tensor(MASK), 0.5),
+    "normalize": lambda h: F.normalize(h, dim=1),
+    "logsumexp": lambda h: torch.logsumexp(h, 1),
+    "amax": lambda h: torch.amax(h, 1),
+    "clamp": lambda h: torch.clamp(h, -0.5, 0.5),
+    "tril": lambda h: torch.tril(h, -1),
+    "einsum": lambda h: torch.einsum("bi,bj->ij", h, h),
+    "cumprod": lambda h: torch.cumprod(torch.sigmoid(h), 1),
+    "prod": lambda h: torch.prod(torch.sigmoid(h), 1),
+    "var": lambda h: torch.var(h, 1),
+    "std": lambda h: torch.std(h, 1),
+    "norm": lambda h: torch.linalg.vector_norm(h, 2, dim=1),
+}
+
+
+class Function(nn.Module):
+    """A tensor function as a layer (no parameters of its own)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h):
+        return self.fn(h)
+
 
 class Block(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
@@ -113,3 +153,5 @@ for _name, _make in LAYERS.items():
     globals()[_name] = functools.partial(spec_of, _make, False)
 for _name, _make in SPATIAL.items():
     globals()[_name] = functools.partial(spec_of, _make, True)
+for _name, _fn in FUNCTIONS.items():
+    globals()[_name] = functools.partial(spec_of, functools.partial(Function, _fn), False)

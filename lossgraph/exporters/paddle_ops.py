@@ -1,7 +1,8 @@
 """Paddle functions that paddle2onnx 2.1.0 cannot convert, re-expressed in convertible ops.
 
 While a model is traced for export, :func:`convertible_ops` swaps these in for Paddle's own
-(``paddle.nn.functional.softplus``, ``celu``, ``pixel_unshuffle``, ``nll_loss`` and ``label_smooth``, which the layers
+(``paddle.nn.functional.softplus``, ``celu``, ``pixel_unshuffle``, ``masked_fill``,
+``amax``/``amin``, ``to_tensor`` of booleans, ``nll_loss`` and ``label_smooth``, which the layers
 ``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too; the
 While loop of ``nn.RNN``/``BiRNN`` of cells; ``interpolate``'s and ``nn.Upsample``'s
 ``scale_factor``, as the sizes it gives; a constant ``pad``, whose value paddle2onnx reads
@@ -166,7 +167,59 @@ def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_lengt
                                   is_reverse, **kwargs)
 
 
+def masked_fill(x: Any, mask: Any, value: Any, name: Any = None) -> Any:
+    """Paddle's masked_fill, which paddle2onnx has no converter for: a where."""
+    import paddle
+
+    fill = value if isinstance(value, (paddle.Tensor, paddle.pir.Value)) else paddle.full(x.shape, value, x.dtype)
+    return paddle.where(mask, fill.astype(x.dtype), x)
+
+
+def amax(x: Any, axis: Any = None, keepdim: bool = False, name: Any = None) -> Any:
+    """Paddle's amax, which paddle2onnx has no converter for: max computes the same value, and
+    the exported ReduceMax's gradient splits ties evenly, as amax's does."""
+    import paddle
+
+    return paddle.max(x, axis, keepdim)
+
+
+def amin(x: Any, axis: Any = None, keepdim: bool = False, name: Any = None) -> Any:
+    """Paddle's amin, as :func:`amax`."""
+    import paddle
+
+    return paddle.min(x, axis, keepdim)
+
+
+def to_tensor(data: Any, dtype: Any = None, place: Any = None, stop_gradient: bool = True) -> Any:
+    """paddle.to_tensor, except that boolean data (a mask written out in forward code) is made
+    as int32 and cast: paddle2onnx aborts on a boolean constant."""
+    import numpy as np
+    import paddle
+    from paddle.tensor import creation
+
+    if not isinstance(data, (paddle.Tensor, paddle.pir.Value)) and dtype in (None, "bool", paddle.bool):
+        try:
+            array = np.asarray(data)
+        except Exception:  # not array-like: Paddle's own says what is wrong
+            array = None
+        if array is not None and array.dtype == np.bool_:
+            return creation.to_tensor(array.astype(np.int32), None, place, stop_gradient).astype("bool")
+    return creation.to_tensor(data, dtype, place, stop_gradient)
+
+
+#: (module, or "module:Class" for a method, attribute) -> its convertible stand-in
 REPLACEMENTS = {
+    ("paddle", "to_tensor"): to_tensor,
+    ("paddle", "masked_fill"): masked_fill,
+    ("paddle.tensor", "masked_fill"): masked_fill,
+    ("paddle.pir:Value", "masked_fill"): masked_fill,
+    ("paddle:Tensor", "masked_fill"): masked_fill,
+    ("paddle", "amax"): amax,
+    ("paddle.pir:Value", "amax"): amax,
+    ("paddle:Tensor", "amax"): amax,
+    ("paddle", "amin"): amin,
+    ("paddle.pir:Value", "amin"): amin,
+    ("paddle:Tensor", "amin"): amin,
     ("paddle.nn.functional", "pixel_unshuffle"): pixel_unshuffle,
     ("paddle.nn.functional", "pad"): pad,
     ("paddle.nn.functional", "interpolate"): _sized("interpolate"),
@@ -190,8 +243,10 @@ def convertible_ops() -> Iterator[None]:
 
     saved = []
     try:
-        for (module_name, attr), replacement in REPLACEMENTS.items():
+        for (where, attr), replacement in REPLACEMENTS.items():
+            module_name, _, cls = where.partition(":")
             module = importlib.import_module(module_name)
+            module = getattr(module, cls) if cls else module
             saved.append((module, attr, getattr(module, attr)))
             setattr(module, attr, replacement)
         yield
