@@ -12,7 +12,7 @@ import lossgraph as lg
 
 FOLDER = EXAMPLES / "catalog"
 sys.path.insert(0, str(FOLDER))
-from layers_torch import FUNCTIONS, LAYERS, SPATIAL  # noqa: E402
+from layers_torch import CLASS_LOSSES, FUNCTIONS, LAYERS, LOSSES, SPATIAL  # noqa: E402
 
 #: in the default run: each needed a rule, a pairing or an export fix (PRelu's _weight, Celu
 #: through Elu, Mish, Shrink, GLU's Split; Resize's gradient and Paddle's scale_factor as sizes;
@@ -20,7 +20,8 @@ from layers_torch import FUNCTIONS, LAYERS, SPATIAL  # noqa: E402
 #: uninitialized; LayerNorm's weight, flat in Paddle)
 DEFAULT = ("prelu_channels", "celu", "mish", "softshrink", "glu", "upsample_bilinear",
            "upsample_nearest", "pixel_unshuffle", "zero_pad", "layer_norm", "instance_norm_affine",
-           "einsum", "masked_fill", "amax", "scatter_add")
+           "einsum", "masked_fill", "amax", "scatter_add", "huber", "gaussian_nll",
+           "multi_margin", "cross_entropy_smoothing")
 #: What an exporter cannot translate yet: refused in one line that names it, on each side.
 REFUSED = {"cumprod": ("No ONNX function found for <OpOverload(op='prims.prod'",
                        "pd_op.cumprod (no converter)")}
@@ -45,7 +46,10 @@ def _params(names):
     return params
 
 
-@pytest.mark.parametrize("name", _params([*LAYERS, *SPATIAL, *(n for n in FUNCTIONS if n not in REFUSED)]))
+ALL = [*LAYERS, *SPATIAL, *(n for n in FUNCTIONS if n not in REFUSED), *LOSSES, *CLASS_LOSSES]
+
+
+@pytest.mark.parametrize("name", _params(ALL))
 def test_layer_trains_like_its_port(exported, name):
     result = lg.verify(exported(f"{FOLDER}/layers_torch.py:{name}"),
                        exported(f"{FOLDER}/layers_paddle.py:{name}"), grads=True, steps=2)

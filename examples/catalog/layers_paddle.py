@@ -101,6 +101,31 @@ FUNCTIONS = {
 }
 
 
+#: Paddle's SmoothL1Loss is Huber's (delta), torch's SmoothL1Loss is Huber's over beta
+LOSSES = {
+    "huber": lambda h, t: F.smooth_l1_loss(h, t, delta=0.5),
+    "smooth_l1": lambda h, t: F.smooth_l1_loss(h, t),
+    "soft_margin": lambda h, t: F.soft_margin_loss(h, paddle.sign(t)),
+    "multilabel_soft_margin": lambda h, t: F.multi_label_soft_margin_loss(h, (t > 0).astype("float32")),
+    "poisson_nll": lambda h, t: F.poisson_nll_loss(h, t.abs() * 3),
+    "gaussian_nll": lambda h, t: F.gaussian_nll_loss(h, t, F.sigmoid(h) + 0.5),
+    "l1_sum": lambda h, t: F.l1_loss(h, t, reduction="sum"),
+    "mse_none": lambda h, t: F.mse_loss(h, t, reduction="none").mean(),
+    "cosine_similarity": lambda h, t: (1 - F.cosine_similarity(h, t, axis=1)).mean(),
+    "pairwise_distance": lambda h, t: F.pairwise_distance(h, t).mean(),
+}
+CLASS_LOSSES = {
+    "cross_entropy_smoothing": lambda h, c: F.cross_entropy(h, c, label_smoothing=0.1),
+    "cross_entropy_ignore_index": lambda h, c: F.cross_entropy(h, c, ignore_index=2),
+    "cross_entropy_weight": lambda h, c: F.cross_entropy(
+        h, c, weight=paddle.to_tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
+    "multi_margin": lambda h, c: F.multi_margin_loss(h, c),
+    "nll_sum": lambda h, c: F.nll_loss(F.log_softmax(h, 1), c, reduction="sum"),
+}
+TARGET = lg.Input([4, FEATURES])
+CLASSES = lg.Input([4], dtype="int64", high=FEATURES)
+
+
 class Function(nn.Layer):
     def __init__(self, fn) -> None:
         super().__init__()
@@ -139,9 +164,23 @@ def spec_of(make_layer, spatial: bool) -> lg.Spec:
                                                              learning_rate=1e-2)})
 
 
+def loss_spec(loss, classes: bool) -> lg.Spec:
+    """The catalog's spec of a loss: a Linear's output against a target."""
+    paddle.seed(0)
+    model = nn.Linear(FEATURES, FEATURES)
+    return lg.Spec(model=model, loss=lambda m, x, t: loss(m(x), t),
+                   inputs={"x": X, "t": CLASSES if classes else TARGET},
+                   optimizers={"adam": paddle.optimizer.Adam(parameters=model.parameters(),
+                                                             learning_rate=1e-2)})
+
+
 for _name, _make in LAYERS.items():
     globals()[_name] = functools.partial(spec_of, _make, False)
 for _name, _make in SPATIAL.items():
     globals()[_name] = functools.partial(spec_of, _make, True)
 for _name, _fn in FUNCTIONS.items():
     globals()[_name] = functools.partial(spec_of, functools.partial(Function, _fn), False)
+for _name, _loss in LOSSES.items():
+    globals()[_name] = functools.partial(loss_spec, _loss, False)
+for _name, _loss in CLASS_LOSSES.items():
+    globals()[_name] = functools.partial(loss_spec, _loss, True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -254,6 +255,26 @@ def eager_losses(
             f"{one_line(exc)}"
         ) from exc
     return normalize_losses(out, is_tensor, numel, f"{spec.source}: "), is_tensor(out)
+
+
+@contextlib.contextmanager
+def swapped(replacements: Mapping[tuple[str, str], Any]) -> Iterator[None]:
+    """Set each ``(where, attribute)`` to its replacement while the block runs, then restore
+    it; ``where`` is a module's name, or ``module:Class`` for a method."""
+    import importlib
+
+    saved = []
+    try:
+        for (where, attr), replacement in replacements.items():
+            module_name, _, cls = where.partition(":")
+            owner = importlib.import_module(module_name)
+            owner = getattr(owner, cls) if cls else owner
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, replacement)
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
 
 
 def finish_export(

@@ -12,8 +12,6 @@ eager check at export confirms the exported graph computes what Paddle computes.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 
@@ -236,20 +234,8 @@ REPLACEMENTS = {
 }
 
 
-@contextlib.contextmanager
-def convertible_ops() -> Iterator[None]:
+def convertible_ops() -> Any:
     """Swap in the convertible implementations while the model is traced."""
-    import importlib
+    from lossgraph.exporters.common import swapped
 
-    saved = []
-    try:
-        for (where, attr), replacement in REPLACEMENTS.items():
-            module_name, _, cls = where.partition(":")
-            module = importlib.import_module(module_name)
-            module = getattr(module, cls) if cls else module
-            saved.append((module, attr, getattr(module, attr)))
-            setattr(module, attr, replacement)
-        yield
-    finally:
-        for module, attr, original in saved:
-            setattr(module, attr, original)
+    return swapped(REPLACEMENTS)

@@ -7,8 +7,6 @@ that torch.export cannot trace, each for one computing the same.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 
@@ -19,17 +17,41 @@ def _detect_is_causal_mask(mask: Any, is_causal: bool | None = None, size: int |
     return bool(is_causal)
 
 
-@contextlib.contextmanager
-def traceable() -> Iterator[None]:
-    """Swap in the traceable stand-ins while the model is traced."""
-    from torch.nn.modules import transformer
+def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps: float = 1e-6,
+                      reduction: str = "mean") -> Any:
+    """torch's gaussian_nll_loss without its check that no variance is negative, a
+    data-dependent branch torch.export cannot trace (the eager run at export has checked the
+    values). The same formula: var clamped below at eps outside autograd (the gradient passes
+    to var as if unclamped), 0.5 (log var + (input - target)^2 / var)."""
+    import math
 
-    saved = transformer._detect_is_causal_mask
-    transformer._detect_is_causal_mask = _detect_is_causal_mask
-    try:
-        yield
-    finally:
-        transformer._detect_is_causal_mask = saved
+    import torch
+
+    if not torch.is_tensor(var):
+        var = var * torch.ones_like(input)
+    elif var.size() != input.size() and input.size()[:-1] == var.size():
+        var = torch.unsqueeze(var, -1)
+    var = var + (var.clamp(min=eps) - var).detach()
+    loss = 0.5 * (torch.log(var) + (input - target) ** 2 / var)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+#: (module, attribute) -> its traceable stand-in
+STAND_INS = {
+    ("torch.nn.modules.transformer", "_detect_is_causal_mask"): _detect_is_causal_mask,
+    ("torch.nn.functional", "gaussian_nll_loss"): gaussian_nll_loss,
+}
+
+
+def traceable() -> Any:
+    """Swap in the traceable stand-ins while the model is traced."""
+    from lossgraph.exporters.common import swapped
+
+    return swapped(STAND_INS)
 
 
 def translation_table() -> dict[Any, Any]:
