@@ -69,9 +69,32 @@ SPATIAL = {
     "layer_norm": lambda: nn.LayerNorm([5, 6]),
     "local_response_norm": lambda: nn.LocalResponseNorm(3),
     "unfold": lambda: nn.Unfold(kernel_sizes=2, strides=1),
+    "conv_grouped_dilated": lambda: nn.Conv2D(CHANNELS, 6, 3, padding=2, dilation=2, groups=2),
+    "conv_strided": lambda: nn.Conv2D(CHANNELS, 3, 3, stride=2, padding=1, bias_attr=False),
+    "conv_transpose": lambda: nn.Conv2DTranspose(CHANNELS, 3, 3, stride=2, padding=1, output_padding=1),
+    "conv_transpose_grouped": lambda: nn.Conv2DTranspose(CHANNELS, 4, 2, stride=2, groups=2),
+    "conv_padding_reflect": lambda: nn.Conv2D(CHANNELS, 3, 3, padding=1, padding_mode="reflect"),
+    "adaptive_max_pool": lambda: nn.AdaptiveMaxPool2D((1, 1)),
+    "max_pool_dilated": lambda: MaxPoolDilated(),
+    "avg_pool_1d": lambda: nn.Sequential(nn.Flatten(2), nn.AvgPool1D(3, stride=2, exclusive=False)),
+    "conv_1d": lambda: nn.Sequential(nn.Flatten(2), nn.Conv1D(CHANNELS, 3, 3, padding=1)),
+    "flatten": lambda: nn.Flatten(),
+    "channel_shuffle": lambda: nn.ChannelShuffle(2),
+    "dropout_eval": lambda: nn.Dropout2D(0.5),
 }
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
+
+
+class MaxPoolDilated(nn.Layer):
+    """torch's MaxPool2d(dilation=2): Paddle's MaxPool2D has no dilation; the port gathers the
+    dilated windows with unfold and takes their max."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        windows = F.unfold(x, kernel_sizes=2, strides=1, dilations=2)  # [n, c * 4, L]
+        out = windows.reshape([n, c, 4, -1]).max(axis=2)
+        return out.reshape([n, c, h - 2, w - 2])
 
 INDEX = [[0, 2, 1], [5, 5, 0], [3, 1, 4], [2, 0, 0]]
 MASK = [[True, False, False, True, False, True]] * 4

@@ -78,6 +78,18 @@ SPATIAL = {
     "layer_norm": lambda: nn.LayerNorm([5, 6]),
     "local_response_norm": lambda: nn.LocalResponseNorm(3),
     "unfold": lambda: nn.Unfold(kernel_size=2, stride=1),
+    "conv_grouped_dilated": lambda: nn.Conv2d(CHANNELS, 6, 3, padding=2, dilation=2, groups=2),
+    "conv_strided": lambda: nn.Conv2d(CHANNELS, 3, 3, stride=2, padding=1, bias=False),
+    "conv_transpose": lambda: nn.ConvTranspose2d(CHANNELS, 3, 3, stride=2, padding=1, output_padding=1),
+    "conv_transpose_grouped": lambda: nn.ConvTranspose2d(CHANNELS, 4, 2, stride=2, groups=2),
+    "conv_padding_reflect": lambda: nn.Conv2d(CHANNELS, 3, 3, padding=1, padding_mode="reflect"),
+    "adaptive_max_pool": lambda: nn.AdaptiveMaxPool2d((1, 1)),
+    "max_pool_dilated": lambda: nn.MaxPool2d(2, stride=1, dilation=2),
+    "avg_pool_1d": lambda: nn.Sequential(nn.Flatten(2), nn.AvgPool1d(3, stride=2)),
+    "conv_1d": lambda: nn.Sequential(nn.Flatten(2), nn.Conv1d(CHANNELS, 3, 3, padding=1)),
+    "flatten": lambda: nn.Flatten(),
+    "channel_shuffle": lambda: nn.ChannelShuffle(2),
+    "dropout_eval": lambda: nn.Dropout2d(0.5),
 }
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])

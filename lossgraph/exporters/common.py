@@ -258,9 +258,12 @@ def eager_losses(
 
 
 @contextlib.contextmanager
-def swapped(replacements: Mapping[tuple[str, str], Any]) -> Iterator[None]:
+def swapped(
+    replacements: Mapping[tuple[str, str], Any], originals: dict[tuple[str, str], Any] | None = None
+) -> Iterator[None]:
     """Set each ``(where, attribute)`` to its replacement while the block runs, then restore
-    it; ``where`` is a module's name, or ``module:Class`` for a method."""
+    it; ``where`` is a module's name, or ``module:Class`` for a method. ``originals``, when
+    given, holds the replaced values meanwhile (for replacements that call them)."""
     import importlib
 
     saved = []
@@ -270,6 +273,8 @@ def swapped(replacements: Mapping[tuple[str, str], Any]) -> Iterator[None]:
             owner = importlib.import_module(module_name)
             owner = getattr(owner, cls) if cls else owner
             saved.append((owner, attr, getattr(owner, attr)))
+            if originals is not None:
+                originals[(where, attr)] = getattr(owner, attr)
             setattr(owner, attr, replacement)
         yield
     finally:

@@ -188,26 +188,29 @@ def amin(x: Any, axis: Any = None, keepdim: bool = False, name: Any = None) -> A
     return paddle.min(x, axis, keepdim)
 
 
-def to_tensor(data: Any, dtype: Any = None, place: Any = None, stop_gradient: bool = True) -> Any:
-    """paddle.to_tensor, except that boolean data (a mask written out in forward code) is made
-    as int32 and cast: paddle2onnx aborts on a boolean constant."""
+def to_tensor_static(data: Any, dtype: Any = None, stop_gradient: bool = True) -> Any:
+    """The static-graph half of paddle.to_tensor (which dy2static leaves in place: it rewrites
+    calls of to_tensor itself), except that boolean data -- a mask written out in forward code
+    -- is made as int64 and cast: paddle2onnx aborts on a boolean constant."""
     import numpy as np
     import paddle
-    from paddle.tensor import creation
 
+    original = ORIGINALS[("paddle.tensor.creation", "_to_tensor_static")]
     if not isinstance(data, (paddle.Tensor, paddle.pir.Value)) and dtype in (None, "bool", paddle.bool):
         try:
             array = np.asarray(data)
         except Exception:  # not array-like: Paddle's own says what is wrong
             array = None
         if array is not None and array.dtype == np.bool_:
-            return creation.to_tensor(array.astype(np.int32), None, place, stop_gradient).astype("bool")
-    return creation.to_tensor(data, dtype, place, stop_gradient)
+            return paddle.cast(original(array.astype(np.int64), None, stop_gradient), "bool")
+    return original(data, dtype, stop_gradient)
 
 
+#: what the replacements replace, while they do (for those that call it)
+ORIGINALS: dict[tuple[str, str], Any] = {}
 #: (module, or "module:Class" for a method, attribute) -> its convertible stand-in
 REPLACEMENTS = {
-    ("paddle", "to_tensor"): to_tensor,
+    ("paddle.tensor.creation", "_to_tensor_static"): to_tensor_static,
     ("paddle", "masked_fill"): masked_fill,
     ("paddle.tensor", "masked_fill"): masked_fill,
     ("paddle.pir:Value", "masked_fill"): masked_fill,
@@ -238,4 +241,4 @@ def convertible_ops() -> Any:
     """Swap in the convertible implementations while the model is traced."""
     from lossgraph.exporters.common import swapped
 
-    return swapped(REPLACEMENTS)
+    return swapped(REPLACEMENTS, ORIGINALS)
