@@ -137,8 +137,8 @@ def test_export_of_a_missing_function(cli, specs, tmp_path):
         ("string_shape", "Input shape must be a list of positive integers, got 'abc'"),
         ("dict_with_non_scalar", "loss 'per_row' must be a scalar, got a tensor of shape [4, 2]"),
         # torch's own error is a generic TorchExportError: the cause and the user's line are named
-        ("data_dependent", "aten.equal.default; torch.export cannot trace it (data-dependent "
-                           "control flow or shapes are the usual cause)"),
+        ("data_dependent", "DataDependentOutputException: aten.equal.default; torch.export cannot "
+                           "trace it (data-dependent control flow or shapes)"),
     ],
 )
 def test_export_of_bad_specs(cli, specs, tmp_path, name, message):

@@ -152,7 +152,7 @@ def test_recurrent_ports_train_like_each_framework_eagerly(exported):
     ("causal_attention", "mask_dropped", "attn",
      "the reference leaves out 3 of 9 score positions before the softmax, the candidate none"),
     ("fused_attention", "missing_scale", "",
-     "the reference divides the scores by 2.82843 (sqrt(8)), the candidate does not"),
+     "the reference divides the scores by 2.82843 (head size 8), which the candidate does not"),
     ("gelu_encoder_layer", "gelu_tanh", "", "the reference computes the exact one, the candidate the tanh"),
     ("lstm_2_layers", "lstm_gate_order", "",
      "the reference computes the cell candidate (the tanh gate) from block 2 of the 4 gate blocks"),
@@ -201,7 +201,11 @@ def test_what_is_not_a_rotary_cosine_table_gives_no_base(table):
     assert hints._cosine_table_theta(table) is None
 
 
-@pytest.mark.parametrize("value, size", [(8**0.5, 8), (1 / 8**0.5, 8), (float(np.float32(64**-0.5)), 64),
-                                         (2.0, 4), (3.0, 9), (2.5, None), (0.3, None), (1.0, None)])
-def test_attention_scales_are_read_as_head_sizes(value, size):
-    assert hints._head_size_of_scale(value) == size
+@pytest.mark.parametrize("value, op, size, scale", [
+    (8**0.5, "Div", 8, True), (8**-0.5, "Mul", 8, True), (float(np.float32(64**-0.25)), "Mul", 64, True),
+    (8**-0.5, "Div", 8, False),  # dividing by 1/sqrt(d) is no attention scale
+    (2.0, "Div", 8, False), (0.5, "Mul", 8, False),  # a softmax temperature
+    (0.5, "Mul", 16, True),  # 16^-1/4: queries and keys each scaled
+])
+def test_attention_scales_are_read_against_the_contracted_size(value, op, size, scale):
+    assert hints._is_scale_of(value, op, size) == scale

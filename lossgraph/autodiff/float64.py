@@ -982,7 +982,10 @@ def _tan(r: _Rewrite) -> str:
 def _sinh(r: _Rewrite) -> str:
     # (e^x - e^-x) / 2 as expm1 terms of opposite signs: no cancellation near 0
     x = r.input(0)
-    return r.op("Mul", r.const(0.5), r.op("Sub", _expm1(r, x), _expm1(r, r.op("Neg", x))))
+    near = r.op("Mul", r.const(0.5), r.op("Sub", _expm1(r, x), _expm1(r, r.op("Neg", x))))
+    # far from 0, e^-|x| is below rounding and expm1's ratio would be inf / inf
+    far = r.op("Mul", r.op("Sign", x), r.op("Mul", r.const(0.5), r.op("Exp", r.op("Abs", x))))
+    return r.where(r.op("Greater", r.op("Abs", x), r.const(20.0)), far, near)
 
 
 @_replaces("Cosh")
@@ -1014,7 +1017,10 @@ def _acosh(r: _Rewrite) -> str:
 def _atanh(r: _Rewrite) -> str:
     x = r.input(0)
     ratio = r.op("Div", r.op("Mul", r.const(2.0), x), r.op("Sub", r.const(1.0), x))
-    return r.op("Mul", r.const(0.5), _log1p(r, ratio))
+    value = r.op("Mul", r.const(0.5), _log1p(r, ratio))
+    # atanh(+-1) = +-inf, where log1p's ratio would be inf / inf
+    edge = r.op("Mul", x, r.const(np.inf))
+    return r.where(r.op("Equal", r.op("Abs", x), r.const(1.0)), edge, value)
 
 
 #: atan(y) / y = sum (-1)^k y^2k / (2k + 1), highest power first: to float64 rounding for

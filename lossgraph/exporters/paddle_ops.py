@@ -1,7 +1,7 @@
 """Paddle functions that paddle2onnx 2.1.0 cannot convert, re-expressed in convertible ops.
 
 While a model is traced for export, :func:`convertible_ops` swaps these in for Paddle's own
-(``paddle.nn.functional.softplus``, ``celu``, ``pixel_unshuffle``, ``masked_fill``,
+(``paddle.nn.functional.softplus``, ``celu``, ``pixel_unshuffle``, ``channel_shuffle``, ``masked_fill``,
 ``amax``/``amin``, ``to_tensor`` of booleans, ``nll_loss`` and ``label_smooth``, which the layers
 ``nn.Softplus``, ``nn.NLLLoss`` and ``F.cross_entropy(label_smoothing=...)`` call too; the
 While loop of ``nn.RNN``/``BiRNN`` of cells; ``interpolate``'s and ``nn.Upsample``'s
@@ -68,8 +68,6 @@ def label_smooth(label: Any, prior_dist: Any = None, epsilon: float = 0.1, name:
     return label * (1.0 - epsilon) + prior_dist * epsilon
 
 
-#: (module, attribute) -> replacement. ``paddle.nn.functional`` re-exports from its submodules,
-#: and layers call through ``paddle.nn.functional``; both names are swapped.
 def celu(x: Any, alpha: float = 1.0, name: Any = None) -> Any:
     """Paddle's celu, which paddle2onnx has no converter for: alpha * elu(x / alpha) (x above 0,
     alpha (exp(x / alpha) - 1) at and below)."""
@@ -96,13 +94,14 @@ def _sized(function_name: str) -> Any:
         channels_last = str(kwargs.get("data_format") or "").endswith("C")
         spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
         scales = list(scale) if isinstance(scale, (list, tuple)) else [scale] * len(spatial)
-        if len(scales) != len(spatial) or any(not isinstance(d, int) or d < 0 for d in spatial):
-            return original(*args, **kwargs)
+        if (len(scales) != len(spatial) or any(not isinstance(d, int) or d < 0 for d in spatial)
+                or any(not isinstance(f, (int, float)) for f in scales)):
+            return original(*args, **kwargs)  # a scale given as a tensor: Paddle's own
         sizes = [d * float(f) for d, f in zip(spatial, scales)]
         if any(abs(v - round(v)) > 1e-9 for v in sizes):
             return original(*args, **kwargs)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("x", "input", "size", "scale_factor")}
-        return original(x, [int(round(v)) for v in sizes], None, *args[3:], **kwargs)
+        return original(x, [int(round(v)) for v in sizes], None, **kwargs)
 
     return resize
 
@@ -120,8 +119,8 @@ def pad(x: Any, pad: Any, mode: str = "constant", value: float = 0.0, data_forma
     spatial = rank - 2
     channels_last = str(data_format or "").endswith("C")
     pads = list(pad) if isinstance(pad, (list, tuple)) else None
-    if (mode != "constant" or pads is None or len(pads) != 2 * spatial or spatial < 1
-            or any(not isinstance(p, int) for p in pads) or any(d < 0 for d in x.shape)):
+    if (mode != "constant" or pads is None or len(pads) != 2 * spatial or not 1 <= spatial <= 3
+            or any(not isinstance(p, int) or p < 0 for p in pads) or any(d < 0 for d in x.shape)):
         return common.pad(x, pad, mode, value, data_format, pad_from_left_axis, name)
     axes = list(range(1, rank - 1)) if channels_last else list(range(2, rank))
     out = x
@@ -165,11 +164,24 @@ def rnn_steps(cell: Any, inputs: Any, initial_states: Any = None, sequence_lengt
                                   is_reverse, **kwargs)
 
 
+def channel_shuffle(x: Any, groups: int, data_format: str = "NCHW", name: Any = None) -> Any:
+    """Paddle's channel_shuffle, which paddle2onnx has no converter for: [N, C, H, W] as
+    [N, g, C / g, H, W], the two channel axes swapped."""
+    import paddle
+    from paddle.nn.functional import vision
+
+    if data_format != "NCHW" or any(d < 0 for d in x.shape):
+        return vision.channel_shuffle(x, groups, data_format, name)
+    n, c, h, w = x.shape
+    grouped = paddle.reshape(x, [n, groups, c // groups, h, w])
+    return paddle.reshape(paddle.transpose(grouped, [0, 2, 1, 3, 4]), [n, c, h, w])
+
+
 def masked_fill(x: Any, mask: Any, value: Any, name: Any = None) -> Any:
     """Paddle's masked_fill, which paddle2onnx has no converter for: a where."""
     import paddle
 
-    fill = value if isinstance(value, (paddle.Tensor, paddle.pir.Value)) else paddle.full(x.shape, value, x.dtype)
+    fill = value if isinstance(value, (paddle.Tensor, paddle.pir.Value)) else paddle.full([], value, x.dtype)
     return paddle.where(mask, fill.astype(x.dtype), x)
 
 
@@ -208,8 +220,11 @@ def to_tensor_static(data: Any, dtype: Any = None, stop_gradient: bool = True) -
 
 #: what the replacements replace, while they do (for those that call it)
 ORIGINALS: dict[tuple[str, str], Any] = {}
-#: (module, or "module:Class" for a method, attribute) -> its convertible stand-in
+#: (module, or "module:Class" for a method, attribute) -> its convertible stand-in.
+#: ``paddle.nn.functional`` re-exports from its submodules, and layers call through
+#: ``paddle.nn.functional``; where both names are used, both are swapped.
 REPLACEMENTS = {
+    ("paddle.nn.functional", "channel_shuffle"): channel_shuffle,
     ("paddle.tensor.creation", "_to_tensor_static"): to_tensor_static,
     ("paddle", "masked_fill"): masked_fill,
     ("paddle.tensor", "masked_fill"): masked_fill,

@@ -198,16 +198,17 @@ def _export_cause(exc: BaseException) -> str:
     """What made torch's exporter fail, in one line: the first line of the innermost exception
     of the chain (torch wraps the cause in a generic TorchExportError) and the user's code line
     torch names, if any."""
-    root = exc
-    while (root.__cause__ or root.__context__) is not None:
-        root = root.__cause__ or root.__context__
+    root, seen = exc, {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     where = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+)', text)
     at = f" (at {where.group(1)}:{where.group(2)})" if where else ""
     cause = f"{type(root).__name__}: {first}" if first else type(root).__name__
-    if root is not exc:
-        cause += "; torch.export cannot trace it (data-dependent control flow or shapes are the usual cause)"
+    if "DataDependent" in type(root).__name__ or "data-dependent" in text or "DynamicOutputShape" in type(root).__name__:
+        cause += "; torch.export cannot trace it (data-dependent control flow or shapes)"
     return one_line(RuntimeError(cause + at), limit=400)
 
 

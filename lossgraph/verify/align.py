@@ -35,8 +35,6 @@ import onnx
 from lossgraph.errors import VerificationError
 from lossgraph.graph import LossGraph, ParamInfo
 
-TRANSFORMS = ("identity", "transpose", "reshape")
-
 
 def _transformed(value: np.ndarray, transform: str) -> np.ndarray:
     """``value`` under ``transform``: an involution, so carrying back is the same call."""
@@ -841,10 +839,14 @@ def unpaired_summary(reference: LossGraph, candidate: LossGraph, pmap: ParamMap)
 #: Layers whose parameters one framework creates by default and the other does not: layer
 #: kind -> what to say.
 DEFAULT_PARAMETERS = {
-    **{f"instancenorm{d}d": (
+    **{(f"instancenorm{d}d", "paddle"): (
         "Paddle's InstanceNorm{d}D has a learnable scale and bias by default, torch's "
         "InstanceNorm{d}d none (affine=False): give torch affine=True, or Paddle "
         "weight_attr=False, bias_attr=False") for d in (1, 2, 3)},
+    **{(f"instancenorm{d}d", "torch"): (
+        "torch's InstanceNorm{d}d here has a learnable weight and bias (affine=True), the Paddle "
+        "port's InstanceNorm{d}D none (weight_attr=False, bias_attr=False; Paddle's default has "
+        "them)") for d in (1, 2, 3)},
 }
 
 
@@ -852,13 +854,12 @@ def _default_difference(reference: LossGraph, candidate: LossGraph, pmap: ParamM
     """Unpaired parameters that exist on one side only because the frameworks' defaults differ
     (InstanceNorm's affine): the argument to change."""
     found = []
-    for names, params in ((pmap.unmapped_reference, reference.meta.params),
-                          (pmap.unmapped_candidate, candidate.meta.params)):
+    for names, graph in ((pmap.unmapped_reference, reference), (pmap.unmapped_candidate, candidate)):
         for name in names:
-            info = params.get(name)
-            kind = canonical_layer(info) if info is not None else ""
-            if kind in DEFAULT_PARAMETERS:
-                found.append(f"{info.module}: {DEFAULT_PARAMETERS[kind].format(d=kind[-2])}")
+            info = graph.meta.params.get(name)
+            key = (canonical_layer(info) if info is not None else "", graph.framework)
+            if key in DEFAULT_PARAMETERS:
+                found.append(f"{info.module}: {DEFAULT_PARAMETERS[key].format(d=key[0][-2])}")
     return "; ".join(dict.fromkeys(found))
 
 

@@ -52,6 +52,8 @@ class HintContext:
     values: dict[str, Any] = field(default_factory=dict)
     #: constant_values of each graph, by id, folded on first use
     folded: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    #: static_types of each graph, by id, inferred on first use
+    typed: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def constants(self, graph: LossGraph) -> dict[str, np.ndarray]:
         """``constant_values`` of one side's graph, folded once however many hints ask."""
@@ -65,10 +67,9 @@ class HintContext:
         """``static_types`` of one side's graph (element type and shape of each value), once."""
         from lossgraph.runtime.types import static_types
 
-        key = -id(graph)  # beside the folded constants, under a key of their own
-        if key not in self.folded:
-            self.folded[key] = static_types(graph.model)
-        return self.folded[key]
+        if id(graph) not in self.typed:
+            self.typed[id(graph)] = static_types(graph.model)
+        return self.typed[id(graph)]
 
     def node(self, side: str) -> onnx.NodeProto | None:
         graph = self.ref if side == "ref" else self.cand
@@ -170,8 +171,14 @@ def _cosine_table_theta(table: np.ndarray) -> float | None:
     dropped; each frequency once, or twice as halves or pairs); None for anything else. Each
     frequency is read at the furthest position where its angle is still below pi; those too
     low for float32 to resolve are left out, the highest two give theta."""
-    cos = np.squeeze(np.asarray(table, np.float64))
-    if cos.ndim != 2 or cos.shape[0] < 2 or cos.shape[1] < 2 or np.asarray(table).dtype.kind != "f":
+    raw = np.asarray(table)
+    if raw.dtype.kind != "f" or sum(d > 1 for d in raw.shape) != 2:
+        return None  # checked on the stored array: most constants are weights, left unconverted
+    first = raw.reshape(-1, raw.shape[-1])[0] if raw.shape[-1] > 1 else None
+    if first is None or not np.allclose(first, 1.0, atol=1e-6):
+        return None
+    cos = np.squeeze(raw.astype(np.float64))
+    if cos.ndim != 2 or cos.shape[0] < 2 or cos.shape[1] < 2:
         return None
     if not np.allclose(cos[0], 1.0, atol=1e-6) or np.any(np.abs(cos) > 1 + 1e-6):
         return None
@@ -363,8 +370,9 @@ def differing_attributes(ctx: HintContext) -> str | None:
         # torch's pytorch_half_pixel is half_pixel but for an output of size 1
         a, b = ({**d, "coordinate_transformation_mode": _RESIZE_COORDINATES.get(
             d["coordinate_transformation_mode"], d["coordinate_transformation_mode"])} for d in (a, b))
-        if a["mode"] != "nearest" and b["mode"] != "nearest":
-            a, b = ({k: v for k, v in d.items() if k != "nearest_mode"} for d in (a, b))
+        for mode, setting in (("nearest", "nearest_mode"), ("cubic", "cubic_coeff_a")):
+            if a["mode"] != mode and b["mode"] != mode:  # a setting neither side uses
+                a, b = ({k: v for k, v in d.items() if k != setting} for d in (a, b))
     diffs = [
         f"{names[k]} {a[k]:g} vs {b[k]:g}" if isinstance(a[k], float) else f"{names[k]} {a[k]} vs {b[k]}"
         for k in sorted(set(a) & set(b))
@@ -439,39 +447,66 @@ def normalization_epsilon(ctx: HintContext) -> str | None:
 
 @hint
 def attention_scale(ctx: HintContext) -> str | None:
-    """Attention scores scaled on one side only, or by another factor: the diverging node (a
-    Div or Mul a softmax reads) computes with a constant sqrt(d) or 1/sqrt(d) (d a head size)
-    that the other side does not use."""
+    """Attention scores scaled on one side only, or by another factor: the diverging node is a
+    Div or Mul between a score MatMul and the softmax (or on a MatMul operand, split scaling),
+    and its constant is the scale of that MatMul's contracted size d: sqrt(d) for a division,
+    1/sqrt(d) for a product (d^-1/4 when queries and keys are each scaled). A softmax
+    temperature or any other constant is left to the constants hint."""
     diff = _constant_difference(ctx)
     if not diff or ctx.divergence.phase != "forward":
         return None
-    for side, other, node, mine, theirs in (("reference", "candidate", ctx.node("ref"), *diff),
+    for side, other, node, _mine, theirs in (("reference", "candidate", ctx.node("ref"), *diff),
                                             ("candidate", "reference", ctx.node("cand"), *diff[::-1])):
         graph = ctx.ref if side == "reference" else ctx.cand
-        if node is None or node.op_type not in ("Div", "Mul") or not _feeds_softmax(graph, node):
+        if node is None or node.op_type not in ("Div", "Mul"):
             continue
-        scales = [(c, d) for c in mine if (d := _head_size_of_scale(c)) is not None]
-        if len(scales) != 1:
+        size = _score_width(ctx, graph, node)
+        if size is None:
             continue
-        (c, d), = scales
-        by = f"{'divides' if c > 1 else 'multiplies'} the scores by {c:g} ({'' if c > 1 else '1/'}sqrt({d}))"
-        theirs = [t for t in theirs if _head_size_of_scale(t) is not None]
-        instead = f", the {other} by {_fmt_list(theirs)}" if theirs else f", the {other} does not"
+        constants = ctx.constants(graph)
+        scale = [float(np.ravel(constants[i])[0]) for i in node.input[1:2]
+                 if i in constants and np.size(constants[i]) == 1]
+        if not scale or not _missing(scale, theirs) or not _is_scale_of(scale[0], node.op_type, size):
+            continue
+        verb = "divides" if node.op_type == "Div" else "multiplies"
+        instead = (f", the {other} computes with {_fmt_list(theirs)} instead" if 0 < len(theirs) <= 4
+                   else f", which the {other} does not")
         return (
-            f"Attention scale differs: the {side} {by}{instead} (scale, scaling, head_dim ** -0.5; "
-            f"scaled by the head size or the model width)."
+            f"Attention scale differs: the {side} {verb} the scores by {scale[0]:g} (head size "
+            f"{size}){instead} (scale, scaling, head_dim ** -0.5)."
         )
     return None
 
 
-def _head_size_of_scale(value: float) -> int | None:
-    """d when ``value`` is sqrt(d) or 1/sqrt(d) for a whole d from 2 to 4096, within float32
-    rounding; None else."""
-    if value <= 0:
-        return None
-    square = (value if value > 1 else 1 / value) ** 2
-    d = round(square)
-    return d if 2 <= d <= 4096 and abs(square - d) <= 1e-5 * d else None
+def _score_width(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto) -> int | None:
+    """The contracted size of the attention-score MatMul ``node`` scales: its data input comes
+    from that MatMul (through reshapes and transposes), or its output feeds one; and the scores
+    reach a softmax. None when ``node`` is no such scaling."""
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    consumers = _consumers(graph)
+    types = ctx.types(graph)
+    passing = ("Reshape", "Transpose", "Identity", "Cast")
+    value = node.input[0]
+    for _ in range(3):
+        source = producers.get(value)
+        if source is None or source.op_type not in passing:
+            break
+        value = source.input[0]
+    source = producers.get(value)
+    matmuls = [source] if source is not None and source.op_type == "MatMul" else []
+    matmuls += [n for n in _readers(set(node.output), 3, consumers) if n.op_type == "MatMul"]
+    for matmul in matmuls:
+        shape = types.get(matmul.input[0])
+        if shape is not None and shape.shape and _feeds_softmax(graph, matmul, 4, consumers):
+            return int(shape.shape[-1])
+    return None
+
+
+def _is_scale_of(value: float, op_type: str, size: int) -> bool:
+    """Whether ``value`` is the attention scale for contracted size ``size``: divided by
+    sqrt(d), multiplied by d^-1/2, or by d^-1/4 (queries and keys each)."""
+    targets = [size ** 0.5] if op_type == "Div" else [size ** -0.5, size ** -0.25]
+    return any(abs(value - t) <= 1e-5 * t for t in targets)
 
 
 @hint
@@ -491,11 +526,15 @@ def normalization_placement(ctx: HintContext) -> str | None:
     scope = ctx.divergence.scope
     for pair in pmap.pairs:
         info = ctx.ref.meta.params.get(pair.reference)
-        if pair.parts or pair.packed_in or info is None or "Norm" not in (info.base_type or info.layer_type):
+        if pair.parts or pair.packed_in or info is None:
+            continue
+        here, there = pair.reference in upstream[0], pair.candidate in upstream[1]
+        if not _is_norm(info):
+            if here != there:
+                return None  # the two nodes sit at other places altogether: no norm to blame
             continue
         if scope and (info.module == scope or info.module.startswith(scope + ".")):
             continue  # the diverging norm itself: one side reads its weights before the other
-        here, there = pair.reference in upstream[0], pair.candidate in upstream[1]
         if here != there:
             where = only["reference" if here else "candidate"]
             if info.module not in where:
@@ -509,6 +548,15 @@ def normalization_placement(ctx: HintContext) -> str | None:
         f"Normalization placement differs: before the diverging node {'; '.join(parts)} "
         f"(pre-norm against post-norm: normalize_before, norm_first; or a norm moved)."
     )
+
+
+#: Layer kinds the pre-/post-norm hint counts as normalizations.
+_NORMS = ("layernorm", "rmsnorm", "batchnorm", "groupnorm", "instancenorm")
+
+
+def _is_norm(info: Any) -> bool:
+    kind = (info.base_type or info.layer_type).lower()
+    return any(kind.startswith(n) or kind.endswith(n) for n in _NORMS)
 
 
 @hint
@@ -793,17 +841,21 @@ def _repetition(ctx: HintContext, side: str) -> str | None:
 @hint
 def attention_heads(ctx: HintContext) -> str | None:
     """Another head count: each side's attention scores (a MatMul whose product a softmax
-    reads) contract one head size, the last axis of the queries, and the two differ."""
+    reads) contract one head size, the last axis of the queries, and the two differ; said
+    only where the divergence is near such scores (``_NEAR`` nodes either way)."""
     if ctx.divergence.phase != "forward":
         return None
     sizes = []
-    for graph in (ctx.ref, ctx.cand):
+    for graph, side in ((ctx.ref, "ref"), (ctx.cand, "cand")):
         types, consumers = ctx.types(graph), _consumers(graph)
-        sizes.append({
-            types[n.input[0]].shape[-1] for n in graph.model.graph.node
+        scores = {
+            id(n): types[n.input[0]].shape[-1] for n in graph.model.graph.node
             if n.op_type == "MatMul" and n.input[0] in types and types[n.input[0]].shape
             and _feeds_softmax(graph, n, consumers=consumers)
-        })
+        }
+        sizes.append(set(scores.values()))
+        if side == "ref" and not _near(ctx, side, lambda n, scores=scores: id(n) in scores):
+            return None
     if len(sizes[0]) != 1 or len(sizes[1]) != 1 or sizes[0] == sizes[1]:
         return None
     (ref,), (cand,) = sizes
@@ -849,7 +901,7 @@ def attention_mask(ctx: HintContext) -> str | None:
     masks added to (or selected into) the scores upstream of the diverging node. The classic
     port bug is a boolean mask passed on unchanged: torch's attn_mask marks the positions to
     leave out (True = masked), Paddle's MultiHeadAttention the positions to attend to."""
-    if ctx.divergence.phase != "forward":
+    if ctx.divergence.phase != "forward" or ctx.node("ref") is None or ctx.node("cand") is None:
         return None
     ref, cand = (_blocked_positions(ctx, side) for side in ("ref", "cand"))
     if ref is None and cand is None:
@@ -871,8 +923,8 @@ def attention_mask(ctx: HintContext) -> str | None:
         )
     side, other, mask = ("reference", "candidate", ref) if ref is not None else ("candidate", "reference", cand)
     graph, node = (ctx.cand, ctx.node("cand")) if ref is not None else (ctx.ref, ctx.node("ref"))
-    if any(n.op_type in _MASK_MAKERS for n in _ancestors(graph, node, _MASK_DEPTH)):
-        return None  # the other side builds a mask this could not read: unsure, say nothing
+    if _scores_combined(graph, node):
+        return None  # the other side adds or selects something into its scores: unsure
     return (
         f"Attention mask on one side only: the {side} leaves out {int(mask.sum())} of {mask.size} "
         f"score positions before the softmax, the {other} none (a causal or padding mask the "
@@ -884,9 +936,19 @@ def attention_mask(ctx: HintContext) -> str | None:
 _MASK_DEPTH = 10
 #: Additive mask entries at or below this leave their position out of a softmax.
 _MASKED = -1e4
-#: Ops that build or apply masks: a side having them upstream may have a mask not folded.
-_MASK_MAKERS = ("Where", "Trilu", "Not", "Equal", "Less", "Greater", "LessOrEqual",
-                "GreaterOrEqual", "And", "Or")
+
+
+def _scores_combined(graph: LossGraph, node: onnx.NodeProto) -> bool:
+    """Whether, upstream of ``node``, something is added to or selected into attention scores
+    (an Add or Where after a MatMul whose product a softmax reads): a mask, maybe one too large
+    to fold or computed from the inputs."""
+    nodes = _ancestors(graph, node, _MASK_DEPTH)
+    consumers = _consumers(graph)
+    after = set()
+    for matmul in (n for n in nodes if n.op_type == "MatMul" and _feeds_softmax(graph, n, 4, consumers)):
+        after.update(id(n) for n in _readers(set(matmul.output), 4, consumers))
+    return any(n.op_type in ("Add", "Where") and id(n) in after for n in nodes) or any(
+        n.op_type == "Where" for n in nodes)
 
 
 def _blocked_positions(ctx: HintContext, side: str) -> np.ndarray | None:
@@ -942,7 +1004,10 @@ def _feeds_softmax(
 def lstm_gate_order(ctx: HintContext) -> str | None:
     """An LSTM port that reads its gates in another order: the cell candidate (the gate under
     tanh) comes from another block of the gate rows on each side. Only that gate is told apart
-    (input, forget and output gates all take a sigmoid)."""
+    (input, forget and output gates all take a sigmoid). Said only where the divergence is in
+    the forward pass near a gate split."""
+    if ctx.divergence.phase != "forward" or not _near(ctx, "ref", _is_gate_split, _GATES_NEAR):
+        return None
     blocks = [_cell_candidate_blocks(ctx, graph) for graph in (ctx.ref, ctx.cand)]
     if not blocks[0] or not blocks[1] or blocks[0] == blocks[1] or len(blocks[0]) != 1:
         return None
@@ -955,6 +1020,27 @@ def lstm_gate_order(ctx: HintContext) -> str | None:
         f"weights' rows), the candidate from block {', '.join(map(str, cand))} (counting from 0): "
         f"the port splits the gates in another order."
     )
+
+
+#: How many nodes either way of the diverging node a whole-graph hint looks for its subject
+#: (attention scores; an LSTM's gate split, whose unrolled steps run long).
+_NEAR = 24
+_GATES_NEAR = 40
+
+
+def _near(ctx: HintContext, side: str, subject, depth: int = _NEAR) -> bool:
+    """Whether a node ``subject`` holds for is among the diverging node's producers or readers,
+    ``depth`` nodes either way."""
+    graph = ctx.ref if side == "ref" else ctx.cand
+    node = ctx.node(side)
+    if node is None:
+        return False
+    return any(subject(n) for n in _ancestors(graph, node, depth) + _descendants(graph, node, depth))
+
+
+def _is_gate_split(node: onnx.NodeProto) -> bool:
+    return node_meta(node, LSTM_CELL_GATE_KEY) is not None or (
+        node.op_type == "Split" and len(node.output) == 4)
 
 
 def _cell_candidate_blocks(ctx: HintContext, graph: LossGraph) -> set[int]:

@@ -100,6 +100,14 @@ def _einsum_terms(ctx) -> tuple[list[str], str]:
                     f"dimensions; lossgraph differentiates Einsums whose operands agree there."
                 )
     terms = [t.replace("...", letters[width - n:]) for t, n in zip(terms, dots)]
+    for t, shape in zip(terms, shapes):
+        for letter, size in zip(t, shape):
+            if sizes.setdefault(letter, size) != size:
+                raise UnsupportedOpError(
+                    f"Einsum node {ctx.node.name!r} ({equation!r}) broadcasts subscript "
+                    f"{letter!r} (sizes {sizes[letter]} and {size}); lossgraph differentiates "
+                    f"Einsums whose operands agree on every subscript."
+                )
     if arrow:
         out = out.replace("...", letters)
     else:
@@ -535,11 +543,15 @@ def average_pool_grad(ctx, dys):
         (o - 1) * s + (k - 1) * d + 1 - size - b
         for o, s, k, d, size, b in zip(y_shape[2:], strides, kernel, dilations, x_shape[2:], begin)
     ]
+    # or stop short of it (floor mode leaves a tail no window reads): an output padding instead
+    tail = [max(0, -e) for e in end_eff]
+    end_eff = [max(0, e) for e in end_eff]
     channels = x_shape[1]
     ones = ctx.const(np.ones([channels, 1, *kernel], dtype=ctx.np_dtype(x)))
+    extra = {"output_padding": tail} if any(tail) else {}
     dx = ctx.op(
         "ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=begin + end_eff,
-        group=channels, kernel_shape=kernel,
+        group=channels, kernel_shape=kernel, **extra,
     )
     return [dx]
 
@@ -728,6 +740,11 @@ def resize_grad(ctx, dys):
     coefficient, antialias or crop), read off ONNX's reference Resize applied to the identity;
     the gradient is M^T dy, axis by axis (a MatMul with a constant)."""
     x, y = ctx.inputs[0], ctx.outputs[0]
+    if ctx.opset < 11:
+        raise UnsupportedOpError(
+            f"Resize node {ctx.node.name!r}: opset {ctx.opset}'s Resize (scales as its second "
+            f"input) is not differentiated; export with opset 11 or newer."
+        )
     in_shape, out_shape = ctx.shape(x), ctx.shape(y)
     rank = len(in_shape)
     roi, scales, sizes = (ctx.const_value(ctx.input(i)) for i in (1, 2, 3))
