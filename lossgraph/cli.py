@@ -119,7 +119,9 @@ def verify(
     Tolerance rule: a value passes when |candidate - reference| <= tol + rtol * |reference|
     element-wise. Noise rule: both graphs are re-run in float64 (with the hyper-parameters each
     framework's float32 run computes with, what derives from them exact); a diff above the tolerance is float32 rounding noise
-    when the float64 re-run of the same comparison is within the tolerance, and semantic
+    when the float64 re-run of the same comparison is within the tolerance (or within 10x of
+    how far the float64 reference moves from a rounding error in its own starting values, when
+    that re-run shrank the diff 10-fold: rounding the computation amplifies), and semantic
     otherwise. Noise does not count (unless --strict). Exit codes: 0 all within
     tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """

@@ -40,6 +40,21 @@ def test_noise_is_a_float64_diff_within_the_tolerance():
     assert "within the tolerance" in floor["rule"]
 
 
+def test_rounding_the_computation_amplifies_is_noise_only_where_the_reference_moves_as_much():
+    steps32 = [_step(0, 1e-3, 1e-3)]
+    steps64 = [_step(0, 5e-6, 5e-6)]
+    # the reference nudged by a rounding error: its loss moves 1e-6, its gradient 1e-13
+    floor = classify(steps32, steps64, nudged=[_step(0, 1e-6, 1e-13)])
+    items = {item["what"]: item for item in floor["items"]}
+    assert items["loss loss"]["verdict"] == "noise" and items["loss loss"]["reason"] == "amplified"
+    assert items["loss loss"]["float64_nudged"] == 1e-6
+    assert items["gradient w (loss)"]["verdict"] == "semantic"  # 5e-6 is 5e7 times 1e-13
+    assert floor["verdict"] == "semantic"
+    # a float64 diff that did not shrink 10-fold is semantic however far the reference moves
+    floor = classify([_step(0, 1e-5, 1e-5)], [_step(0, 5e-6, 5e-6)], nudged=[_step(0, 1e-4, 1e-4)])
+    assert {item["verdict"] for item in floor["items"]} == {"semantic"}
+
+
 def test_the_first_divergence_skips_what_the_report_calls_noise():
     steps32 = [_step(0, 1e-5, 1e-5), _step(1, 1e-7, 1e-3)]
     floor = classify(steps32, [_step(0, 1e-9, 1e-9), _step(1, 1e-9, 2e-5)])
@@ -222,3 +237,40 @@ def test_a_module_output_that_parts_is_a_divergence_when_the_losses_agree(tmp_pa
     assert result.first_divergence.scope.startswith("body")
     same = run_verify(exported(str(files["t"])), exported(str(files["t"])), VerifyOptions(tol=1e-6))
     assert same.passed and same.steps[0].taps
+
+
+INSTANCE_NORM = """
+    import sys
+    sys.path.insert(0, {folder!r})
+    import paddle
+    import layers_paddle
+
+    def spec():
+        found = layers_paddle.instance_norm_affine()
+        found.optimizers = {{"adam": paddle.optimizer.Adam(parameters=found.model.parameters(),
+                                                          learning_rate={lr})}}
+        return found
+"""
+
+
+@pytest.mark.parametrize("lr", [1e-2, 1.1e-2])
+def test_adam_on_a_gradient_zero_but_for_rounding_is_noise_and_a_real_difference_beside_it_is_not(
+        write_spec, exported, lr):
+    """A bias before InstanceNorm has a gradient zero but for rounding at step 0; Adam turns it
+    into a full-size step in float32 and float64 parts the biases by 4e-6 a step later: the
+    reference nudged by a rounding error moves as far, so it is noise. A learning rate that
+    differs beside it stays semantic."""
+    from conftest import EXAMPLES
+
+    candidate = exported(str(write_spec(INSTANCE_NORM.format(folder=str(EXAMPLES / "catalog"), lr=lr),
+                                        f"instance_norm_{lr}.py")) + ":spec")
+    result = run_verify(exported(f"{EXAMPLES}/catalog/layers_torch.py:instance_norm_affine"), candidate,
+                        VerifyOptions(grads=True, steps=2))
+    amplified = [i for i in result.noise_floor["items"] if i.get("reason") == "amplified"]
+    assert [i["what"] for i in amplified] == ["parameter layer.bias"]
+    assert amplified[0]["float64"] <= 10 * amplified[0]["float64_nudged"]
+    if lr == 1e-2:
+        assert result.passed and result.noise_only
+    else:
+        assert not result.passed
+        assert (result.first_divergence.step, result.first_divergence.phase) == (0, "update")

@@ -250,21 +250,28 @@ def run_verify(
         strict=options.strict,
     )
     runs64: list[Any] = []
+    setups64: list[Setup] = []
 
     def float64_runs():
         """The float64 re-run, made once for the noise floor and --native alike."""
         if not runs64:
             from lossgraph.verify.noise import float64_setup
 
-            runs64.extend(compare(float64_setup(setup), options, dtype="float64"))
+            setups64.append(float64_setup(setup))
+            runs64.extend(compare(setups64[0], options, dtype="float64"))
         return runs64
 
     failing = next((step for step in steps if not step.passed), None)
     if failing is not None and options.noise_floor:
-        from lossgraph.verify.noise import classify, semantic_view
+        from lossgraph.verify.noise import classify, needs_nudge, nudged_setup, semantic_view
 
         # every float32 diff above the tolerance, against the same comparison in float64
         result.noise_floor = classify(steps, float64_runs()[0])
+        if needs_nudge(result.noise_floor):
+            # a float64 diff that shrank but stayed: is it rounding the computation amplifies?
+            self_map = build_param_map(setups64[0].ref, setups64[0].ref, None, False)
+            nudged = compare(nudged_setup(setups64[0], self_map, options.seed), options, dtype="float64")[0]
+            result.noise_floor = classify(steps, float64_runs()[0], nudged)
         if not options.strict:
             # the first divergence is the first semantic diff, never one the report calls noise
             semantic = next((s for s in semantic_view(steps, result.noise_floor) if not s.passed), None)

@@ -306,18 +306,22 @@ def _render_noise_floor(floor: Mapping[str, Any], console: Console) -> None:
     items = floor.get("items", [])
     if not items:
         return
-    noise = [i for i in items if i["verdict"] == "noise"]
+    amplified = [i for i in items if i.get("reason") == "amplified"]
+    noise = [i for i in items if i["verdict"] == "noise" and i not in amplified]
     semantic = [i for i in items if i["verdict"] == "semantic"]
     console.print(
         f"Noise floor (float64 re-run): {len(items)} diff(s) above the tolerance; {len(noise)} "
-        f"within the tolerance in float64 (float32 rounding), {len(semantic)} not (semantic). "
-        f"Largest: float32 {_sci(floor['max_float32_diff'])}, float64 "
-        f"{_sci(floor['max_float64_diff'])}."
+        f"within the tolerance in float64 (float32 rounding), "
+        + (f"{len(amplified)} rounding the computation amplifies (float64 no larger than 10x what "
+           f"the reference itself moves from a rounding error in its starting values), " if amplified else "")
+        + f"{len(semantic)} not (semantic). Largest: float32 {_sci(floor['max_float32_diff'])}, "
+        f"float64 {_sci(floor['max_float64_diff'])}."
     )
-    for item in semantic[:3]:
+    for item in semantic[:3] + amplified[:3]:
+        nudged = f", reference nudged {_sci(item['float64_nudged'])}" if "float64_nudged" in item else ""
         console.print(
-            f"  semantic: step {item['step']} {item['what']}: float32 {_sci(item['float32'])}, "
-            f"float64 {_sci(item['float64'])}"
+            f"  {item.get('reason', item['verdict'])}: step {item['step']} {item['what']}: float32 "
+            f"{_sci(item['float32'])}, float64 {_sci(item['float64'])}{nudged}"
         )
 
 
@@ -643,7 +647,8 @@ def _html_noise_floor(floor: Mapping[str, Any] | None) -> str:
     rows = "".join(
         f"<tr><td>{i['step']}</td><td style='text-align:left'>{_esc(i['what'])}</td>"
         f"<td>{_html_sci(i['float32'])}</td><td>{_html_sci(i['float64'])}</td>"
-        f"<td class=\"{'noise' if i['verdict'] == 'noise' else 'fail'}\">{_esc(i['verdict'])}</td></tr>"
+        f"<td class=\"{'noise' if i['verdict'] == 'noise' else 'fail'}\">{_esc(i['verdict'])}"
+        f"{' (amplified: reference nudged ' + _html_sci(i['float64_nudged']) + ')' if i.get('reason') == 'amplified' else ''}</td></tr>"
         for i in sorted(items, key=lambda i: -i["float32"])[:40]
     )
     more = f"<p>{len(items) - 40} more in the JSON report.</p>" if len(items) > 40 else ""
