@@ -52,6 +52,15 @@ TIE_KEY = "lossgraph.tie"
 #: A Gather exported from an embedding lookup with ``padding_idx`` (torch's ``nn.Embedding``):
 #: the row it names gets no gradient, as in the framework's embedding backward.
 PADDING_IDX_KEY = "lossgraph.padding_idx"
+#: A ScatterND that rewrites rows of a parameter in place under no_grad during the forward pass
+#: (torch's ``nn.Embedding(max_norm=...)`` renormalizing the rows it looks up): the gradient
+#: of its output passes to its data input whole, the rewritten rows included, and none to the
+#: rewrite, as the framework's lookup of the mutated weight differentiates.
+NO_GRAD_REWRITE_KEY = "lossgraph.no_grad_rewrite"
+#: A node of the ops an op without a gradient rule was lowered into (GridSample): the original
+#: op as JSON, ``{"op_type", "name", "attributes"}``, so that a divergence there names it and
+#: its settings.
+LOWERED_KEY = "lossgraph.lowered"
 #: The Slice of an unrolled ONNX LSTM that takes the cell candidate's gate (ONNX's block 3 of
 #: i, o, f, c): its value is that gate's block in the framework's weights (2: torch's and
 #: Paddle's i, f, g, o, from which both exporters reorder the rows).
@@ -282,6 +291,25 @@ def derived_node(
     node = onnx.helper.make_node(op_type, list(inputs), [out], name=name, **attrs)
     node.metadata_props.extend(like.metadata_props)
     return node
+
+
+def lowered_from(node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+    """The op ``node`` was lowered from (``LOWERED_KEY``), without inputs or outputs; None when
+    it was not."""
+    text = node_meta(node, LOWERED_KEY) if node is not None else None
+    if not text:
+        return None
+    origin = json.loads(text)
+    return onnx.helper.make_node(origin["op_type"], [], [], name=origin.get("name", ""),
+                                 **origin.get("attributes", {}))
+
+
+def shown_op_type(node: onnx.NodeProto | None) -> str:
+    """The op a report names for ``node``: the op it was lowered from, or its own."""
+    if node is None:
+        return ""
+    origin = lowered_from(node)
+    return origin.op_type if origin is not None else node.op_type
 
 
 def value_names(graph: onnx.GraphProto) -> set[str]:

@@ -165,3 +165,58 @@ def test_the_frameworks_padding_conventions_part_once_the_row_moves(write_spec, 
     found = result.first_divergence
     assert (found.step, found.phase, found.scope) == (1, "forward", "emb"), found
     assert "Paddle's outputs zeros for that id" in found.hint
+
+
+MAX_NORM = '''
+    import torch
+    from torch import nn
+    import lossgraph as lg
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(8, 4, max_norm=1.0, norm_type={norm_type})
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, ids):
+            {forward}
+
+    def spec():
+        torch.manual_seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, ids: ((m(ids) - 1) ** 2).mean(),
+                       inputs={{"ids": lg.Input([2, 5], dtype="int64", high=8)}},
+                       optimizers={{"adam": torch.optim.Adam(m.parameters(), lr=0.1)}})
+'''
+
+
+@pytest.mark.parametrize("norm_type, forward", [
+    (2.0, "return self.fc(self.emb(ids))"),
+    (1.0, "return self.fc(self.emb(ids)) + self.fc(self.emb(ids[:, :2] // 2)).mean()"),  # renormed twice
+])
+def test_max_norm_renormalizes_the_weight_as_torch_trains_it(write_spec, tmp_path, norm_type, forward):
+    """nn.Embedding(max_norm) rewrites the rows it looks up in place, under no_grad: the
+    gradient reaches the weight as if it were not rescaled, and the optimizer steps from the
+    rescaled weight. The exported graph carries both (a marked ScatterND, a state output)."""
+    path = write_spec(MAX_NORM.format(norm_type=norm_type, forward=forward), "max_norm.py")
+    out = tmp_path / "max_norm.onnx"
+    lg.export(f"{path}:spec", out)
+    spec, graph = load_spec(f"{path}:spec"), LossGraph.load(out)
+    assert list(graph.meta.state_outputs.values()) == ["emb.weight"]
+    inputs, ours = ort_gradients(spec, graph)
+    theirs = torch_autograd(spec, inputs, graph.meta.losses)
+    assert_close(ours, theirs, "max_norm")
+    assert np.any(ours["loss"]["emb.weight"])
+    result = lg.verify(out, out, grads=True, steps=3, native=True, native_runner=native_runner())
+    assert result.passed
+    assert result.native["reference"] and all(d.passed for d in result.native["reference"])
+
+
+def test_a_forward_that_changes_another_parameter_in_place_is_refused(cli, write_spec, tmp_path):
+    path = write_spec(MAX_NORM.format(norm_type=2.0, forward=(
+        "with torch.no_grad():\n                self.fc.weight.mul_(0.5)\n"
+        "            return self.fc(self.emb(ids))")), "mutates.py")
+    run = cli("export", f"{path}:spec", "-o", tmp_path / "m.onnx")
+    assert run.exit_code == 2
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "changes parameter(s) fc.weight in place" in run.stderr, run.stderr

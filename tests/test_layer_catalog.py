@@ -12,16 +12,18 @@ import lossgraph as lg
 
 FOLDER = EXAMPLES / "catalog"
 sys.path.insert(0, str(FOLDER))
-from layers_torch import CLASS_LOSSES, FUNCTIONS, LAYERS, LOSSES, SPATIAL  # noqa: E402
+from layers_torch import CLASS_LOSSES, FUNCTIONS, LAYERS, LOSSES, SPATIAL, TRAINING  # noqa: E402
 
 #: in the default run: each needed a rule, a pairing or an export fix (PRelu's _weight, Celu
 #: through Elu, Mish, Shrink, GLU's Split; Resize's gradient and Paddle's scale_factor as sizes;
 #: PixelUnshuffle as reshapes; Paddle's constant pad, whose value paddle2onnx left
-#: uninitialized; LayerNorm's weight, flat in Paddle)
+#: uninitialized; LayerNorm's weight, flat in Paddle; uneven adaptive max pools as slices'
+#: maxima; Fold as a ConvTranspose; GridSample lowered; alpha dropout's masks)
 DEFAULT = ("prelu_channels", "celu", "mish", "softshrink", "glu", "upsample_bilinear",
            "upsample_nearest", "pixel_unshuffle", "zero_pad", "layer_norm", "instance_norm_affine",
            "einsum", "masked_fill", "amax", "scatter_add", "huber", "gaussian_nll",
-           "multi_margin", "cross_entropy_smoothing")
+           "multi_margin", "cross_entropy_smoothing", "adaptive_max_pool_uneven", "fold", "grid_sample",
+           "alpha_dropout", "bce_with_logits_pos_weight")
 #: What an exporter cannot translate yet: refused in one line that names it, on each side.
 REFUSED = {"cumprod": ("No ONNX function found for <OpOverload(op='prims.prod'",
                        "pd_op.cumprod (no converter)")}
@@ -41,7 +43,7 @@ def _params(names):
     return params
 
 
-ALL = [*LAYERS, *SPATIAL, *(n for n in FUNCTIONS if n not in REFUSED), *LOSSES, *CLASS_LOSSES]
+ALL = [*LAYERS, *SPATIAL, *TRAINING, *(n for n in FUNCTIONS if n not in REFUSED), *LOSSES, *CLASS_LOSSES]
 
 
 @pytest.mark.parametrize("name", _params(ALL))

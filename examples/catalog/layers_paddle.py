@@ -81,7 +81,30 @@ SPATIAL = {
     "flatten": lambda: nn.Flatten(),
     "channel_shuffle": lambda: nn.ChannelShuffle(2),
     "dropout_eval": lambda: nn.Dropout2D(0.5),
+    "adaptive_max_pool_uneven": lambda: nn.AdaptiveMaxPool2D((2, 4)),
+    "adaptive_avg_pool_uneven": lambda: nn.AdaptiveAvgPool2D((3, 4)),
+    "fold": lambda: nn.Sequential(nn.Unfold(2), nn.Fold((5, 6), 2)),
+    # Paddle's grid_sample aligns corners by default, torch's does not
+    "grid_sample": lambda: Function(lambda h: F.grid_sample(h, paddle.to_tensor(GRID), align_corners=False)),
+    "grid_sample_corners_nearest": lambda: Function(
+        lambda h: F.grid_sample(h, paddle.to_tensor(GRID), mode="nearest")),
+    "conv_3d": lambda: nn.Sequential(Volume(), nn.Conv3D(1, 2, 3, padding=1)),
+    "conv_transpose_3d": lambda: nn.Sequential(Volume(), nn.Conv3DTranspose(1, 2, 2, stride=2)),
+    "max_pool_3d": lambda: nn.Sequential(Volume(), nn.MaxPool3D(2)),
+    "avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AvgPool3D(2, stride=1)),
+    "adaptive_avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AdaptiveAvgPool3D((2, 1, 3))),
+    "batch_norm_3d": lambda: nn.Sequential(Volume(), nn.BatchNorm3D(1)),
 }
+#: in training mode; Paddle's BatchNorm momentum is the running statistics' weight (1 - torch's)
+TRAINING = {
+    "dropout": lambda: nn.Dropout(0.3),
+    "dropout_2d": lambda: nn.Dropout2D(0.5),
+    "alpha_dropout": lambda: nn.AlphaDropout(0.2),
+    "feature_alpha_dropout": lambda: nn.FeatureAlphaDropout(0.3),
+    "batch_norm_train": lambda: nn.BatchNorm2D(CHANNELS, momentum=0.8),
+}
+GRID = [[[[-1.2 + 0.1 * ((7 * i + 3 * j + 5 * k + n) % 24) for k in range(2)] for j in range(4)]
+         for i in range(3)] for n in range(2)]
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
 
@@ -136,6 +159,16 @@ LOSSES = {
     "mse_none": lambda h, t: F.mse_loss(h, t, reduction="none").mean(),
     "cosine_similarity": lambda h, t: (1 - F.cosine_similarity(h, t, axis=1)).mean(),
     "pairwise_distance": lambda h, t: F.pairwise_distance(h, t).mean(),
+    "mse": lambda h, t: F.mse_loss(h, t),
+    "l1": lambda h, t: F.l1_loss(h, t),
+    "bce": lambda h, t: F.binary_cross_entropy(F.sigmoid(h), (t > 0).astype("float32")),
+    "bce_with_logits_pos_weight": lambda h, t: F.binary_cross_entropy_with_logits(
+        h, (t > 0).astype("float32"), pos_weight=paddle.to_tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
+    "kl_div": lambda h, t: F.kl_div(F.log_softmax(h, 1), F.softmax(t, 1), reduction="batchmean"),
+    "margin_ranking": lambda h, t: F.margin_ranking_loss(h[:, 0], h[:, 1], paddle.sign(t[:, 0]), margin=0.2),
+    "hinge_embedding": lambda h, t: F.hinge_embedding_loss(h, paddle.sign(t), margin=0.5),
+    "cosine_embedding": lambda h, t: F.cosine_embedding_loss(h[:2], h[2:], paddle.sign(t[:2, 0]), margin=0.1),
+    "triplet_margin": lambda h, t: F.triplet_margin_loss(h[:2], t[:2], h[2:], margin=0.5),
 }
 CLASS_LOSSES = {
     "cross_entropy_smoothing": lambda h, c: F.cross_entropy(h, c, label_smoothing=0.1),
@@ -158,6 +191,13 @@ class Function(nn.Layer):
         return self.fn(h)
 
 
+class Volume(nn.Layer):
+    """Feature maps as one-channel volumes: [N, C, H, W] -> [N, 1, C, H, W]."""
+
+    def forward(self, h):
+        return h.unsqueeze(1)
+
+
 class Block(nn.Layer):
     def __init__(self, layer: nn.Layer) -> None:
         super().__init__()
@@ -178,13 +218,14 @@ class ConvBlock(nn.Layer):
         return self.layer(self.conv(x))
 
 
-def spec_of(make_layer, spatial: bool) -> lg.Spec:
-    """The catalog's spec around one layer (``make_layer()``), on feature maps or vectors."""
+def spec_of(make_layer, spatial: bool, train: bool = False) -> lg.Spec:
+    """The catalog's spec around one layer (``make_layer()``), on feature maps or vectors, in
+    eval mode or (``train``) training mode."""
     paddle.seed(0)
     model = ConvBlock(make_layer()) if spatial else Block(make_layer())
     return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": MAPS if spatial else X},
                    optimizers={"adam": paddle.optimizer.Adam(parameters=model.parameters(),
-                                                             learning_rate=1e-2)})
+                                                             learning_rate=1e-2)}, train=train)
 
 
 def loss_spec(loss, classes: bool) -> lg.Spec:
@@ -201,6 +242,8 @@ for _name, _make in LAYERS.items():
     globals()[_name] = functools.partial(spec_of, _make, False)
 for _name, _make in SPATIAL.items():
     globals()[_name] = functools.partial(spec_of, _make, True)
+for _name, _make in TRAINING.items():
+    globals()[_name] = functools.partial(spec_of, _make, True, True)
 for _name, _fn in FUNCTIONS.items():
     globals()[_name] = functools.partial(spec_of, functools.partial(Function, _fn), False)
 for _name, _loss in LOSSES.items():

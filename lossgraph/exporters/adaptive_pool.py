@@ -9,13 +9,14 @@ the process.
 
 Adaptive average pooling's window on each axis is ``[floor(i * in / out), ceil((i + 1) * in /
 out))``, and its windows are products of those intervals, so the average is separable: one
-window matrix per spatial axis, summed with MatMul and divided by the window sizes. Adaptive max pooling has no such form;
-where paddle2onnx's translation is wrong for it, the export stops with a message.
+window matrix per spatial axis, summed with MatMul and divided by the window sizes. Adaptive max
+pooling has no such form: its uneven windows are taken apart before conversion
+(``paddle_ops``: maxima of slices, axis by axis); one paddle2onnx still gets (a pool that
+returns its mask) stops the export with a message.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,10 +31,10 @@ def window_matrix(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
     """``[size_out, size_in]`` of 0 and 1, row ``i`` selecting adaptive pooling's window ``i``,
     and the windows' sizes. The average is the sum divided by the size, as the frameworks
     compute it: a weight of 1/3 would carry float32 rounding into the float64 re-run."""
+    from lossgraph.exporters.common import adaptive_windows
+
     matrix = np.zeros([size_out, size_in], np.float32)
-    for i in range(size_out):
-        start = (i * size_in) // size_out
-        end = math.ceil((i + 1) * size_in / size_out)
+    for i, (start, end) in enumerate(adaptive_windows(size_in, size_out)):
         matrix[i, start:end] = 1.0
     return matrix, matrix.sum(axis=1)
 

@@ -257,6 +257,48 @@ def eager_losses(
     return normalize_losses(out, is_tensor, numel, f"{spec.source}: "), is_tensor(out)
 
 
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The windows of an adaptive pool of ``size`` values into ``out``: from floor(i size / out)
+    to ceil((i + 1) size / out), as torch and Paddle take them (uneven when out does not divide
+    size; neighbours may overlap)."""
+    return [((i * size) // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def adaptive_pool(x: Any, shape: Sequence[int], output_size: Any, first_axis: int,
+                  take: Any, reduce: Any, concat: Any) -> Any:
+    """An adaptive max or average pool of ``x`` (of ``shape``) over the axes from
+    ``first_axis``, one axis at a time (a window is a box, so its max or mean is that of
+    per-axis maxima or means): ``take(x, axis, start, end)`` slices, ``reduce(part, axis)``
+    reduces keeping the axis, ``concat(parts, axis)`` joins. ``output_size`` is an int or one
+    entry per axis, None keeping that axis's size."""
+    sizes = list(shape[first_axis:])
+    outs = list(output_size) if isinstance(output_size, (list, tuple)) else [output_size] * len(sizes)
+    for k, (size, out) in enumerate(zip(sizes, outs)):
+        out = size if out is None else int(out)
+        axis = first_axis + k
+        parts = [reduce(take(x, axis, start, end), axis) for start, end in adaptive_windows(size, out)]
+        x = concat(parts, axis) if len(parts) > 1 else parts[0]
+    return x
+
+
+def fold_one_hot(channels: int, kernel: Sequence[int]) -> np.ndarray:
+    """The ConvTranspose weight that computes Fold (col2im): [channels kh kw, 1, kh, kw], input
+    channel c kh kw + i kw + j one at kernel position (i, j); with ``groups=channels`` each
+    group's kh kw columns add up into their channel."""
+    kh, kw = kernel
+    eye = np.eye(kh * kw, dtype=np.float32).reshape(kh * kw, 1, kh, kw)
+    return np.tile(eye, (channels, 1, 1, 1))
+
+
+def pairs(value: Any, count: int = 2) -> list[int] | None:
+    """An int or a sequence of ``count`` ints as a list; None for anything else."""
+    if isinstance(value, int):
+        return [value] * count
+    if isinstance(value, (list, tuple)) and len(value) == count and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
+
+
 @contextlib.contextmanager
 def swapped(
     replacements: Mapping[tuple[str, str], Any], originals: dict[tuple[str, str], Any] | None = None
@@ -296,18 +338,23 @@ def finish_export(
     training: Any = None,
     eager_taps: Mapping[str, np.ndarray] | None = None,
     custom_backward: Sequence[str] = (),
+    rewritten: Mapping[str, np.ndarray] | None = None,
 ) -> LossGraph:
     """The LossGraph of an export, its metadata filled, its ``lossgraph.grad`` markers expanded
     into gradient subgraphs, and its losses checked against eager. ``training`` is the
     :class:`~lossgraph.exporters.training.TrainingTrace` of a training-mode export; ``eager_taps``
     the eager run's module outputs, which name where a failed check parts; ``custom_backward``
-    the labels of the custom backward passes the trace carried, by marker index."""
+    the labels of the custom backward passes the trace carried, by marker index; ``rewritten``
+    the parameters the forward pass rewrites in place (graph outputs ``state:<parameter>``),
+    with their eager values after it."""
     from lossgraph.autodiff.custom_vjp import carry_custom_vjps
     from lossgraph.autodiff.markers import expand_grad_markers
+    from lossgraph.exporters.grid_sample import lower_grid_sample
     from lossgraph.exporters.recurrent import unroll_recurrent
 
     optimizers = {name: reached_only(info, params) for name, info in optimizers.items()}
     unroll_recurrent(proto)  # LSTM/GRU/RNN have no gradient rule; the ops they unroll into do
+    lower_grid_sample(proto)  # nor has GridSample
     carry_custom_vjps(proto, custom_backward, feeds=inputs)
     proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
@@ -322,12 +369,13 @@ def finish_export(
         optimizers=optimizers,
         schedule=check_schedule(spec, names),
         lr_schedulers=lr_schedulers,
-        state_outputs={f"state:{b}": b for b in training.state} if training else {},
+        state_outputs={f"state:{b}": b for b in [*(training.state if training else ()), *(rewritten or ())]},
         dropout=[c.to_dict() for c in training.dropouts] if training else [],
         batch_norm=dict(training.batch_norm) if training else {},
     )
     graph = LossGraph(model=proto, meta=meta)
-    record_eager_check(graph, eager, inputs, seed, training.state if training else None, eager_taps)
+    eager_state = {**(training.state if training else {}), **(rewritten or {})}
+    record_eager_check(graph, eager, inputs, seed, eager_state, eager_taps)
     return graph
 
 

@@ -223,7 +223,91 @@ ORIGINALS: dict[tuple[str, str], Any] = {}
 #: (module, or "module:Class" for a method, attribute) -> its convertible stand-in.
 #: ``paddle.nn.functional`` re-exports from its submodules, and layers call through
 #: ``paddle.nn.functional``; where both names are used, both are swapped.
+def _adaptive(x: Any, output_size: Any, dims: int, reduce: Any) -> Any:
+    import paddle
+
+    from lossgraph.exporters.common import adaptive_pool
+
+    return adaptive_pool(x, list(x.shape), output_size, len(x.shape) - dims,
+                         lambda t, axis, a, b: paddle.slice(t, [axis], [a], [b]), reduce,
+                         lambda parts, axis: paddle.concat(parts, axis))
+
+
+def _even(x: Any, output_size: Any, dims: int) -> bool:
+    """Whether every window of an adaptive pool is the same size (paddle2onnx converts only
+    those; its uneven average pools are mended after conversion, ``exporters.adaptive_pool``),
+    or a shape is unknown."""
+    sizes = list(x.shape[-dims:])
+    outs = list(output_size) if isinstance(output_size, (list, tuple)) else [output_size] * dims
+    return any(d < 0 for d in sizes) or all(o is None or s % int(o) == 0 for s, o in zip(sizes, outs))
+
+
+def _adaptive_max(dims: int) -> Any:
+    name = f"adaptive_max_pool{dims}d"
+
+    def pool(x: Any, output_size: Any, return_mask: bool = False, name_: Any = None, **kwargs: Any) -> Any:
+        """Paddle's adaptive max pool with uneven windows, which paddle2onnx cannot convert, as
+        maxima of its windows, axis by axis; even ones and masks go to Paddle's own."""
+        import paddle
+
+        if return_mask or _even(x, output_size, dims):
+            return ORIGINALS[("paddle.nn.functional", name)](x, output_size, return_mask, **kwargs)
+        return _adaptive(x, output_size, dims, lambda t, axis: paddle.max(t, axis, keepdim=True))
+
+    return pool
+
+
+def fold(x: Any, output_sizes: Any, kernel_sizes: Any, strides: Any = 1, paddings: Any = 0,
+         dilations: Any = 1, name: Any = None) -> Any:
+    """Paddle's fold (col2im), which paddle2onnx has no converter for, as the ConvTranspose of
+    one-hot kernels that adds every column entry into its place (symmetric paddings; others go
+    to Paddle's own)."""
+    import paddle
+
+    from lossgraph.exporters.common import fold_one_hot, pairs
+
+    size, kernel, step, pad, dil = (pairs(v) for v in (output_sizes, kernel_sizes, strides, paddings, dilations))
+    if None in (size, kernel, step, pad, dil) or any(d < 0 for d in x.shape):
+        return ORIGINALS[("paddle.nn.functional", "fold")](x, output_sizes, kernel_sizes, strides, paddings,
+                                                           dilations, name)
+    n, rows, _ = x.shape
+    blocks = [(size[k] + 2 * pad[k] - dil[k] * (kernel[k] - 1) - 1) // step[k] + 1 for k in range(2)]
+    channels = rows // (kernel[0] * kernel[1])
+    weight = paddle.to_tensor(fold_one_hot(channels, kernel)).astype(x.dtype)
+    return paddle.nn.functional.conv2d_transpose(
+        paddle.reshape(x, [n, rows, *blocks]), weight, stride=step, padding=pad, groups=channels, dilation=dil)
+
+
+def affine_grid(theta: Any, out_shape: Any, align_corners: bool = True, name: Any = None) -> Any:
+    """Paddle's affine_grid, which paddle2onnx has no converter for, for a 2-D grid: the pixel
+    centres' normalized [x, y, 1] times theta transposed, [N, H, W, 2]. A 3-D grid or a shape
+    held in a tensor goes to Paddle's own."""
+    import numpy as np
+    import paddle
+
+    shape = list(out_shape) if isinstance(out_shape, (list, tuple)) else None
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape):
+        return ORIGINALS[("paddle.nn.functional", "affine_grid")](theta, out_shape, align_corners, name)
+    n, _, h, w = shape
+
+    def centres(size: int) -> np.ndarray:
+        if align_corners:
+            return np.linspace(-1.0, 1.0, size) if size > 1 else np.zeros(1)
+        return (2.0 * np.arange(size) + 1.0) / size - 1.0
+
+    ys, xs = np.meshgrid(centres(h), centres(w), indexing="ij")
+    base = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)], axis=1)[None].astype(np.float32)
+    grid = paddle.matmul(paddle.to_tensor(base).astype(theta.dtype), theta, transpose_y=True)
+    return paddle.reshape(grid, [n, h, w, 2])
+
+
 REPLACEMENTS = {
+    ("paddle.nn.functional", "affine_grid"): affine_grid,
+    ("paddle.nn.functional.vision", "affine_grid"): affine_grid,
+    ("paddle.nn.functional", "adaptive_max_pool1d"): _adaptive_max(1),
+    ("paddle.nn.functional", "adaptive_max_pool2d"): _adaptive_max(2),
+    ("paddle.nn.functional", "adaptive_max_pool3d"): _adaptive_max(3),
+    ("paddle.nn.functional", "fold"): fold,
     ("paddle.nn.functional", "channel_shuffle"): channel_shuffle,
     ("paddle.tensor.creation", "_to_tensor_static"): to_tensor_static,
     ("paddle", "masked_fill"): masked_fill,

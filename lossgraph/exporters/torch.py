@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import onnx
 
 from lossgraph.errors import ExportError, SpecError, one_line
 from lossgraph.exporters.common import (
@@ -36,12 +37,14 @@ from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
 from lossgraph.exporters.torch_ops import traceable, translation_table
 from lossgraph.exporters.training import (
+    STATE_PREFIX,
     StepRecorder,
     TrainingTrace,
     draw_call_mask,
     torch_training,
 )
 from lossgraph.graph import (
+    NO_GRAD_REWRITE_KEY,
     PADDING_IDX_KEY,
     SCOPE_KEY,
     SOURCE_KEY,
@@ -82,6 +85,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             paths = {id(m): p for p, m in model.named_modules() if p}
             with watching("torch", model) as custom, torch_taps(model, TapRecorder(paths), eager_taps):
                 losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
+            rewritten = _changed_parameters(model, state)
             custom.refuse(spec.source or "the spec")
             eager = {name: float(value.detach().double()) for name, value in losses.items()}
             trace = TrainingTrace(
@@ -109,6 +113,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     rename_outputs(proto.graph, names + trace.output_names)
     mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
+    _carry_no_grad_rewrites(proto, rewritten, spec.source or "the spec")
     sequences_as_splits(proto)
     return finish_export(
         spec,
@@ -124,7 +129,64 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         seed=seed,
         training=trace if spec.train else None,
         custom_backward=carried,
+        rewritten=rewritten,
     )
+
+
+def _changed_parameters(model: Any, before: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The parameters the eager forward pass changed in place (by state-dict name), with their
+    values after it."""
+    import torch
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {
+        name: params[name].detach().numpy().copy()
+        for name in params
+        if name in before and not torch.equal(params[name].detach(), before[name])
+    }
+
+
+_EMBEDDING_RENORM = "aten.embedding_renorm"
+
+
+def _carry_no_grad_rewrites(proto: Any, rewritten: Mapping[str, np.ndarray], source: str) -> None:
+    """Carry the forward pass's in-place rewrites of parameters: ``nn.Embedding(max_norm=...)``
+    renormalizes the rows it looks up in its weight under no_grad, exported as a ScatterND on
+    the detached weight. The ScatterND is marked ``NO_GRAD_REWRITE_KEY`` (the gradient passes
+    to the weight whole) and the detach before it passes the gradient; the rewritten weight
+    becomes the graph output ``state:<parameter>``, which a training step takes as the value
+    the optimizer updates, as the framework's optimizer updates the mutated weight. Any other
+    parameter the eager forward changed is refused."""
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    params = {t.name for t in graph.initializer}
+    rewrite_of: dict[str, str] = {}  # a rewrite's output -> its parameter
+    last: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "ScatterND" or _EMBEDDING_RENORM not in (node_meta(node, "pkg.torch.onnx.fx_node") or ""):
+            continue
+        value = node.input[0]
+        while value in producers and producers[value].op_type == "Identity":
+            set_node_meta(producers[value], STOP_GRADIENT_KEY, "0")  # the rewrite's own detach
+            value = producers[value].input[0]
+        param = value if value in params else rewrite_of.get(value)
+        if param is None:
+            raise ExportError(f"{source}: an nn.Embedding(max_norm=...) renormalizes a weight lossgraph cannot find.")
+        set_node_meta(node, NO_GRAD_REWRITE_KEY, "1")
+        rewrite_of[node.output[0]] = param
+        last[param] = node.output[0]
+    others = sorted(set(rewritten) - set(last))
+    if others:
+        raise ExportError(
+            f"{source}: the forward pass changes parameter(s) {', '.join(others)} in place; lossgraph "
+            f"carries only nn.Embedding(max_norm=...)'s renormalization, so it cannot train them "
+            f"as torch does."
+        )
+    for param, value in last.items():
+        name = f"{STATE_PREFIX}{param}"
+        graph.node.append(onnx.helper.make_node("Identity", [value], [name], name=f"{name}/output"))
+        shape = next(list(t.dims) for t in graph.initializer if t.name == param)
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
 
 
 def _LossModule(

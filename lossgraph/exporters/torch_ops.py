@@ -40,18 +40,75 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps
     return loss.sum() if reduction == "sum" else loss
 
 
+def _adaptive(x: Any, output_size: Any, dims: int, reduce: Any) -> Any:
+    import torch
+
+    from lossgraph.exporters.common import adaptive_pool
+
+    return adaptive_pool(x, tuple(x.shape), output_size, x.dim() - dims,
+                         lambda t, axis, a, b: t.narrow(axis, a, b - a), reduce,
+                         lambda parts, axis: torch.cat(parts, axis))
+
+
+def _adaptive_max(dims: int) -> Any:
+    name = f"adaptive_max_pool{dims}d"
+
+    def pool(input: Any, output_size: Any, return_indices: bool = False) -> Any:
+        """torch's adaptive max pool, which the exporter has no translation for, as maxima of
+        its windows (uneven ones included), axis by axis; with indices, torch's own."""
+        if return_indices:
+            return ORIGINALS[("torch.nn.functional", name)](input, output_size, return_indices)
+        return _adaptive(input, output_size, dims, lambda t, axis: t.amax(axis, keepdim=True))
+
+    pool.__name__ = name
+    return pool
+
+
+def adaptive_avg_pool3d(input: Any, output_size: Any) -> Any:
+    """torch's adaptive_avg_pool3d, which the exporter has no translation for, as means of its
+    windows, axis by axis."""
+    return _adaptive(input, output_size, 3, lambda t, axis: t.mean(axis, keepdim=True))
+
+
+def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0,
+         stride: Any = 1) -> Any:
+    """torch's Fold (col2im), which exports as Col2Im (no gradient rule), as the ConvTranspose
+    of one-hot kernels that adds every column entry into its place; an unbatched input goes
+    to torch's own."""
+    import torch
+
+    from lossgraph.exporters.common import fold_one_hot, pairs
+
+    size, kernel, dil, pad, step = (pairs(v) for v in (output_size, kernel_size, dilation, padding, stride))
+    if input.dim() != 3 or None in (size, kernel, dil, pad, step):
+        return ORIGINALS[("torch.nn.functional", "fold")](input, output_size, kernel_size, dilation, padding, stride)
+    n, rows, _ = input.shape
+    blocks = [(size[k] + 2 * pad[k] - dil[k] * (kernel[k] - 1) - 1) // step[k] + 1 for k in range(2)]
+    channels = rows // (kernel[0] * kernel[1])
+    weight = torch.tensor(fold_one_hot(channels, kernel), dtype=input.dtype)
+    return torch.nn.functional.conv_transpose2d(
+        input.reshape(n, rows, *blocks), weight, stride=step, padding=pad, groups=channels, dilation=dil)
+
+
 #: (module, attribute) -> its traceable stand-in
 STAND_INS = {
     ("torch.nn.modules.transformer", "_detect_is_causal_mask"): _detect_is_causal_mask,
     ("torch.nn.functional", "gaussian_nll_loss"): gaussian_nll_loss,
+    ("torch.nn.functional", "adaptive_max_pool1d"): _adaptive_max(1),
+    ("torch.nn.functional", "adaptive_max_pool2d"): _adaptive_max(2),
+    ("torch.nn.functional", "adaptive_max_pool3d"): _adaptive_max(3),
+    ("torch.nn.functional", "adaptive_avg_pool3d"): adaptive_avg_pool3d,
+    ("torch.nn.functional", "fold"): fold,
 }
+#: what the stand-ins replaced, while they are in place
+ORIGINALS: dict[tuple[str, str], Any] = {}
 
 
 def traceable() -> Any:
     """Swap in the traceable stand-ins while the model is traced."""
     from lossgraph.exporters.common import swapped
 
-    return swapped(STAND_INS)
+    return swapped(STAND_INS, ORIGINALS)
 
 
 def translation_table() -> dict[Any, Any]:

@@ -27,6 +27,7 @@ the traced run then takes the masks as extra inputs.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -164,7 +165,8 @@ def torch_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator[
     from torch.nn.modules import batchnorm
 
     original_forward = batchnorm._BatchNorm.forward
-    originals = {name: getattr(F, name) for name in ("dropout", "dropout1d", "dropout2d", "dropout3d")}
+    originals = {name: getattr(F, name) for name in ("dropout", "dropout1d", "dropout2d", "dropout3d",
+                                                     "alpha_dropout", "feature_alpha_dropout")}
 
     def batch_norm_forward(module: Any, input: Any) -> Any:
         if not module.training:
@@ -183,11 +185,29 @@ def torch_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator[
 
         return dropout
 
+    def make_alpha_dropout(channelwise: bool):
+        def alpha_dropout(input: Any, p: float = 0.5, training: bool = False, inplace: bool = False) -> Any:
+            """ATen's alpha dropout: input * (keep a) + ((keep - 1) alpha a + alpha a p),
+            keep the 0/1 mask lossgraph feeds (scale 1)."""
+            if not training or p == 0.0 or p == 1.0:
+                return originals[f"{'feature_' if channelwise else ''}alpha_dropout"](input, p, training, inplace)
+            shape = list(input.shape)
+            if channelwise:
+                shape = shape[:2] + [1] * (len(shape) - 2)
+            keep = recorder.next_mask(p, 1.0, shape)
+            alpha = 1.7580993408473766
+            a = 1.0 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
+            return input * (keep * a) + ((keep - 1) * (alpha * a) + alpha * a * p)
+
+        return alpha_dropout
+
     if batch_norm:
         batchnorm._BatchNorm.forward = batch_norm_forward
     F.dropout = make_dropout(False)
     for name in ("dropout1d", "dropout2d", "dropout3d"):
         setattr(F, name, make_dropout(True))
+    F.alpha_dropout = make_alpha_dropout(False)
+    F.feature_alpha_dropout = make_alpha_dropout(True)
     try:
         yield
     finally:
@@ -262,11 +282,32 @@ def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator
         scale = (1.0 / (1.0 - p) if p < 1.0 else 0.0) if mode == "upscale_in_train" else 1.0
         return x * recorder.next_mask(p, scale, shape)
 
+    def make_alpha_dropout(feature: bool):
+        original = getattr(F, f"{'feature_' if feature else ''}alpha_dropout")
+
+        def alpha_dropout(x: Any, p: float = 0.5, training: bool = True, name: Any = None) -> Any:
+            """Paddle's alpha dropout: (x keep + (1 - keep) alpha_p) a + b, keep the 0/1 mask
+            lossgraph feeds (scale 1)."""
+            if not training or p == 0.0 or p == 1.0:
+                return original(x, p, training, name)
+            shape = list(x.shape)
+            if feature:
+                shape = shape[:2] + [1] * (len(shape) - 2)
+            keep = recorder.next_mask(p, 1.0, shape)
+            alpha_p = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946
+            a = ((1 - p) * (1 + p * alpha_p**2)) ** -0.5
+            return (x * keep + (1.0 - keep) * alpha_p) * a + (-a * alpha_p * p)
+
+        return alpha_dropout
+
+    alpha_originals = {name: getattr(F, name) for name in ("alpha_dropout", "feature_alpha_dropout")}
     if batch_norm:
         norm._BatchNormBase.forward = batch_norm_forward
         norm.BatchNorm.forward = legacy_batch_norm_forward
     F.dropout = dropout
     common.dropout = dropout
+    F.alpha_dropout = make_alpha_dropout(False)
+    F.feature_alpha_dropout = make_alpha_dropout(True)
     try:
         yield
     finally:
@@ -274,6 +315,8 @@ def paddle_training(recorder: StepRecorder, batch_norm: bool = True) -> Iterator
         norm.BatchNorm.forward = original_legacy
         F.dropout = original_dropout
         common.dropout = original_dropout
+        for name, fn in alpha_originals.items():
+            setattr(F, name, fn)
 
 
 def _paddle_batch_norm_train(layer: Any, x: Any, recorder: StepRecorder) -> Any:

@@ -27,6 +27,7 @@ from lossgraph.graph import (
     LossGraph,
     OptimizerInfo,
     live_nodes,
+    lowered_from,
     node_meta,
 )
 from lossgraph.verify.results import Divergence
@@ -348,6 +349,7 @@ def _attributes(node: onnx.NodeProto | None) -> dict[str, Any]:
 def differing_attributes(ctx: HintContext) -> str | None:
     """Same op on both sides with different attributes (epsilon, axis, count_include_pad)."""
     ref_node, cand_node = ctx.node("ref"), ctx.node("cand")
+    ref_node, cand_node = (lowered_from(n) or n for n in (ref_node, cand_node))  # GridSample's settings
     if ref_node is None or cand_node is None or ref_node.op_type != cand_node.op_type:
         return None
     a, b = _attributes(ref_node), _attributes(cand_node)
@@ -358,9 +360,12 @@ def differing_attributes(ctx: HintContext) -> str | None:
              "ceil_mode": "ceil_mode", "transB": "transposed weight (transB)",
              "mode": "interpolation mode", "nearest_mode": "nearest rounding",
              "cubic_coeff_a": "cubic coefficient",
-             "coordinate_transformation_mode": "coordinate transformation"}
+             "coordinate_transformation_mode": "coordinate transformation",
+             "align_corners": "align_corners", "padding_mode": "padding_mode"}
     # an attribute left out means its ONNX default; those without one compare only when given
     defaults = {"count_include_pad": 0, "epsilon": 1e-5, "ceil_mode": 0, "group": 1, "transB": 0}
+    if ref_node.op_type == "GridSample":
+        defaults.update({"mode": "linear", "padding_mode": "zeros", "align_corners": 0})
     if ref_node.op_type == "Resize":
         defaults.update({"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
                          "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75})

@@ -38,6 +38,7 @@ from lossgraph.graph import (
     LossGraph,
     live_nodes,
     node_meta,
+    shown_op_type,
 )
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import ParamMap
@@ -269,7 +270,7 @@ def _divergence(
         step=step,
         phase=phase,
         scope=scope,
-        op_type=ref_node.op_type if ref_node is not None else (cand_node.op_type if cand_node else ""),
+        op_type=shown_op_type(ref_node) or shown_op_type(cand_node),
         reference_node=ref_node.name if ref_node is not None else "",
         candidate_node=cand_node.name if cand_node is not None else "",
         max_abs_diff=diff,

@@ -17,7 +17,7 @@ import numpy as np
 
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import InternalError, VerificationError
-from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta
+from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta, shown_op_type
 from lossgraph.inputs import describe_dropouts, dropout_feeds, load_inputs, make_inputs
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import (
@@ -392,7 +392,7 @@ def _non_finite_divergence(step: StepResult, ref_side: Any, cand_side: Any, setu
             step=step.step,
             phase="forward",
             scope=_node_meta(node, SCOPE_KEY) or "",
-            op_type=node.op_type if node is not None else "",
+            op_type=shown_op_type(node),
             reference_node=name if which == "reference" else "",
             candidate_node=name if which == "candidate" else "",
             max_abs_diff=float("inf"),
@@ -704,7 +704,7 @@ def _loss_divergence(ref: LossGraph, cand: LossGraph, step: StepResult) -> Diver
         step=step.step,
         phase="forward",
         scope=scope,
-        op_type=ref_node.op_type if ref_node is not None else "",
+        op_type=shown_op_type(ref_node),
         reference_node=ref_node.name if ref_node is not None else worst.name,
         candidate_node=cand_node.name if cand_node is not None else worst.name,
         max_abs_diff=worst.abs_diff,

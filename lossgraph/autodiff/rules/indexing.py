@@ -7,7 +7,7 @@ import numpy as np
 
 from lossgraph.autodiff.registry import grad_rule
 from lossgraph.errors import UnsupportedOpError
-from lossgraph.graph import PADDING_IDX_KEY, node_meta
+from lossgraph.graph import NO_GRAD_REWRITE_KEY, PADDING_IDX_KEY, node_meta
 
 
 def _reduction(ctx) -> str:
@@ -92,6 +92,8 @@ def scatter_elements_grad(ctx, dys):
 
 @grad_rule("ScatterND", nondiff=(1,))
 def scatter_nd_grad(ctx, dys):
+    if node_meta(ctx.node, NO_GRAD_REWRITE_KEY) is not None:
+        return [dys[0], None, None]  # an in-place rewrite under no_grad (NO_GRAD_REWRITE_KEY)
     return _scatter_grad(ctx, dys, "GatherND")
 
 
