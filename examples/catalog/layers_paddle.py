@@ -1,6 +1,6 @@
 """The layer catalog, Paddle side: the paddle.nn counterparts of ``layers_torch.py``'s layers,
 with the arguments that make them compute the same (where a default differs, the torch
-value is passed: see docs/layers.md)."""
+value is passed: see docs/support-matrix.md)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ LAYERS = {
     "softmax": lambda: nn.Softmax(axis=-1),
     "log_softmax": lambda: nn.LogSoftmax(axis=-1),
     "glu": lambda: nn.GLU(axis=-1),
+    "dropout_eval_features": lambda: nn.Dropout(0.4),
+    "rrelu_eval": lambda: nn.RReLU(0.1, 0.3),
 }
 
 
@@ -94,6 +96,19 @@ SPATIAL = {
     "avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AvgPool3D(2, stride=1)),
     "adaptive_avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AdaptiveAvgPool3D((2, 1, 3))),
     "batch_norm_3d": lambda: nn.Sequential(Volume(), nn.BatchNorm3D(1)),
+    "softmax_2d": lambda: nn.Softmax2D(),
+    "lp_pool": lambda: nn.LPPool2D(2, 2),
+    "interpolate_area": lambda: Function(lambda h: F.interpolate(h, size=[2, 3], mode="area")),
+    "interpolate_bicubic_corners": lambda: Function(
+        lambda h: F.interpolate(h, scale_factor=2, mode="bicubic", align_corners=True)),
+    "interpolate_linear_1d": lambda: nn.Sequential(
+        nn.Flatten(2), Function(lambda h: F.interpolate(h, scale_factor=2, mode="linear", data_format="NCW"))),
+    "interpolate_trilinear": lambda: nn.Sequential(
+        Volume(), Function(lambda h: F.interpolate(h, scale_factor=2, mode="trilinear"))),
+    "conv_transpose_1d": lambda: nn.Sequential(nn.Flatten(2), nn.Conv1DTranspose(CHANNELS, 3, 3, stride=2)),
+    "constant_pad_1d": lambda: nn.Sequential(nn.Flatten(2), nn.Pad1D([2, 1], value=0.5)),
+    "reflection_pad_1d": lambda: nn.Sequential(nn.Flatten(2), nn.Pad1D(2, mode="reflect")),
+    "replication_pad_3d": lambda: nn.Sequential(Volume(), nn.Pad3D(1, mode="replicate")),
 }
 #: in training mode; Paddle's BatchNorm momentum is the running statistics' weight (1 - torch's)
 TRAINING = {
@@ -102,6 +117,8 @@ TRAINING = {
     "alpha_dropout": lambda: nn.AlphaDropout(0.2),
     "feature_alpha_dropout": lambda: nn.FeatureAlphaDropout(0.3),
     "batch_norm_train": lambda: nn.BatchNorm2D(CHANNELS, momentum=0.8),
+    "dropout_3d": lambda: nn.Sequential(Volume(), nn.Dropout3D(0.5)),
+    "rrelu_train": lambda: nn.RReLU(0.1, 0.3),
 }
 GRID = [[[[-1.2 + 0.1 * ((7 * i + 3 * j + 5 * k + n) % 24) for k in range(2)] for j in range(4)]
          for i in range(3)] for n in range(2)]
@@ -144,13 +161,29 @@ FUNCTIONS = {
     "var": lambda h: paddle.var(h, 1),
     "std": lambda h: paddle.std(h, 1),
     "norm": lambda h: paddle.linalg.norm(h, 2, axis=1),
+    "scatter": lambda h: paddle.put_along_axis(paddle.zeros_like(h), paddle.to_tensor(DISTINCT), h[:, :3], 1),
+    "index_select": lambda h: paddle.index_select(h, paddle.to_tensor([0, 2, 2, 5]), axis=1),
+    "repeat_interleave": lambda h: paddle.repeat_interleave(h, 2, axis=1),
+    "cdist": lambda h: paddle.cdist(h, h[:2] * 0.5 + 1.0),
+    "logcumsumexp": lambda h: paddle.logcumsumexp(h, 1),
+    "cummax": lambda h: paddle.cummax(h, 1)[0],
+    "kthvalue": lambda h: paddle.kthvalue(h, 2, 1)[0],
+    # Paddle's median averages the two middle values by default; torch's takes the lower
+    "median": lambda h: paddle.median(h, 1, mode="min")[0],
+    "diff": lambda h: paddle.diff(h, axis=1),
+    "cross": lambda h: paddle.cross(h[:, :3], h[:, 3:], axis=1),
+    "tensordot": lambda h: paddle.tensordot(h, h, axes=[[0], [0]]),
+    "kron": lambda h: paddle.kron(h[:2, :2], h[2:, 2:]),
 }
+DISTINCT = [[0, 2, 1], [5, 4, 0], [3, 1, 4], [2, 0, 5]]
 
 
 #: Paddle's SmoothL1Loss is Huber's (delta), torch's SmoothL1Loss is Huber's over beta
 LOSSES = {
     "huber": lambda h, t: F.smooth_l1_loss(h, t, delta=0.5),
     "smooth_l1": lambda h, t: F.smooth_l1_loss(h, t),
+    # torch's SmoothL1Loss(beta) is Huber's with delta=beta, divided by beta
+    "smooth_l1_beta": lambda h, t: F.smooth_l1_loss(h, t, delta=0.5) / 0.5,
     "soft_margin": lambda h, t: F.soft_margin_loss(h, paddle.sign(t)),
     "multilabel_soft_margin": lambda h, t: F.multi_label_soft_margin_loss(h, (t > 0).astype("float32")),
     "poisson_nll": lambda h, t: F.poisson_nll_loss(h, t.abs() * 3),
@@ -169,7 +202,13 @@ LOSSES = {
     "hinge_embedding": lambda h, t: F.hinge_embedding_loss(h, paddle.sign(t), margin=0.5),
     "cosine_embedding": lambda h, t: F.cosine_embedding_loss(h[:2], h[2:], paddle.sign(t[:2, 0]), margin=0.1),
     "triplet_margin": lambda h, t: F.triplet_margin_loss(h[:2], t[:2], h[2:], margin=0.5),
+    "triplet_margin_with_distance": lambda h, t: F.triplet_margin_with_distance_loss(
+        h[:2], t[:2], h[2:], margin=0.5),
+    "bce_weight": lambda h, t: F.binary_cross_entropy(
+        F.sigmoid(h), (t > 0).astype("float32"), weight=paddle.to_tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
+    "multilabel_margin": lambda h, t: F.multi_label_margin_loss(h + t, paddle.to_tensor(LABEL_SETS)),
 }
+LABEL_SETS = [[3, 0, -1, 1, 1, 1], [5, -1, 0, 0, 0, 0], [1, 2, 4, -1, 0, 0], [0, 1, 2, 3, 4, 5]]
 CLASS_LOSSES = {
     "cross_entropy_smoothing": lambda h, c: F.cross_entropy(h, c, label_smoothing=0.1),
     "cross_entropy_ignore_index": lambda h, c: F.cross_entropy(h, c, ignore_index=2),
@@ -177,7 +216,15 @@ CLASS_LOSSES = {
         h, c, weight=paddle.to_tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
     "multi_margin": lambda h, c: F.multi_margin_loss(h, c),
     "nll_sum": lambda h, c: F.nll_loss(F.log_softmax(h, 1), c, reduction="sum"),
+    "nll_weight_ignore_index": lambda h, c: F.nll_loss(
+        F.log_softmax(h, 1), c, weight=paddle.to_tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0]), ignore_index=1),
+    # Paddle weights a smoothed sample by its label's weight, torch each class's log-probability
+    # in the smoothing term: torch's formula, (1 - e) nll + e / C * the weighted log-probabilities
+    "cross_entropy_all_options": lambda h, c: 0.8 * F.nll_loss(
+        F.log_softmax(h, 1), c, weight=paddle.to_tensor(WEIGHT), reduction="sum")
+    - 0.2 / 6 * (F.log_softmax(h, 1) * paddle.to_tensor(WEIGHT)).sum(),
 }
+WEIGHT = [1.0, 2.0, 0.5, 1.0, 3.0, 1.0]
 TARGET = lg.Input([4, FEATURES])
 CLASSES = lg.Input([4], dtype="int64", high=FEATURES)
 

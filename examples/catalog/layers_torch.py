@@ -51,6 +51,8 @@ LAYERS = {
     "softmax": lambda: nn.Softmax(dim=-1),
     "log_softmax": lambda: nn.LogSoftmax(dim=-1),
     "glu": lambda: nn.GLU(dim=-1),
+    "dropout_eval_features": lambda: nn.Dropout(0.4),
+    "rrelu_eval": lambda: nn.RReLU(0.1, 0.3),
 }
 
 
@@ -102,6 +104,19 @@ SPATIAL = {
     "avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AvgPool3d(2, stride=1)),
     "adaptive_avg_pool_3d": lambda: nn.Sequential(Volume(), nn.AdaptiveAvgPool3d((2, 1, 3))),
     "batch_norm_3d": lambda: nn.Sequential(Volume(), nn.BatchNorm3d(1)),
+    "softmax_2d": lambda: nn.Softmax2d(),
+    "lp_pool": lambda: nn.LPPool2d(2, 2),
+    "interpolate_area": lambda: Function(lambda h: F.interpolate(h, size=(2, 3), mode="area")),
+    "interpolate_bicubic_corners": lambda: Function(
+        lambda h: F.interpolate(h, scale_factor=2, mode="bicubic", align_corners=True)),
+    "interpolate_linear_1d": lambda: nn.Sequential(
+        nn.Flatten(2), Function(lambda h: F.interpolate(h, scale_factor=2, mode="linear"))),
+    "interpolate_trilinear": lambda: nn.Sequential(
+        Volume(), Function(lambda h: F.interpolate(h, scale_factor=2, mode="trilinear"))),
+    "conv_transpose_1d": lambda: nn.Sequential(nn.Flatten(2), nn.ConvTranspose1d(CHANNELS, 3, 3, stride=2)),
+    "constant_pad_1d": lambda: nn.Sequential(nn.Flatten(2), nn.ConstantPad1d((2, 1), 0.5)),
+    "reflection_pad_1d": lambda: nn.Sequential(nn.Flatten(2), nn.ReflectionPad1d(2)),
+    "replication_pad_3d": lambda: nn.Sequential(Volume(), nn.ReplicationPad3d(1)),
 }
 #: name -> the torch layer, on feature maps, in training mode (batch statistics, dropout masks)
 TRAINING = {
@@ -110,6 +125,9 @@ TRAINING = {
     "alpha_dropout": lambda: nn.AlphaDropout(0.2),
     "feature_alpha_dropout": lambda: nn.FeatureAlphaDropout(0.3),
     "batch_norm_train": lambda: nn.BatchNorm2d(CHANNELS, momentum=0.2),
+    "dropout_3d": lambda: nn.Sequential(Volume(), nn.Dropout3d(0.5)),
+    # random slopes in training: nothing to compare, refused in one line by both exporters
+    "rrelu_train": lambda: nn.RReLU(0.1, 0.3),
 }
 #: a sampling grid for grid_sample: [2, 3, 4, 2] in [-1.2, 1.2) (some points outside)
 GRID = torch.tensor([[[[-1.2 + 0.1 * ((7 * i + 3 * j + 5 * k + n) % 24) for k in range(2)] for j in range(4)]
@@ -142,7 +160,20 @@ FUNCTIONS = {
     "var": lambda h: torch.var(h, 1),
     "std": lambda h: torch.std(h, 1),
     "norm": lambda h: torch.linalg.vector_norm(h, 2, dim=1),
+    "scatter": lambda h: torch.zeros_like(h).scatter(1, torch.tensor(DISTINCT), h[:, :3]),
+    "index_select": lambda h: torch.index_select(h, 1, torch.tensor([0, 2, 2, 5])),
+    "repeat_interleave": lambda h: torch.repeat_interleave(h, 2, dim=1),
+    "cdist": lambda h: torch.cdist(h, h[:2] * 0.5 + 1.0),
+    "logcumsumexp": lambda h: torch.logcumsumexp(h, 1),
+    "cummax": lambda h: torch.cummax(h, 1).values,
+    "kthvalue": lambda h: torch.kthvalue(h, 2, 1).values,
+    "median": lambda h: torch.median(h, 1).values,
+    "diff": lambda h: torch.diff(h, dim=1),
+    "cross": lambda h: torch.linalg.cross(h[:, :3], h[:, 3:]),
+    "tensordot": lambda h: torch.tensordot(h, h, dims=([0], [0])),
+    "kron": lambda h: torch.kron(h[:2, :2], h[2:, 2:]),
 }
+DISTINCT = [[0, 2, 1], [5, 4, 0], [3, 1, 4], [2, 0, 5]]  # rows of a [4, 6] value, no repeats
 
 
 #: name -> a loss of the Linear's output h [4, 6] against a target t: a float [4, 6] drawn from
@@ -150,6 +181,7 @@ FUNCTIONS = {
 LOSSES = {
     "huber": lambda h, t: F.huber_loss(h, t, delta=0.5),
     "smooth_l1": lambda h, t: F.smooth_l1_loss(h, t),
+    "smooth_l1_beta": lambda h, t: F.smooth_l1_loss(h, t, beta=0.5),
     "soft_margin": lambda h, t: F.soft_margin_loss(h, torch.sign(t)),
     "multilabel_soft_margin": lambda h, t: F.multilabel_soft_margin_loss(h, (t > 0).float()),
     "poisson_nll": lambda h, t: F.poisson_nll_loss(h, t.abs() * 3),
@@ -168,7 +200,14 @@ LOSSES = {
     "hinge_embedding": lambda h, t: F.hinge_embedding_loss(h, torch.sign(t), margin=0.5),
     "cosine_embedding": lambda h, t: F.cosine_embedding_loss(h[:2], h[2:], torch.sign(t[:2, 0]), margin=0.1),
     "triplet_margin": lambda h, t: F.triplet_margin_loss(h[:2], t[:2], h[2:], margin=0.5),
+    "triplet_margin_with_distance": lambda h, t: F.triplet_margin_with_distance_loss(
+        h[:2], t[:2], h[2:], margin=0.5),
+    "bce_weight": lambda h, t: F.binary_cross_entropy(
+        torch.sigmoid(h), (t > 0).float(), weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
+    "multilabel_margin": lambda h, t: F.multilabel_margin_loss(h + t, torch.tensor(LABEL_SETS)),
 }
+#: multilabel_margin's targets: each row's labels, ended by -1
+LABEL_SETS = [[3, 0, -1, 1, 1, 1], [5, -1, 0, 0, 0, 0], [1, 2, 4, -1, 0, 0], [0, 1, 2, 3, 4, 5]]
 #: the same, against class ids [4] in 0..5
 CLASS_LOSSES = {
     "cross_entropy_smoothing": lambda h, c: F.cross_entropy(h, c, label_smoothing=0.1),
@@ -177,6 +216,10 @@ CLASS_LOSSES = {
         h, c, weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])),
     "multi_margin": lambda h, c: F.multi_margin_loss(h, c),
     "nll_sum": lambda h, c: F.nll_loss(F.log_softmax(h, 1), c, reduction="sum"),
+    "nll_weight_ignore_index": lambda h, c: F.nll_loss(
+        F.log_softmax(h, 1), c, weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0]), ignore_index=1),
+    "cross_entropy_all_options": lambda h, c: F.cross_entropy(
+        h, c, weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0]), label_smoothing=0.2, reduction="sum"),
 }
 TARGET = lg.Input([4, FEATURES])
 CLASSES = lg.Input([4], dtype="int64", high=FEATURES)

@@ -281,6 +281,29 @@ def adaptive_pool(x: Any, shape: Sequence[int], output_size: Any, first_axis: in
     return x
 
 
+def rrelu_slope(lower: float, upper: float, training: bool) -> float:
+    """The slope RReLU computes with in eval mode, (lower + upper) / 2; in training, where it
+    draws a random slope per element that lossgraph cannot draw alike in both frameworks, the
+    export is refused."""
+    if training:
+        raise ExportError(
+            "RReLU in training mode draws a random slope per element, which lossgraph cannot draw alike in "
+            "both frameworks; verify it in eval mode (slope (lower + upper) / 2)"
+        )
+    return (lower + upper) / 2
+
+
+def prefix_products(x: Any, size: int, shifted: Any) -> Any:
+    """Cumulative products along an axis of ``size`` in log2(size) steps (Hillis and Steele):
+    each multiplies by the value ``shifted(x, k)``, x moved k places along the axis with ones
+    coming in."""
+    k = 1
+    while k < size:
+        x = x * shifted(x, k)
+        k *= 2
+    return x
+
+
 def fold_one_hot(channels: int, kernel: Sequence[int]) -> np.ndarray:
     """The ConvTranspose weight that computes Fold (col2im): [channels kh kw, 1, kh, kw], input
     channel c kh kw + i kw + j one at kernel position (i, j); with ``groups=channels`` each

@@ -241,6 +241,11 @@ def _convert(
         with _struct_paths(model) as struct_paths:
             static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
             paddle.jit.save(static, str(prefix), skip_prune_program=False)
+    except ExportError as exc:  # one of lossgraph's stand-ins refused: its own message
+        said = re.search(r"lossgraph\.errors\.ExportError: (.+)", str(exc))
+        raise ExportError(
+            f"{spec.source or 'the spec'}: {said.group(1).strip() if said else one_line(exc)}"
+        ) from exc
     except Exception as exc:
         raise ExportError(
             f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "

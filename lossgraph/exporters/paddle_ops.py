@@ -301,7 +301,199 @@ def affine_grid(theta: Any, out_shape: Any, align_corners: bool = True, name: An
     return paddle.reshape(grid, [n, h, w, 2])
 
 
+def lp_pool2d(x: Any, norm_type: float, kernel_size: Any, stride: Any = None, padding: Any = 0,
+              ceil_mode: bool = False, data_format: str = "NCHW", name: Any = None) -> Any:
+    """Paddle's lp_pool2d, which paddle2onnx has no converter for: the p-th root of each
+    window's sum of x^p, the sum an average pool times the window's size (no padding, no
+    ceil_mode; others go to Paddle's own)."""
+    import paddle
+
+    from lossgraph.exporters.common import pairs
+
+    kernel = pairs(kernel_size)
+    if kernel is None or ceil_mode or data_format != "NCHW" or pairs(padding) != [0, 0]:
+        return ORIGINALS[("paddle.nn.functional", "lp_pool2d")](
+            x, norm_type, kernel_size, stride, padding, ceil_mode, data_format, name)
+    sums = paddle.nn.functional.avg_pool2d(paddle.pow(x, norm_type), kernel, stride if stride is not None else kernel,
+                                           0, exclusive=False) * float(kernel[0] * kernel[1])
+    return paddle.pow(sums, 1.0 / norm_type)
+
+
+def rrelu(x: Any, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = True, name: Any = None) -> Any:
+    """Paddle's rrelu, which paddle2onnx has no converter for: in eval mode a leaky ReLU of slope
+    (lower + upper) / 2, as Paddle computes it; in training (random slopes) refused."""
+    import paddle
+
+    from lossgraph.exporters.common import rrelu_slope
+
+    return paddle.nn.functional.leaky_relu(x, rrelu_slope(lower, upper, training))
+
+
+def logcumsumexp(x: Any, axis: Any = None, dtype: Any = None, name: Any = None) -> Any:
+    """Paddle's logcumsumexp, which paddle2onnx has no converter for: log(cumsum(exp(x - m)))
+    + m, m the maximum along the axis (outside the gradient: it cancels)."""
+    import paddle
+
+    if dtype is not None:
+        x = x.astype(dtype)
+    if axis is None:
+        x, axis = paddle.flatten(x), 0
+    top = paddle.max(x, axis=axis, keepdim=True).detach()
+    return paddle.log(paddle.cumsum(paddle.exp(x - top), axis=axis)) + top
+
+
+def cross(x: Any, y: Any, axis: int = 9, name: Any = None) -> Any:
+    """Paddle's cross product, which paddle2onnx has no converter for, from rolled copies:
+    x[1] y[2] - x[2] y[1], and so on round."""
+    import paddle
+
+    if axis == 9:  # Paddle's default: the first axis of size 3
+        axis = next(i for i, d in enumerate(x.shape) if d == 3)
+    after, before = paddle.to_tensor([1, 2, 0]), paddle.to_tensor([2, 0, 1])
+
+    def turn(t: Any, order: Any) -> Any:
+        return paddle.index_select(t, order, axis=axis)
+
+    return turn(x, after) * turn(y, before) - turn(x, before) * turn(y, after)
+
+
+def kron(x: Any, y: Any, name: Any = None) -> Any:
+    """Paddle's Kronecker product of two matrices, which paddle2onnx has no converter for: the
+    outer product of their entries, [m, p, n, q] as [m p, n q]; other ranks go to Paddle's own."""
+    import paddle
+
+    if len(x.shape) != 2 or len(y.shape) != 2 or any(d < 0 for d in [*x.shape, *y.shape]):
+        return ORIGINALS[("paddle", "kron")](x, y, name)
+    (m, n), (p, q) = x.shape, y.shape
+    outer = paddle.reshape(x, [m, 1, n, 1]) * paddle.reshape(y, [1, p, 1, q])
+    return paddle.reshape(outer, [m * p, n * q])
+
+
+def _sorted_pick(x: Any, axis: int, position: int, keepdim: bool) -> tuple[Any, Any]:
+    """The element at ``position`` of ``x`` sorted along ``axis``, and its index."""
+    import paddle
+
+    indices = paddle.argsort(x, axis=axis)
+    values = paddle.take_along_axis(x, indices, axis)
+    value = paddle.slice(values, [axis], [position], [position + 1])
+    index = paddle.slice(indices, [axis], [position], [position + 1])
+    return (value, index) if keepdim else (paddle.squeeze(value, axis), paddle.squeeze(index, axis))
+
+
+def kthvalue(x: Any, k: int, axis: Any = None, keepdim: bool = False, name: Any = None) -> Any:
+    """Paddle's kthvalue, which paddle2onnx has no converter for: the k-th of the sorted values."""
+    import paddle
+
+    if axis is None:
+        x, axis = paddle.flatten(x), 0
+    return _sorted_pick(x, axis % len(x.shape), k - 1, keepdim)
+
+
+def median(x: Any, axis: Any = None, keepdim: bool = False, mode: str = "avg", name: Any = None, **kwargs: Any) -> Any:
+    """Paddle's median, which paddle2onnx has no converter for, from the sorted values: the
+    mean of the two middle ones (``mode='avg'``, Paddle's default) or the lower (``'min'``,
+    torch's), with its index."""
+    import paddle
+
+    if kwargs or mode not in ("avg", "min") or not isinstance(axis, (int, type(None))):
+        return ORIGINALS[("paddle", "median")](x, axis, keepdim, mode, name, **kwargs)
+    flat = axis is None
+    if flat:
+        x, axis = paddle.flatten(x), 0
+    axis %= len(x.shape)
+    size = x.shape[axis]
+    lower = _sorted_pick(x, axis, (size - 1) // 2, keepdim and not flat)
+    if mode == "min":
+        return lower
+    if size % 2:
+        return lower[0]
+    upper = _sorted_pick(x, axis, size // 2, keepdim and not flat)
+    return (lower[0] + upper[0]) / 2
+
+
+def cummax(x: Any, axis: Any = None, dtype: Any = "int64", name: Any = None) -> Any:
+    """Paddle's cummax, which paddle2onnx has no converter for: each prefix's maximum, and the
+    index of its last occurrence."""
+    import paddle
+
+    if axis is None:
+        x, axis = paddle.flatten(x), 0
+    axis %= len(x.shape)
+    prefixes = [paddle.slice(x, [axis], [0], [i + 1]) for i in range(x.shape[axis])]
+    values = paddle.stack([paddle.max(part, axis) for part in prefixes], axis)
+    last = [i - paddle.argmax(paddle.flip(part, [axis]), axis) for i, part in enumerate(prefixes)]
+    return values, paddle.stack(last, axis).astype(dtype)
+
+
+def cumprod(x: Any, dim: Any = None, dtype: Any = None, name: Any = None, **kwargs: Any) -> Any:
+    """Paddle's cumprod, which paddle2onnx has no converter for, as products of shifted copies
+    (log2 of the axis's length of them)."""
+    import paddle
+
+    from lossgraph.exporters.common import prefix_products
+
+    if kwargs.get("out") is not None:
+        return ORIGINALS[("paddle", "cumprod")](x, dim, dtype=dtype, name=name, **kwargs)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if dim is None:
+        x, dim = paddle.flatten(x), 0
+    dim %= len(x.shape)
+    size = x.shape[dim]
+
+    def shifted(t: Any, k: int) -> Any:
+        head = paddle.slice(t, [dim], [0], [size - k])
+        return paddle.concat([paddle.ones_like(paddle.slice(t, [dim], [0], [k])), head], dim)
+
+    return prefix_products(x, size, shifted)
+
+
+def multi_label_margin_loss(input: Any, label: Any, reduction: str = "mean", name: Any = None) -> Any:
+    """Paddle's multi_label_margin_loss, which gathers rows at data-dependent positions (where,
+    cumprod; paddle2onnx converts neither), in one dense computation: for each sample, the hinge
+    max(0, 1 - (x[y] - x[i])) of every target label y (those before the first -1) against every
+    class i no label names, summed and divided by the number of classes."""
+    import paddle
+
+    if len(input.shape) != 2 or any(d < 0 for d in input.shape):
+        return ORIGINALS[("paddle.nn.functional", "multi_label_margin_loss")](input, label, reduction, name)
+    n, classes = input.shape
+    ended = paddle.concat([(label == -1).astype("int64"), paddle.ones([n, 1], "int64")], 1)
+    count = paddle.argmax(ended, 1, keepdim=True)
+    valid = (paddle.arange(classes).unsqueeze(0) < count).astype(input.dtype)
+    labels = paddle.clip(label, min=0).astype("int64")
+    chosen = paddle.nn.functional.one_hot(labels, classes).astype(input.dtype) * valid.unsqueeze(-1)
+    others = 1.0 - paddle.clip(chosen.sum(1), max=1.0)
+    scores = paddle.take_along_axis(input, labels, 1)
+    hinge = paddle.nn.functional.relu(1.0 - scores.unsqueeze(-1) + input.unsqueeze(1))
+    loss = (hinge * valid.unsqueeze(-1) * others.unsqueeze(1)).sum((1, 2)) / classes
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+def matmul(x: Any, y: Any, transpose_x: bool = False, transpose_y: bool = False, name: Any = None) -> Any:
+    """Paddle's matmul with a 1-D operand "transposed" (a no-op: cross_entropy's soft labels
+    times a class weight), on which paddle2onnx crashes: passed without the transpose."""
+    original = ORIGINALS[("paddle", "matmul")]
+    if transpose_y and len(y.shape) == 1:
+        transpose_y = False
+    if transpose_x and len(x.shape) == 1:
+        transpose_x = False
+    return original(x, y, transpose_x, transpose_y, name)
+
+
 REPLACEMENTS = {
+    ("paddle", "matmul"): matmul,
+    ("paddle.nn.functional", "multi_label_margin_loss"): multi_label_margin_loss,
+    ("paddle.nn.functional.loss", "multi_label_margin_loss"): multi_label_margin_loss,
+    **{(where, "cumprod"): cumprod for where in ("paddle", "paddle.tensor", "paddle.pir:Value", "paddle:Tensor")},
+    **{(where, name): fn for name, fn in (("kthvalue", kthvalue), ("median", median), ("cummax", cummax))
+       for where in ("paddle", "paddle.tensor", "paddle.pir:Value", "paddle:Tensor")},
+    ("paddle.nn.functional", "rrelu"): rrelu,
+    ("paddle.nn.functional.activation", "rrelu"): rrelu,
+    **{(where, name): fn for name, fn in (("logcumsumexp", logcumsumexp), ("cross", cross), ("kron", kron))
+       for where in ("paddle", "paddle.tensor", "paddle.pir:Value", "paddle:Tensor")},
     ("paddle.nn.functional", "affine_grid"): affine_grid,
     ("paddle.nn.functional.vision", "affine_grid"): affine_grid,
     ("paddle.nn.functional", "adaptive_max_pool1d"): _adaptive_max(1),

@@ -248,6 +248,9 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: 
                 custom_translation_table=translation_table(),
             )
     except Exception as exc:
+        refused = _innermost(exc)
+        if isinstance(refused, ExportError):  # one of lossgraph's stand-ins refused: its own message
+            raise ExportError(f"{spec.source or 'the spec'}: {one_line(refused)}") from exc
         raise ExportError(
             f"torch.onnx.export failed for {spec.source or 'the spec'}: {_export_cause(exc)}"
         ) from exc
@@ -256,14 +259,20 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: 
     return program.model_proto
 
 
-def _export_cause(exc: BaseException) -> str:
-    """What made torch's exporter fail, in one line: the first line of the innermost exception
-    of the chain (torch wraps the cause in a generic TorchExportError) and the user's code line
-    torch names, if any."""
+def _innermost(exc: BaseException) -> BaseException:
+    """The innermost exception of ``exc``'s chain (each cyclic chain walked once)."""
     root, seen = exc, {id(exc)}
     while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
         seen.add(id(nxt))
         root = nxt
+    return root
+
+
+def _export_cause(exc: BaseException) -> str:
+    """What made torch's exporter fail, in one line: the first line of the innermost exception
+    of the chain (torch wraps the cause in a generic TorchExportError) and the user's code line
+    torch names, if any."""
+    root = _innermost(exc)
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     where = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+)', text)

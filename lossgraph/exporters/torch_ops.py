@@ -90,8 +90,131 @@ def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padd
         input.reshape(n, rows, *blocks), weight, stride=step, padding=pad, groups=channels, dilation=dil)
 
 
+def rrelu(input: Any, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
+          inplace: bool = False) -> Any:
+    """torch's rrelu, whose exported form has no translation: in eval mode a leaky ReLU of slope
+    (lower + upper) / 2, as torch computes it; in training (random slopes) refused."""
+    import torch
+
+    from lossgraph.exporters.common import rrelu_slope
+
+    return torch.nn.functional.leaky_relu(input, rrelu_slope(lower, upper, training))
+
+
+def cdist(x1: Any, x2: Any, p: float = 2.0, compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Any:
+    """torch.cdist, which the exporter has no translation for, from the pairwise differences:
+    the p-norm of x1[i] - x2[j]; a distance of zero passes no gradient, as in torch."""
+    import torch
+
+    diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)).abs()
+    if p == float("inf"):
+        return diff.amax(-1)
+    if p == 1.0:
+        return diff.sum(-1)
+    powered = diff.pow(p).sum(-1)
+    positive = powered > 0
+    return torch.where(positive, torch.where(positive, powered, torch.ones_like(powered)).pow(1.0 / p),
+                       torch.zeros_like(powered))
+
+
+def _sorted_pick(input: Any, dim: int, position: int, keepdim: bool) -> tuple[Any, Any]:
+    """The element at ``position`` of ``input`` sorted along ``dim``, and its index."""
+    import torch
+
+    values, indices = torch.sort(input, dim=dim)
+    value, index = values.narrow(dim, position, 1), indices.narrow(dim, position, 1)
+    return (value, index) if keepdim else (value.squeeze(dim), index.squeeze(dim))
+
+
+def kthvalue(input: Any, k: int, dim: int = -1, keepdim: bool = False) -> Any:
+    """torch.kthvalue, which the exporter has no translation for: the k-th of the sorted values."""
+    import torch
+
+    return torch.return_types.kthvalue(_sorted_pick(input, dim, k - 1, keepdim))
+
+
+def median(input: Any, dim: Any = None, keepdim: bool = False) -> Any:
+    """torch.median, which the exporter has no translation for: the lower of the middle values
+    of the sorted ones (of all values, without ``dim``)."""
+    import torch
+
+    if dim is None:
+        flat = input.reshape(-1)
+        return _sorted_pick(flat, 0, (flat.shape[0] - 1) // 2, False)[0]
+    return torch.return_types.median(_sorted_pick(input, dim, (input.shape[dim] - 1) // 2, keepdim))
+
+
+def cummax(input: Any, dim: int) -> Any:
+    """torch.cummax, which the exporter has no translation for: each prefix's maximum, and the
+    index of its last occurrence, as torch's."""
+    import torch
+
+    size = input.shape[dim]
+    prefixes = [input.narrow(dim, 0, i + 1) for i in range(size)]
+    values = torch.stack([part.amax(dim) for part in prefixes], dim)
+    last = [i - part.flip(dim).argmax(dim) for i, part in enumerate(prefixes)]
+    return torch.return_types.cummax((values, torch.stack(last, dim)))
+
+
+def multilabel_margin_loss(input: Any, target: Any, size_average: Any = None, reduce: Any = None,
+                           reduction: str = "mean") -> Any:
+    """torch's multilabel_margin_loss, which the exporter mistranslates: for each sample, the
+    hinge max(0, 1 - (x[y] - x[i])) of every target label y (the labels before the first -1)
+    against every other class i, summed and divided by the number of classes."""
+    import torch
+
+    if size_average is not None or reduce is not None or input.dim() != 2:
+        return ORIGINALS[("torch.nn.functional", "multilabel_margin_loss")](
+            input, target, size_average, reduce, reduction)
+    n, classes = input.shape
+    ended = torch.cat([target == -1, torch.ones_like(target[:, :1], dtype=torch.bool)], 1)
+    count = ended.to(torch.int64).argmax(1, keepdim=True)  # labels before the first -1
+    valid = (torch.arange(classes).unsqueeze(0) < count).to(input.dtype)  # [n, j]
+    labels = target.clamp(min=0)
+    chosen = torch.nn.functional.one_hot(labels, classes).to(input.dtype) * valid.unsqueeze(-1)
+    others = 1.0 - chosen.sum(1).clamp(max=1.0)  # [n, i]: classes no label names
+    scores = torch.gather(input, 1, labels)  # [n, j]
+    hinge = torch.relu(1.0 - scores.unsqueeze(-1) + input.unsqueeze(1))  # [n, j, i]
+    loss = (hinge * valid.unsqueeze(-1) * others.unsqueeze(1)).sum((1, 2)) / classes
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+def cumprod(input: Any, dim: int, *, dtype: Any = None, out: Any = None) -> Any:
+    """torch.cumprod, which the exporter has no translation for, as products of shifted copies
+    (log2 of the axis's length of them)."""
+    import torch
+
+    from lossgraph.exporters.common import prefix_products
+
+    if out is not None:
+        return ORIGINALS[("torch", "cumprod")](input, dim, dtype=dtype, out=out)
+    if dtype is not None:
+        input = input.to(dtype)
+    dim %= input.dim()
+    size = input.shape[dim]
+
+    def shifted(x: Any, k: int) -> Any:
+        ones = torch.ones_like(x.narrow(dim, 0, k))
+        return torch.cat([ones, x.narrow(dim, 0, size - k)], dim)
+
+    return prefix_products(input, size, shifted)
+
+
 #: (module, attribute) -> its traceable stand-in
 STAND_INS = {
+    ("torch", "cumprod"): cumprod,
+    ("torch:Tensor", "cumprod"): cumprod,
+    ("torch", "cdist"): cdist,
+    ("torch", "kthvalue"): kthvalue,
+    ("torch:Tensor", "kthvalue"): kthvalue,
+    ("torch", "median"): median,
+    ("torch:Tensor", "median"): median,
+    ("torch", "cummax"): cummax,
+    ("torch:Tensor", "cummax"): cummax,
+    ("torch.nn.functional", "multilabel_margin_loss"): multilabel_margin_loss,
+    ("torch.nn.functional", "rrelu"): rrelu,
     ("torch.nn.modules.transformer", "_detect_is_causal_mask"): _detect_is_causal_mask,
     ("torch.nn.functional", "gaussian_nll_loss"): gaussian_nll_loss,
     ("torch.nn.functional", "adaptive_max_pool1d"): _adaptive_max(1),

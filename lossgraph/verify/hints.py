@@ -11,6 +11,7 @@ constants (margins, clamps) that differ.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from lossgraph.graph import (
     lowered_from,
     node_meta,
 )
+from lossgraph.verify.conventions import BY_KEY, for_attribute
 from lossgraph.verify.results import Divergence
 
 Hint = Callable[["HintContext"], "str | None"]
@@ -385,7 +387,10 @@ def differing_attributes(ctx: HintContext) -> str | None:
     ]
     if not diffs:
         return None
-    return f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
+    known = [c.sentence() for k in sorted(set(a) & set(b)) if k in names and _as_stored(a[k]) != _as_stored(b[k])
+             if (c := for_attribute(ref_node.op_type, k)) is not None]
+    return (f"{ref_node.op_type} differs in its settings: " + ", ".join(diffs) + " (reference vs candidate)."
+            + "".join(f" {text}" for text in dict.fromkeys(known)))
 
 
 #: Resize's coordinate transformations as the frameworks' arguments say them.
@@ -651,9 +656,150 @@ def kl_reduction(ctx: HintContext) -> str | None:
     for k in sorted({batch} | {int(np.prod(s.shape)) // batch for s in ctx.ref.meta.inputs.values() if s.shape}):
         if k > 1 and (abs(ratio - k) < 1e-3 * k or abs(1 / ratio - k) < 1e-3 * k):
             return (
-                f"The losses differ by a factor of {k}: a reduction convention (KL divergence "
-                f"'mean' divides by every element, 'batchmean' by the batch size; 'sum' vs 'mean')."
+                f"The losses differ by a factor of {k}: a reduction convention ('sum' vs 'mean'). "
+                + BY_KEY["kl_div_reduction"].sentence()
             )
+    return None
+
+
+@hint
+def smooth_l1_scaling(ctx: HintContext) -> str | None:
+    """torch's SmoothL1Loss(beta) against Huber's loss (Paddle's smooth_l1_loss(delta)): the
+    losses differ by a factor of 1/beta, the threshold on |x| both sides compare with."""
+    if ctx.divergence.phase != "forward" or "ref_loss" not in ctx.values:
+        return None
+    ratio = _ratio(ctx.values["ref_loss"], ctx.values["cand_loss"])
+    if ratio is None:
+        return None
+    for threshold in sorted(_abs_thresholds(ctx, ctx.ref) | _abs_thresholds(ctx, ctx.cand)):
+        if threshold != 1.0 and (abs(ratio * threshold - 1) < 1e-3 or abs(ratio / threshold - 1) < 1e-3):
+            return (f"The losses differ by a factor of {ratio:.4g} and both threshold |x| at "
+                    f"{threshold:g} (Smooth L1 / Huber): " + BY_KEY["smooth_l1"].sentence())
+    return None
+
+
+def _abs_thresholds(ctx: HintContext, graph: LossGraph) -> set[float]:
+    """The positive scalars a graph compares an absolute value with (Smooth L1's beta, Huber's
+    delta)."""
+    constants = ctx.constants(graph)
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    found = set()
+    for node in graph.model.graph.node:
+        if node.op_type not in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual") or len(node.input) < 2:
+            continue
+        for value, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+            source = producers.get(value)
+            limit = constants.get(other)
+            if source is not None and source.op_type == "Abs" and limit is not None and np.size(limit) == 1:
+                if float(np.ravel(limit)[0]) > 0:
+                    found.add(float(np.float32(np.ravel(limit)[0])))
+    return found
+
+
+@hint
+def label_smoothing(ctx: HintContext) -> str | None:
+    """Cross entropy with label smoothing on one side only, or by other amounts."""
+    if ctx.divergence.phase != "forward":
+        return None
+    ref, cand = _label_smoothing(ctx, ctx.ref), _label_smoothing(ctx, ctx.cand)
+    if ref is None or cand is None:
+        return None
+    if abs(ref - cand) < 1e-6:
+        frameworks = {ctx.ref.framework, ctx.cand.framework}
+        if ref > 0 and frameworks == {"torch", "paddle"} and all(_class_weighted(ctx, g) for g in (ctx.ref, ctx.cand)):
+            return (f"Both cross entropies smooth labels by {ref:g} and weight the classes, which "
+                    f"the frameworks combine differently. " + BY_KEY["label_smoothing_weight"].sentence())
+        return None
+    return (f"Label smoothing differs: the reference's cross entropy smooths labels by {ref:g}, "
+            f"the candidate's by {cand:g}. " + BY_KEY["label_smoothing"].sentence())
+
+
+_CROSS_ENTROPY = re.compile(r"target=torch\.ops\.aten\.cross_entropy_loss\.default\]\(args = \(([^)]*)\)")
+
+
+def _label_smoothing(ctx: HintContext, graph: LossGraph) -> float | None:
+    """How much a graph's cross entropy smooths its labels: torch's from the exported call's
+    arguments, a Paddle graph's from the one-hot it scales (1 - e) (0 for a hard-label loss);
+    None where the graph has no cross entropy lossgraph recognizes."""
+    nodes = graph.model.graph.node
+    if graph.framework == "torch":
+        calls = {m.group(0) + text[m.end():] for n in nodes
+                 if (m := _CROSS_ENTROPY.search(text := node_meta(n, "pkg.torch.onnx.fx_node") or ""))}
+        if not calls:
+            return None
+        call = next(iter(calls))
+        keyword = re.search(r"label_smoothing: ([-\d.e]+)", call)
+        arguments = _CROSS_ENTROPY.search(call).group(1).split(", ")
+        try:
+            return float(keyword.group(1) if keyword else arguments[5] if len(arguments) > 5 else 0.0)
+        except ValueError:
+            return None
+    producers = {o: n for n in nodes for o in n.output}
+    consumers = _consumers(graph)
+    constants = ctx.constants(graph)
+    types = ctx.types(graph)
+    for node in nodes:
+        if node.op_type != "Mul":
+            continue
+        for value, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+            hot = producers.get(value)
+            scale = constants.get(other)
+            if (hot is None or scale is None or np.size(scale) != 1 or value not in types or not types[value].shape
+                    or not (hot.op_type == "OneHot" or hot.op_type == "Cast"
+                            and getattr(producers.get(hot.input[0]), "op_type", "") == "Equal")):
+                continue
+            smoothing = 1.0 - float(np.ravel(scale)[0])
+            classes = types[value].shape[-1]
+            # Paddle's label_smooth: (1 - e) one_hot + e / C, the uniform share added a few nodes on
+            if 0.0 < smoothing < 1.0 and isinstance(classes, int) and any(
+                    abs(share * classes - smoothing) < 1e-4
+                    for share in _scalars_added_after(node, consumers, constants)):
+                return round(smoothing, 6)
+    hard = {"SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"}
+    return 0.0 if any(n.op_type in hard for n in nodes) else None
+
+
+def _class_weighted(ctx: HintContext, graph: LossGraph) -> bool:
+    """Whether a graph's cross entropy weights its classes: torch's call has a weight argument;
+    a Paddle graph multiplies its soft labels by a constant class vector (a MatMul)."""
+    nodes = graph.model.graph.node
+    if graph.framework == "torch":
+        calls = [m.group(1).split(", ") for n in nodes
+                 if (m := _CROSS_ENTROPY.search(node_meta(n, "pkg.torch.onnx.fx_node") or ""))]
+        return any(len(args) > 2 and args[2] != "None" for args in calls)
+    constants = ctx.constants(graph)
+    return any(n.op_type == "MatMul" and any(np.ndim(constants.get(i)) == 1 for i in n.input if i in constants)
+               for n in nodes)
+
+
+def _scalars_added_after(node: onnx.NodeProto, consumers, constants, depth: int = 4) -> list[float]:
+    """The scalar constants Add nodes within ``depth`` nodes after ``node`` add."""
+    found, frontier = [], [node]
+    for _ in range(depth):
+        frontier = [c for n in frontier for o in n.output for c in consumers.get(o, [])]
+        for n in frontier:
+            if n.op_type == "Add":
+                found += [float(np.ravel(constants[i])[0]) for i in n.input if i in constants and np.size(constants[i]) == 1]
+    return found
+
+
+@hint
+def dropout_downscale_in_infer(ctx: HintContext) -> str | None:
+    """Paddle's Dropout(mode='downscale_in_infer') multiplies by 1 - p in eval mode (its output
+    value is named after Paddle's dropout op), where torch's dropout and Paddle's default do
+    nothing."""
+    if ctx.divergence.phase != "forward":
+        return None
+    for side, graph in (("reference", ctx.ref), ("candidate", ctx.cand)):
+        node = ctx.node("ref" if side == "reference" else "cand")
+        if node is None or node.op_type != "Mul" or not any("pd_op.dropout" in o for o in node.output):
+            continue
+        constants = ctx.constants(graph)
+        factor = next((float(np.ravel(constants[i])[0]) for i in node.input
+                       if i in constants and np.size(constants[i]) == 1), None)
+        p = f" (p = {1 - factor:.3g})" if factor is not None else ""
+        return (f"The {side}'s Paddle Dropout multiplies by {factor:.3g} in eval mode{p}: "
+                f"mode='downscale_in_infer'. " + BY_KEY["dropout_mode"].sentence())
     return None
 
 
@@ -1082,6 +1228,12 @@ def batch_norm_running_stats(ctx: HintContext) -> str | None:
     """Running statistics updated with the other framework's momentum or variance convention."""
     if ctx.divergence.op_type != "running statistics" or "ref_before" not in ctx.values:
         return None
+    weights = [_batch_weight(graph, ctx.divergence.scope) for graph in (ctx.ref, ctx.cand)]
+    if None not in weights and abs(weights[0][0] - weights[1][0]) > 1e-6:
+        (ref_weight, ref_said), (cand_weight, cand_said) = weights
+        return (f"BatchNorm momentum at {ctx.divergence.scope}: the reference's running statistics "
+                f"take {ref_weight:g} of each batch ({ref_said}), the candidate's {cand_weight:g} "
+                f"({cand_said}). " + BY_KEY["batch_norm_momentum"].sentence())
     before = np.asarray(ctx.values["ref_before"], np.float64)
     ref_step = np.asarray(ctx.values["ref_after"], np.float64) - before
     cand_step = np.asarray(ctx.values["cand_after"], np.float64) - before
@@ -1099,6 +1251,18 @@ def batch_norm_running_stats(ctx: HintContext) -> str | None:
     # (torch's unbiased vs Paddle's biased running variance is no hint: steps compare it in
     # the candidate's convention, see verify/steps.py)
     return None
+
+
+def _batch_weight(graph: LossGraph, module: str) -> tuple[float, str] | None:
+    """The weight of each batch in a BatchNorm's running statistics (torch's momentum m, Paddle's
+    1 - m), and the argument as written; None where the metadata does not say."""
+    entry = next((e for e in graph.meta.batch_norm.values() if e.get("module") == module), None)
+    momentum = entry.get("momentum") if entry else None
+    if momentum is None:
+        return None
+    if graph.framework == "paddle":
+        return 1.0 - float(momentum), f"Paddle momentum={momentum:g}"
+    return float(momentum), f"torch momentum={momentum:g}"
 
 
 def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:

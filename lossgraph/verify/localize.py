@@ -270,7 +270,9 @@ def _divergence(
         step=step,
         phase=phase,
         scope=scope,
-        op_type=shown_op_type(ref_node) or shown_op_type(cand_node),
+        # a module-output tap copies: the op is the candidate's where the reference only copies
+        op_type=(shown_op_type(ref_node) if ref_node is None or node_meta(ref_node, TAP_KEY) is None else "")
+        or shown_op_type(cand_node) or shown_op_type(ref_node),
         reference_node=ref_node.name if ref_node is not None else "",
         candidate_node=cand_node.name if cand_node is not None else "",
         max_abs_diff=diff,
@@ -443,6 +445,9 @@ def localize_forward(
         return _max_diff(ref_values[target], cand_values[cand_target])
 
     agreed = {ref_taps[t]: pairs[t] for t in pairs if t not in diverged and t not in boundaries}
+    # a module output agreeing is the value its tap copies agreeing
+    agreed.update({_copied(ref.model.graph, r): _copied(cand.model.graph, c) for r, c in list(agreed.items())
+                   if _copied(ref.model.graph, r) and _copied(cand.model.graph, c)})
     agreed.update({name: name for name in ref.graph.meta.inputs})
     agreed.update({p.reference: p.candidate for p in param_map.pairs
                    if not p.parts and p.packed_in is None})
@@ -638,9 +643,15 @@ def _origin_in_region(
     ref_between = _between(ref.model.graph, sources, target) or [node]
     cand_between = _between(cand.model.graph, cand_sources, cand_target)
     cand_node = next((n for n in cand_between if n.op_type == node.op_type), None)
-    if cand_node is None:
-        cand_node = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
     diff, closest = _closest(ref_vals[out], index)
+    computing = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
+    if node.op_type in RESHAPES and computing is not None and cand_target in cand_vals:
+        # the reference only copies agreeing values here; the candidate computes something of
+        # its own (Paddle's Dropout scaling by 1 - p in eval mode, which torch's leaves out)
+        cand_node, closest = computing, cand_vals[cand_target]
+        diff = _max_diff(ref_vals[target], closest)
+    elif cand_node is None:
+        cand_node = computing
     params = ref.graph.meta.params
     transposed = tuple(
         (i, n.input[0], tuple(_perm(n)))
@@ -671,6 +682,13 @@ def _origin_in_region(
             **dict.fromkeys(counterpart.values(), "agrees"),
         },
     )
+
+
+def _copied(graph: onnx.GraphProto, value: str) -> str | None:
+    """The value an Identity (a module-output tap) copies into ``value``; None when no
+    Identity writes it."""
+    node = next((n for n in graph.node if value in n.output), None)
+    return node.input[0] if node is not None and node.op_type == "Identity" and node.input else None
 
 
 def _perm(node: onnx.NodeProto) -> list[int]:
