@@ -244,3 +244,36 @@ def test_debug_shows_the_traceback(cli, tmp_path):
 def test_bad_usage_is_exit_2(cli):
     result = cli("verify", "only-one.onnx")
     assert result.exit_code == 2 and "Missing argument" in result.stderr
+
+
+@pytest.mark.parametrize("side, source", [
+    ("paddle", """
+        import paddle
+        import lossgraph as lg
+
+        def spec():
+            model = paddle.nn.Linear(3, 2)
+            return lg.Spec(model=model, loss=lambda m, x, t: m(x).mean(),
+                           inputs={"x": lg.Input([2, 3]), "t": lg.Input([2, 3])})
+    """),
+    ("torch", """
+        import torch
+        import lossgraph as lg
+
+        def spec():
+            model = torch.nn.Linear(3, 2)
+            return lg.Spec(model=model, loss=lambda m, x: torch.nn.functional.ctc_loss(
+                m(x).log_softmax(-1), torch.tensor([[1], [1]]), torch.tensor([2, 2]), torch.tensor([1, 1])),
+                inputs={"x": lg.Input([2, 2, 3])})
+    """),
+])
+def test_an_export_that_fails_says_why_in_one_line(cli, write_spec, tmp_path, side, source):
+    """Paddle's static graph refuses an input the loss does not use (its own words name no
+    input); torch.export cannot trace CTC's data-dependent shapes: each is one line naming the
+    cause and, for torch, the user's line."""
+    path = write_spec(source, f"fails_{side}.py")
+    line = one_line_error(cli("export", f"{path}:spec", "-o", tmp_path / "x.onnx"))
+    if side == "paddle":
+        assert "an input in Spec.inputs (x, t) is not used by the loss" in line
+    else:
+        assert "aten._ctc_loss" in line and "fails_torch.py:" in line.split("(at ")[-1], line

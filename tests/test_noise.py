@@ -271,6 +271,21 @@ def test_adam_on_a_gradient_zero_but_for_rounding_is_noise_and_a_real_difference
     assert amplified[0]["float64"] <= 10 * amplified[0]["float64_nudged"]
     if lr == 1e-2:
         assert result.passed and result.noise_only
+        from rich.console import Console
+
+        from lossgraph.verify.report import render_verify
+
+        console = Console(record=True, width=200)
+        render_verify(result, console)
+        text = console.export_text()
+        assert "FAIL" not in text and "amplified: step 1 parameter layer.bias" in text  # rows say noise
+        # each side's float64 ONNX Runtime and framework runs part as far, by the same amplification
+        from lossgraph.cli import native_runner
+
+        native = run_verify(exported(f"{EXAMPLES}/catalog/layers_torch.py:instance_norm_affine"), candidate,
+                            VerifyOptions(grads=True, steps=2, native=True, native_runner=native_runner()))
+        assert native.passed and not native.native_failures
+        assert any(d.amplified for diffs in native.native.values() for d in diffs)
     else:
         assert not result.passed
         assert (result.first_divergence.step, result.first_divergence.phase) == (0, "update")

@@ -82,3 +82,42 @@ def test_a_module_returning_a_named_tuple_is_tapped_field_by_field(cli, tmp_path
     assert run.exit_code == 0, run.output
     taps = {node_meta(n, TAP_KEY) for n in LossGraph.load(tmp_path / "named.onnx").model.graph.node}
     assert {"encoder#0.0", "encoder#0.1"} <= taps
+
+
+RESHAPING = """
+    import torch
+    from torch import nn
+    import lossgraph as lg
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flat = nn.Flatten()
+            self.drop = nn.Dropout(0.5)
+            self.fc = nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.fc(self.drop(self.flat(torch.tanh(x))))  # no module before Flatten
+
+    def model():
+        torch.manual_seed(0)
+        return lg.Spec(model=Model(), loss=lambda m, x: m(x).pow(2).mean(),
+                       inputs={"x": lg.Input([2, 3, 4])})
+"""
+
+
+def test_a_module_that_only_reshapes_or_copies_is_tapped(write_spec, tmp_path):
+    """A Flatten of a value no module marked, and a Dropout in eval mode (a copy): walking back
+    through reshapes from their markers passes their own outputs; each still gets its tap and
+    no marker stays behind."""
+    import lossgraph as lg
+
+    out = tmp_path / "m.onnx"
+    lg.export(f"{write_spec(RESHAPING)}:model", out)
+    model = LossGraph.load(out).model
+    taps = {node_meta(n, TAP_KEY): n.output[0] for n in model.graph.node if node_meta(n, TAP_KEY)}
+    assert {"flat#0", "drop#0", "fc#0"} <= set(taps)
+    types = infer_types(model)
+    assert types[taps["flat#0"]].shape == types[taps["drop#0"]].shape == (2, 12)
+    consts = constant_values(model)
+    assert not [n.name for n in model.graph.node if _tap_index(n, consts) is not None]

@@ -187,7 +187,9 @@ LOSSES = {
     "soft_margin": lambda h, t: F.soft_margin_loss(h, paddle.sign(t)),
     "multilabel_soft_margin": lambda h, t: F.multi_label_soft_margin_loss(h, (t > 0).astype("float32")),
     "poisson_nll": lambda h, t: F.poisson_nll_loss(h, t.abs() * 3),
-    "gaussian_nll": lambda h, t: F.gaussian_nll_loss(h, t, F.sigmoid(h) + 0.5),
+    # Paddle's gaussian_nll_loss gives the variance no gradient (it clips it under no_grad);
+    # torch's passes the gradient through its clamp: torch's formula written out
+    "gaussian_nll": lambda h, t: (0.5 * (paddle.log(F.sigmoid(h) + 0.5) + (h - t) ** 2 / (F.sigmoid(h) + 0.5))).mean(),
     "l1_sum": lambda h, t: F.l1_loss(h, t, reduction="sum"),
     "mse_none": lambda h, t: F.mse_loss(h, t, reduction="none").mean(),
     "cosine_similarity": lambda h, t: (1 - F.cosine_similarity(h, t, axis=1)).mean(),

@@ -37,6 +37,9 @@ OUTSIDE = (
     ("`nn.Embedding(padding_idx=...)`", "verified in `tests/test_embedding.py` (torch keeps the row and gives it "
      "no gradient, Paddle outputs zeros for it)"),
     ("`FractionalMaxPool2d`", "draws its windows at random in each framework: no common result to compare"),
+    ("`nn.CTCLoss`", "refused in one line: torch.export cannot trace its data-dependent shapes "
+     "(`tests/test_cli_errors.py`)"),
+    ("`RReLU` in training mode", "refused in one line on both sides: its slopes are drawn at random"),
     ("`grid_sample(mode='bicubic')`, 5-D `grid_sample`", "refused in one line (lowered are linear and nearest "
      "on 4-D inputs)"),
     ("`nn.LSTM`, `nn.GRU`, `nn.MultiheadAttention`, `nn.Transformer*`", "verified in real models: `examples/transformer` (`tests/test_transformer.py`), "

@@ -247,6 +247,12 @@ def _convert(
             f"{spec.source or 'the spec'}: {said.group(1).strip() if said else one_line(exc)}"
         ) from exc
     except Exception as exc:
+        if "is not involved in the target_vars calculation" in str(exc):
+            raise ExportError(
+                f"{spec.source or 'the spec'}: an input in Spec.inputs ({', '.join(spec.inputs)}) is not "
+                f"used by the loss, and Paddle's static graph keeps no unused input: leave it out of the "
+                f"spec (or use it)."
+            ) from exc
         raise ExportError(
             f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "
             f"{type(exc).__name__}: {one_line(exc)}"

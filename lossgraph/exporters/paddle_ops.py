@@ -483,8 +483,33 @@ def matmul(x: Any, y: Any, transpose_x: bool = False, transpose_y: bool = False,
     return original(x, y, transpose_x, transpose_y, name)
 
 
+def gaussian_nll_loss(input: Any, label: Any, variance: Any, full: bool = False, epsilon: float = 1e-6,
+                      reduction: str = "mean", name: Any = None) -> Any:
+    """Paddle's gaussian_nll_loss as Paddle runs it eagerly: it clips the variance inside
+    ``paddle.no_grad()``, so the variance gets no gradient at all (torch's passes the gradient
+    through its clamp); traced, the no_grad block is lost. The clipped variance is detached
+    here, which the export keeps. Its data-dependent check of the variances is left out (the
+    eager run has checked the values)."""
+    import math
+
+    import paddle
+
+    if list(variance.shape) != list(input.shape) and list(input.shape[:-1]) == list(variance.shape):
+        variance = paddle.unsqueeze(variance, -1)
+    variance = paddle.clip(variance, min=epsilon).detach()
+    loss = 0.5 * (paddle.log(variance) + paddle.square(input - label) / variance)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    if reduction == "mean":
+        return paddle.mean(loss)
+    return paddle.sum(loss) if reduction == "sum" else loss
+
+
 REPLACEMENTS = {
     ("paddle", "matmul"): matmul,
+    ("paddle.nn.functional", "gaussian_nll_loss"): gaussian_nll_loss,
+    ("paddle.nn.functional.loss", "gaussian_nll_loss"): gaussian_nll_loss,
+    ("paddle.nn.functional", "lp_pool2d"): lp_pool2d,
     ("paddle.nn.functional", "multi_label_margin_loss"): multi_label_margin_loss,
     ("paddle.nn.functional.loss", "multi_label_margin_loss"): multi_label_margin_loss,
     **{(where, "cumprod"): cumprod for where in ("paddle", "paddle.tensor", "paddle.pir:Value", "paddle:Tensor")},

@@ -26,9 +26,11 @@ from lossgraph.exporters.common import (
     format_source,
     framework_base,
     innermost_user_frame,
+    is_library_file,
     json_safe_dict,
     optimizer_param_names,
     package_versions,
+    relative_to_cwd,
     spec_code_objects,
 )
 from lossgraph.exporters.custom_backward import carrying, watching
@@ -276,11 +278,20 @@ def _export_cause(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     where = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+)', text)
-    at = f" (at {where.group(1)}:{where.group(2)})" if where else ""
+    at = f" (at {where.group(1)}:{where.group(2)})" if where else _user_frame(root)
     cause = f"{type(root).__name__}: {first}" if first else type(root).__name__
     if "DataDependent" in type(root).__name__ or "data-dependent" in text or "DynamicOutputShape" in type(root).__name__:
         cause += "; torch.export cannot trace it (data-dependent control flow or shapes)"
     return one_line(RuntimeError(cause + at), limit=400)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """" (at file:line)" of the innermost frame of the user's code the exception passed
+    through, or ""."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_library_file(f.filename)]
+    return f" (at {relative_to_cwd(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
 
 
 def _register_stack_anchors(spec: Spec) -> None:

@@ -93,6 +93,13 @@ CONVENTIONS = (
         "formula out on the Paddle side: (1 - e) F.nll_loss(log_p, y, weight) + e / C "
         "(-(log_p * w).sum(1)), reduced as torch reduces it."),
     Convention(
+        "gaussian_nll_variance", "GaussianNLLLoss / gaussian_nll_loss", "var / variance",
+        "clamps the variance at eps in place under no_grad: the gradient reaches the variance as "
+        "if unclamped", "clips the variance under no_grad into a new tensor: the variance gets no "
+        "gradient at all (though its documentation says otherwise)",
+        "Where the variance is learned, write torch's formula out on the Paddle side: "
+        "0.5 (log v + (x - y)^2 / v), v kept above eps with a clip whose gradient passes."),
+    Convention(
         "ignore_index", "CrossEntropyLoss, NLLLoss", "ignore_index", "ignore_index=-100",
         "ignore_index=-100 (the same default)", "Pass the same ignore_index; ignored targets count "
         "in neither the loss nor the mean's denominator.",

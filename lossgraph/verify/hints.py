@@ -25,6 +25,7 @@ from lossgraph.autodiff.custom_vjp import CustomVjp
 from lossgraph.graph import (
     LSTM_CELL_GATE_KEY,
     PADDING_IDX_KEY,
+    STOP_GRADIENT_KEY,
     LossGraph,
     OptimizerInfo,
     live_nodes,
@@ -38,8 +39,17 @@ Hint = Callable[["HintContext"], "str | None"]
 HINTS: list[Hint] = []
 
 
+#: hints that speak only when no other hint does (a generic reading of the same evidence)
+FALLBACKS: set[Hint] = set()
+
+
 def hint(fn: Hint) -> Hint:
     HINTS.append(fn)
+    return fn
+
+
+def fallback(fn: Hint) -> Hint:
+    FALLBACKS.add(fn)
     return fn
 
 
@@ -57,6 +67,8 @@ class HintContext:
     folded: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     #: static_types of each graph, by id, inferred on first use
     typed: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: value -> the nodes reading it, of each graph, by id, on first use
+    read_by: dict[int, dict[str, list[onnx.NodeProto]]] = field(default_factory=dict, repr=False)
 
     def constants(self, graph: LossGraph) -> dict[str, np.ndarray]:
         """``constant_values`` of one side's graph, folded once however many hints ask."""
@@ -74,6 +86,12 @@ class HintContext:
             self.typed[id(graph)] = static_types(graph.model)
         return self.typed[id(graph)]
 
+    def consumers(self, graph: LossGraph) -> dict[str, list[onnx.NodeProto]]:
+        """Value -> the nodes reading it, of one side's graph, once however many hints ask."""
+        if id(graph) not in self.read_by:
+            self.read_by[id(graph)] = _consumers(graph)
+        return self.read_by[id(graph)]
+
     def node(self, side: str) -> onnx.NodeProto | None:
         graph = self.ref if side == "ref" else self.cand
         name = self.divergence.reference_node if side == "ref" else self.divergence.candidate_node
@@ -82,12 +100,14 @@ class HintContext:
 
 def hints_for(context: HintContext) -> str | None:
     """Every recognized cause, joined; None when nothing is recognized."""
-    found = []
+    found: dict[str, bool] = {}  # text -> from a fallback hint
     for fn in HINTS:
         text = fn(context)
         if text and text not in found:
-            found.append(text)
-    return " ".join(found) if found else None
+            found[text] = fn in FALLBACKS
+    specific = [text for text, generic in found.items() if not generic]
+    chosen = specific or list(found)
+    return " ".join(chosen) if chosen else None
 
 
 # --- forward ----------------------------------------------------------------------------------
@@ -236,7 +256,7 @@ def _root_epsilons(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto | No
     """Small positive constants (below 0.1) added right before a square root (or the division
     or power it takes part in) among the ``_EPSILON_DEPTH`` producers before ``node``."""
     nodes = _ancestors(graph, node, _EPSILON_DEPTH)
-    consumers = _consumers(graph)
+    consumers = ctx.consumers(graph)
     adds = [n for n in nodes if n.op_type == "Add"
             and any(c.op_type in _ROOTS for c in consumers.get(n.output[0], []))]
     constants = ctx.constants(graph) if adds else {}
@@ -493,7 +513,7 @@ def _score_width(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto) -> in
     from that MatMul (through reshapes and transposes), or its output feeds one; and the scores
     reach a softmax. None when ``node`` is no such scaling."""
     producers = {o: n for n in graph.model.graph.node for o in n.output}
-    consumers = _consumers(graph)
+    consumers = ctx.consumers(graph)
     types = ctx.types(graph)
     passing = ("Reshape", "Transpose", "Identity", "Cast")
     value = node.input[0]
@@ -507,7 +527,7 @@ def _score_width(ctx: HintContext, graph: LossGraph, node: onnx.NodeProto) -> in
     matmuls += [n for n in _readers(set(node.output), 3, consumers) if n.op_type == "MatMul"]
     for matmul in matmuls:
         shape = types.get(matmul.input[0])
-        if shape is not None and shape.shape and _feeds_softmax(graph, matmul, 4, consumers):
+        if shape is not None and shape.shape and _feeds_softmax(matmul, consumers, 4):
             return int(shape.shape[-1])
     return None
 
@@ -570,6 +590,7 @@ def _is_norm(info: Any) -> bool:
 
 
 @hint
+@fallback
 def differing_constants(ctx: HintContext) -> str | None:
     """The origin computes with a constant the candidate does not use (a margin, a clamp bound,
     a weighting); normalization epsilons, BCE's clamp and tensors without counterpart have hints
@@ -735,7 +756,7 @@ def _label_smoothing(ctx: HintContext, graph: LossGraph) -> float | None:
         except ValueError:
             return None
     producers = {o: n for n in nodes for o in n.output}
-    consumers = _consumers(graph)
+    consumers = ctx.consumers(graph)
     constants = ctx.constants(graph)
     types = ctx.types(graph)
     for node in nodes:
@@ -810,6 +831,35 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 # --- backward ---------------------------------------------------------------------------------
+
+
+@hint
+def gaussian_nll_variance(ctx: HintContext) -> str | None:
+    """Paddle's gaussian_nll_loss gives the variance no gradient (a clip under no_grad, kept as
+    a stop-gradient before the log), torch's passes it through its clamp: one side only."""
+    if ctx.divergence.phase != "backward":
+        return None
+    detached = [_detached_variance(graph) for graph in (ctx.ref, ctx.cand)]
+    if detached[0] == detached[1]:
+        return None
+    side = "reference" if detached[0] else "candidate"
+    return (f"The {side} stops the gradient at a clipped variance before its log (Paddle's "
+            f"gaussian_nll_loss). " + BY_KEY["gaussian_nll_variance"].sentence())
+
+
+def _detached_variance(graph: LossGraph) -> bool:
+    """Whether a stopped gradient's value itself is both logged and divided by (a Gaussian
+    NLL's variance: log v + (x - y)^2 / v), not a value the gradient passes around (torch's
+    clamp, v + (clamp(v) - v).detach())."""
+    readers = _consumers(graph)
+    for node in graph.model.graph.node:
+        if node.op_type != "Identity" or node_meta(node, STOP_GRADIENT_KEY) != "1":
+            continue
+        read = readers.get(node.output[0], [])
+        if any(r.op_type == "Log" for r in read) and any(
+                r.op_type == "Div" and r.input[1] == node.output[0] for r in read):
+            return True
+    return False
 
 
 @hint
@@ -998,11 +1048,11 @@ def attention_heads(ctx: HintContext) -> str | None:
         return None
     sizes = []
     for graph, side in ((ctx.ref, "ref"), (ctx.cand, "cand")):
-        types, consumers = ctx.types(graph), _consumers(graph)
+        types, consumers = ctx.types(graph), ctx.consumers(graph)
         scores = {
             id(n): types[n.input[0]].shape[-1] for n in graph.model.graph.node
             if n.op_type == "MatMul" and n.input[0] in types and types[n.input[0]].shape
-            and _feeds_softmax(graph, n, consumers=consumers)
+            and _feeds_softmax(n, consumers)
         }
         sizes.append(set(scores.values()))
         if side == "ref" and not _near(ctx, side, lambda n, scores=scores: id(n) in scores):
@@ -1015,15 +1065,6 @@ def attention_heads(ctx: HintContext) -> str | None:
         f"scores contract heads of {ref} features, the candidate's heads of {cand} (num_heads, "
         f"nhead, num_attention_heads, head_dim)."
     )
-
-
-def _descendants(
-    graph: LossGraph, node: onnx.NodeProto, depth: int,
-    consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
-) -> list[onnx.NodeProto]:
-    """The nodes reading ``node``'s outputs, and theirs, up to ``depth`` consumers on
-    (``consumers``: value -> its readers, when the caller has it)."""
-    return _readers(set(node.output), depth, _consumers(graph) if consumers is None else consumers)
 
 
 def _readers(
@@ -1074,7 +1115,7 @@ def attention_mask(ctx: HintContext) -> str | None:
         )
     side, other, mask = ("reference", "candidate", ref) if ref is not None else ("candidate", "reference", cand)
     graph, node = (ctx.cand, ctx.node("cand")) if ref is not None else (ctx.ref, ctx.node("ref"))
-    if _scores_combined(graph, node):
+    if _scores_combined(graph, node, ctx.consumers(graph)):
         return None  # the other side adds or selects something into its scores: unsure
     return (
         f"Attention mask on one side only: the {side} leaves out {int(mask.sum())} of {mask.size} "
@@ -1089,14 +1130,13 @@ _MASK_DEPTH = 10
 _MASKED = -1e4
 
 
-def _scores_combined(graph: LossGraph, node: onnx.NodeProto) -> bool:
+def _scores_combined(graph: LossGraph, node: onnx.NodeProto, consumers: Mapping[str, list[onnx.NodeProto]]) -> bool:
     """Whether, upstream of ``node``, something is added to or selected into attention scores
     (an Add or Where after a MatMul whose product a softmax reads): a mask, maybe one too large
     to fold or computed from the inputs."""
     nodes = _ancestors(graph, node, _MASK_DEPTH)
-    consumers = _consumers(graph)
     after = set()
-    for matmul in (n for n in nodes if n.op_type == "MatMul" and _feeds_softmax(graph, n, 4, consumers)):
+    for matmul in (n for n in nodes if n.op_type == "MatMul" and _feeds_softmax(n, consumers, 4)):
         after.update(id(n) for n in _readers(set(matmul.output), 4, consumers))
     return any(n.op_type in ("Add", "Where") and id(n) in after for n in nodes) or any(
         n.op_type == "Where" for n in nodes)
@@ -1108,10 +1148,8 @@ def _blocked_positions(ctx: HintContext, side: str) -> np.ndarray | None:
     or a Where choosing such a constant. None when there is no such mask."""
     graph = ctx.ref if side == "ref" else ctx.cand
     nodes = _ancestors(graph, ctx.node(side), _MASK_DEPTH)
-    consumers = _consumers(graph)
-    softmax_above = any(n.op_type == "Softmax" or n.op_type == "Exp" and any(
-        r.op_type == "ReduceSum" for r in _readers(set(n.output), 2, consumers)) for n in nodes)
-    if not softmax_above and not _feeds_softmax(graph, ctx.node(side), consumers=consumers):
+    consumers = ctx.consumers(graph)
+    if not any(_is_softmax(n, consumers) for n in nodes) and not _feeds_softmax(ctx.node(side), consumers):
         return None
     constants = ctx.constants(graph)
     for node in nodes:
@@ -1134,21 +1172,16 @@ def _blocked_positions(ctx: HintContext, side: str) -> np.ndarray | None:
     return None
 
 
-def _feeds_softmax(
-    graph: LossGraph, node: onnx.NodeProto | None, depth: int = 3,
-    consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
-) -> bool:
-    """Whether a Softmax (or a decomposed one: an Exp whose output is summed) reads ``node``'s
-    output within ``depth`` consumers."""
-    if node is None:
-        return False
-    consumers = _consumers(graph) if consumers is None else consumers
-    for n in _descendants(graph, node, depth, consumers):
-        if n.op_type == "Softmax":
-            return True
-        if n.op_type == "Exp" and any(r.op_type == "ReduceSum" for r in _readers(set(n.output), 2, consumers)):
-            return True
-    return False
+def _feeds_softmax(node: onnx.NodeProto | None, consumers: Mapping[str, list[onnx.NodeProto]],
+                   depth: int = 3) -> bool:
+    """Whether a softmax reads ``node``'s output within ``depth`` consumers."""
+    return node is not None and any(_is_softmax(n, consumers) for n in _readers(set(node.output), depth, consumers))
+
+
+def _is_softmax(node: onnx.NodeProto, consumers: Mapping[str, list[onnx.NodeProto]]) -> bool:
+    """A Softmax, or a decomposed one: an Exp whose output is summed."""
+    return node.op_type == "Softmax" or node.op_type == "Exp" and any(
+        r.op_type == "ReduceSum" for r in _readers(set(node.output), 2, consumers))
 
 
 @hint
@@ -1186,7 +1219,7 @@ def _near(ctx: HintContext, side: str, subject, depth: int = _NEAR) -> bool:
     node = ctx.node(side)
     if node is None:
         return False
-    return any(subject(n) for n in _ancestors(graph, node, depth) + _descendants(graph, node, depth))
+    return any(subject(n) for n in _ancestors(graph, node, depth) + _readers(set(node.output), depth, ctx.consumers(graph)))
 
 
 def _is_gate_split(node: onnx.NodeProto) -> bool:
@@ -1199,7 +1232,7 @@ def _cell_candidate_blocks(ctx: HintContext, graph: LossGraph) -> set[int]:
     ONNX LSTMs say it (``LSTM_CELL_GATE_KEY``); a cell written out splits its gates into four
     blocks along the last axis, three of which reach a sigmoid and one a tanh."""
     found = {int(v) for n in graph.model.graph.node if (v := node_meta(n, LSTM_CELL_GATE_KEY))}
-    consumers = _consumers(graph)
+    consumers = ctx.consumers(graph)
     for node in graph.model.graph.node:
         if node.op_type != "Split" or len(node.output) != 4:
             continue
@@ -1231,7 +1264,7 @@ def batch_norm_running_stats(ctx: HintContext) -> str | None:
     weights = [_batch_weight(graph, ctx.divergence.scope) for graph in (ctx.ref, ctx.cand)]
     if None not in weights and abs(weights[0][0] - weights[1][0]) > 1e-6:
         (ref_weight, ref_said), (cand_weight, cand_said) = weights
-        return (f"BatchNorm momentum at {ctx.divergence.scope}: the reference's running statistics "
+        return (f"BatchNorm momentum convention at {ctx.divergence.scope}: the reference's running statistics "
                 f"take {ref_weight:g} of each batch ({ref_said}), the candidate's {cand_weight:g} "
                 f"({cand_said}). " + BY_KEY["batch_norm_momentum"].sentence())
     before = np.asarray(ctx.values["ref_before"], np.float64)

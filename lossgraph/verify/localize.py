@@ -258,8 +258,10 @@ def _ancestors(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
 
 def _divergence(
     step: int, phase: str, ref_node: onnx.NodeProto | None, cand_node: onnx.NodeProto | None,
-    scope: str, diff: float, loss: str | None,
+    scope: str, diff: float, loss: str | None, computed_by_candidate: bool = False,
 ) -> Divergence:
+    """``computed_by_candidate``: the reference only copies at ``ref_node``; the op named is the
+    candidate's."""
     source = None
     for node in (ref_node, cand_node):
         text = node_meta(node, SOURCE_KEY) if node is not None else None
@@ -270,9 +272,8 @@ def _divergence(
         step=step,
         phase=phase,
         scope=scope,
-        # a module-output tap copies: the op is the candidate's where the reference only copies
-        op_type=(shown_op_type(ref_node) if ref_node is None or node_meta(ref_node, TAP_KEY) is None else "")
-        or shown_op_type(cand_node) or shown_op_type(ref_node),
+        op_type=(shown_op_type(cand_node) if computed_by_candidate else "")
+        or shown_op_type(ref_node) or shown_op_type(cand_node),
         reference_node=ref_node.name if ref_node is not None else "",
         candidate_node=cand_node.name if cand_node is not None else "",
         max_abs_diff=diff,
@@ -469,7 +470,14 @@ def localize_forward(
         origin = replace(origin, diff=measured())
     if origin is not None:
         scope = _scope_of(origin.ref_node, tap, origin.cand_node, modules, forward=True)
-        found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss)
+        if origin.copies and tap:  # the module whose output parts: the reference copies there
+            scope = tap.partition("#")[0]
+        found = _divergence(step, "forward", origin.ref_node, origin.cand_node, scope, origin.diff, loss,
+                            computed_by_candidate=origin.copies)
+        if origin.copies:  # the source line of the module that parts, not of the copy's origin
+            text = next((node_meta(n, SOURCE_KEY) for n in ref.model.graph.node
+                         if node_meta(n, SCOPE_KEY) == scope and node_meta(n, SOURCE_KEY)), None)
+            found = replace(found, source=json.loads(text)) if text else found
         return found, origin.hint_values()
     if diverged:
         node = _producer(ref.model.graph, target)
@@ -530,10 +538,12 @@ class Origin:
 
     #: the origin's float inputs on the reference side (they agree with the candidate's)
     ref_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: the reference only copies agreeing values there; the candidate computes something
+    copies: bool = False
 
     def hint_values(self) -> dict[str, object]:
         """Everything but the nodes and the diff, by field name (shallow: arrays not copied)."""
-        skip = {"ref_node", "cand_node", "diff"}
+        skip = {"ref_node", "cand_node", "diff", "copies"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -645,7 +655,8 @@ def _origin_in_region(
     cand_node = next((n for n in cand_between if n.op_type == node.op_type), None)
     diff, closest = _closest(ref_vals[out], index)
     computing = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
-    if node.op_type in RESHAPES and computing is not None and cand_target in cand_vals:
+    copies = node.op_type in RESHAPES and computing is not None and cand_target in cand_vals
+    if copies:
         # the reference only copies agreeing values here; the candidate computes something of
         # its own (Paddle's Dropout scaling by 1 - p in eval mode, which torch's leaves out)
         cand_node, closest = computing, cand_vals[cand_target]
@@ -669,13 +680,14 @@ def _origin_in_region(
         cand_node=cand_node,
         diff=diff,
         ref_value=ref_vals[out],
-        cand_value=closest,
+        cand_value=closest if cand_node is not None else None,  # no counterpart: nothing to set beside it
         ref_constants=_consumed(ref_between, ref_consts),
         cand_constants=_consumed(cand_between, cand_consts),
         origin_constants=_consumed([node], ref_consts),
         transposed_params=transposed,
         ref_transposed_params=ref_transposed,
         ref_inputs={i: ref_vals[i] for i in node.input if i in ref_vals},
+        copies=copies,
         ref_status={v: "agrees" if v in counterpart else "differs" for v in ref_vals},
         cand_status={
             **{o: "differs" for n in cand_between for o in n.output if o in cand_vals},

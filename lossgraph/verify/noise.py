@@ -112,6 +112,22 @@ def needs_nudge(floor: dict[str, Any]) -> bool:
     return any(i["verdict"] == "semantic" and shrunk(i) for i in floor["items"])
 
 
+def amplified_native(diff: Any, nudged_steps: list[StepResult]) -> float | None:
+    """The float64 reference's own movement (its parameters, at the diff's step, from nudged
+    starting values) that a native diff's float64 difference stays within ``AMPLIFIED`` times
+    of, after shrinking ``SHRUNK``-fold from float32: rounding the computation amplifies. None
+    where it does not, or its float64 losses part."""
+    exact = diff.float64
+    if exact is None or exact.passed or not all(d.passed for d in exact.losses.values()):
+        return None
+    moved = max((d.max_abs_diff for s in nudged_steps if s.step == diff.step for d in s.parameters.values()),
+                default=None)
+    size = exact.parameters.max_abs_diff
+    if moved is None or size * SHRUNK > diff.parameters.max_abs_diff or size > AMPLIFIED * moved:
+        return None
+    return moved
+
+
 def nudged_setup(setup64: Any, param_map: Any, seed: int = 0) -> Any:
     """The float64 reference against itself (``param_map`` pairs it with itself), the
     candidate's starting values being the reference's moved by a rounding error (relative

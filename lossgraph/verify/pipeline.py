@@ -261,17 +261,27 @@ def run_verify(
             runs64.extend(compare(setups64[0], options, dtype="float64"))
         return runs64
 
+    nudged: list[Any] = []
+
+    def nudged_run():
+        """The float64 reference against itself from nudged starting values, made once."""
+        if not nudged:
+            from lossgraph.verify.noise import nudged_setup
+
+            float64_runs()
+            self_map = build_param_map(setups64[0].ref, setups64[0].ref, None, False)
+            nudged.extend(compare(nudged_setup(setups64[0], self_map, options.seed), options, dtype="float64")[0])
+        return nudged
+
     failing = next((step for step in steps if not step.passed), None)
     if failing is not None and options.noise_floor:
-        from lossgraph.verify.noise import classify, needs_nudge, nudged_setup, semantic_view
+        from lossgraph.verify.noise import classify, needs_nudge, semantic_view
 
         # every float32 diff above the tolerance, against the same comparison in float64
         result.noise_floor = classify(steps, float64_runs()[0])
         if needs_nudge(result.noise_floor):
             # a float64 diff that shrank but stayed: is it rounding the computation amplifies?
-            self_map = build_param_map(setups64[0].ref, setups64[0].ref, None, False)
-            nudged = compare(nudged_setup(setups64[0], self_map, options.seed), options, dtype="float64")[0]
-            result.noise_floor = classify(steps, float64_runs()[0], nudged)
+            result.noise_floor = classify(steps, float64_runs()[0], nudged_run())
         if not options.strict:
             # the first divergence is the first semantic diff, never one the report calls noise
             semantic = next((s for s in semantic_view(steps, result.noise_floor) if not s.passed), None)
@@ -296,6 +306,12 @@ def run_verify(
                     replace(d, float64=e) if not d.passed else d
                     for d, e in zip(result.native[side], exact)
                 ]
+            if result.native_failures:
+                # float64 runs that part by rounding the computation amplifies are noise too
+                from lossgraph.verify.noise import amplified_native
+
+                result.native = {side: [replace(d, amplified=amplified_native(d, nudged_run())) if d.semantic else d
+                                        for d in diffs] for side, diffs in result.native.items()}
     return result
 
 

@@ -82,6 +82,8 @@ def _native_dict(diff: NativeDiff) -> dict[str, Any]:
     }
     if diff.float64 is not None:
         out["float64"] = _native_dict(diff.float64)
+    if diff.amplified is not None:
+        out["reason"], out["float64_nudged"] = "amplified", diff.amplified
     return out
 
 
@@ -226,7 +228,7 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     if result.noise_floor:
         _render_noise_floor(result.noise_floor, console)
     if len(result.steps) > 1 or result.steps[0].loss is not None:
-        console.print(_steps_table(result.steps))
+        console.print(_steps_table(result.steps, noise_steps(result.noise_floor)))
         _render_conventions(result, console)
         failing = next((s for s in result.steps if not s.passed), None)
         if failing is not None:
@@ -329,13 +331,22 @@ def _worst(diffs) -> float:
     return max((d.max_abs_diff for d in diffs), default=0.0)
 
 
-def _steps_table(steps: list[StepResult]) -> Table:
-    """One row per training step, in the manner of reprod_log's diff log."""
+def noise_steps(floor: Mapping[str, Any] | None) -> set[int]:
+    """The steps whose every difference above the tolerance the noise floor calls noise."""
+    items = (floor or {}).get("items", [])
+    steps = {i["step"] for i in items}
+    return {s for s in steps if all(i["verdict"] == "noise" for i in items if i["step"] == s)}
+
+
+def _steps_table(steps: list[StepResult], noise: set[int] = frozenset()) -> Table:
+    """One row per training step, in the manner of reprod_log's diff log; a step whose
+    differences are all rounding noise says so."""
     table = Table(title="Training steps (max |diff| reference vs candidate)", title_justify="left")
     for column in ("step", "loss / optimizer", "losses", "gradients", "parameters", "opt. state", "lr", ""):
         table.add_column(column, justify="left" if column in ("loss / optimizer",) else "right")
     for step in steps:
-        status = PASS if step.passed else f"{FAIL} {step.phase_failed()}"
+        status = PASS if step.passed else ("[green]noise[/green]" if step.step in noise
+                                           else f"{FAIL} {step.phase_failed()}")
         table.add_row(
             str(step.step),
             f"{step.loss} / {step.optimizer}",
@@ -523,7 +534,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _html_noise_floor(report.get("noise_floor")),
         '<h2 id="plot">Differences per step</h2>',
         _svg_step_plot(report["steps"], report["tolerance"]["atol"]),
-        _html_steps_table(report["steps"]),
+        _html_steps_table(report["steps"], noise_steps(report.get("noise_floor"))),
         _html_native(report.get("native") or {}),
         _html_parameter_map(report.get("parameter_map") or {}),
         "".join(f'<p class="fail">warning: {_esc(w)}</p>' for w in report.get("warnings", [])),
@@ -735,7 +746,7 @@ def _svg_step_plot(steps: list[Mapping[str, Any]], tol: float) -> str:
     return "".join(out)
 
 
-def _html_steps_table(steps: list[Mapping[str, Any]]) -> str:
+def _html_steps_table(steps: list[Mapping[str, Any]], noise: set[int] = frozenset()) -> str:
     series = step_series(steps)
     head = "".join(f"<th>{_esc(PLOT_SERIES[k])}</th>" for k in series)
     rows = []
@@ -743,6 +754,7 @@ def _html_steps_table(steps: list[Mapping[str, Any]]) -> str:
         label = f"{step.get('loss')} / {step.get('optimizer')}" if step.get("loss") else "forward check"
         cells = "".join(f"<td>{_html_sci(series[k][i])}</td>" for k in series)
         state = ('<td class="pass">pass</td>' if step.get("passed")
+                 else '<td class="noise">noise</td>' if step["step"] in noise
                  else f'<td class="fail">FAIL {_esc(step.get("phase_failed") or "")}</td>')
         rows.append(f"<tr><td>{step['step']}</td><td style='text-align:left'>{_esc(label)}</td>{cells}{state}</tr>")
     losses = []

@@ -124,6 +124,10 @@ class NativeDiff:
     #: the same comparison with both runs in float64 (ONNX Runtime and the framework), where the
     #: float32 one is above the tolerance; None where it was not run
     float64: NativeDiff | None = None
+    #: where the float64 runs part by rounding the computation amplifies (see
+    #: ``lossgraph.verify.noise``): how far the float64 reference's parameters move at this step
+    #: from a rounding error in its starting values
+    amplified: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -132,8 +136,8 @@ class NativeDiff:
     @property
     def semantic(self) -> bool:
         """Above the tolerance, and not float32 rounding: the float64 runs part as well (or
-        there are none to tell)."""
-        return not self.passed and (self.float64 is None or not self.float64.passed)
+        there are none to tell), by more than rounding the computation amplifies."""
+        return not self.passed and (self.float64 is None or not self.float64.passed) and self.amplified is None
 
 
 @dataclass(frozen=True)
