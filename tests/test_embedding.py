@@ -175,7 +175,7 @@ MAX_NORM = '''
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            self.emb = nn.Embedding(8, 4, max_norm=1.0, norm_type={norm_type})
+            self.emb = nn.Embedding(8, 4, max_norm={max_norm}, norm_type={norm_type})
             self.fc = nn.Linear(4, 1)
 
         def forward(self, ids):
@@ -190,15 +190,16 @@ MAX_NORM = '''
 '''
 
 
-@pytest.mark.parametrize("norm_type, forward", [
-    (2.0, "return self.fc(self.emb(ids))"),
-    (1.0, "return self.fc(self.emb(ids)) + self.fc(self.emb(ids[:, :2] // 2)).mean()"),  # renormed twice
+@pytest.mark.parametrize("max_norm, norm_type, forward", [
+    (1.0, 2.0, "return self.fc(self.emb(ids))"),
+    (1.0, 1.0, "return self.fc(self.emb(ids)) + self.fc(self.emb(ids[:, :2] // 2)).mean()"),  # renormed twice
+    (2.2, 2.0, "return self.fc(self.emb(ids))"),  # few rows above it at first
 ])
-def test_max_norm_renormalizes_the_weight_as_torch_trains_it(write_spec, tmp_path, norm_type, forward):
+def test_max_norm_renormalizes_the_weight_as_torch_trains_it(write_spec, tmp_path, max_norm, norm_type, forward):
     """nn.Embedding(max_norm) rewrites the rows it looks up in place, under no_grad: the
     gradient reaches the weight as if it were not rescaled, and the optimizer steps from the
     rescaled weight. The exported graph carries both (a marked ScatterND, a state output)."""
-    path = write_spec(MAX_NORM.format(norm_type=norm_type, forward=forward), "max_norm.py")
+    path = write_spec(MAX_NORM.format(max_norm=max_norm, norm_type=norm_type, forward=forward), "max_norm.py")
     out = tmp_path / "max_norm.onnx"
     lg.export(f"{path}:spec", out)
     spec, graph = load_spec(f"{path}:spec"), LossGraph.load(out)
@@ -213,7 +214,7 @@ def test_max_norm_renormalizes_the_weight_as_torch_trains_it(write_spec, tmp_pat
 
 
 def test_a_forward_that_changes_another_parameter_in_place_is_refused(cli, write_spec, tmp_path):
-    path = write_spec(MAX_NORM.format(norm_type=2.0, forward=(
+    path = write_spec(MAX_NORM.format(max_norm=1.0, norm_type=2.0, forward=(
         "with torch.no_grad():\n                self.fc.weight.mul_(0.5)\n"
         "            return self.fc(self.emb(ids))")), "mutates.py")
     run = cli("export", f"{path}:spec", "-o", tmp_path / "m.onnx")

@@ -289,3 +289,25 @@ def test_adam_on_a_gradient_zero_but_for_rounding_is_noise_and_a_real_difference
     else:
         assert not result.passed
         assert (result.first_divergence.step, result.first_divergence.phase) == (0, "update")
+
+
+def test_a_native_diff_is_amplified_rounding_only_where_every_parameter_is():
+    """--native: each parameter whose float64 difference stays above the tolerance must have
+    shrunk 10-fold and stay within 10x of the float64 reference's own nudged movement of the
+    paired parameter; one real difference beside a chaotic bias keeps the diff semantic."""
+    from lossgraph.verify.noise import amplified_native
+    from lossgraph.verify.results import NativeDiff
+
+    def native(each32, each64):
+        loss = {"loss": _diff(0.0)}
+        exact = NativeDiff(1, loss, _diff(max(each64.values())), "", each=each64)
+        return NativeDiff(1, loss, _diff(max(each32.values())), "", float64=exact, each=each32)
+
+    nudged = [StepResult(step=1, losses={}, parameters={"b": _diff(2e-5), "w": _diff(1e-14)})]
+    names = {"b": "b", "w": "w"}
+    chaotic = native({"b": 4e-3, "w": 1e-7}, {"b": 9e-6, "w": 1e-15})
+    assert amplified_native(chaotic, nudged, names, TOL) == 2e-5
+    real_beside = native({"b": 4e-3, "w": 1e-5}, {"b": 9e-6, "w": 1e-5})
+    assert amplified_native(real_beside, nudged, names, TOL) is None
+    unpaired = native({"b": 4e-3}, {"b": 9e-6})
+    assert amplified_native(unpaired, nudged, {}, TOL) is None

@@ -293,15 +293,34 @@ def rrelu_slope(lower: float, upper: float, training: bool) -> float:
     return (lower + upper) / 2
 
 
-def prefix_products(x: Any, size: int, shifted: Any) -> Any:
-    """Cumulative products along an axis of ``size`` in log2(size) steps (Hillis and Steele):
-    each multiplies by the value ``shifted(x, k)``, x moved k places along the axis with ones
-    coming in."""
+def prefix_scan(x: Any, size: int, shifted: Any, combine: Any) -> Any:
+    """An inclusive scan along an axis of ``size`` in log2(size) steps (Hillis and Steele):
+    each combines x with ``shifted(x, k)``, x moved k places along the axis with the
+    combination's identity coming in."""
     k = 1
     while k < size:
-        x = x * shifted(x, k)
+        x = combine(x, shifted(x, k))
         k *= 2
     return x
+
+
+def prefix_products(x: Any, size: int, shifted: Any) -> Any:
+    """Cumulative products (ones coming in: see :func:`prefix_scan`)."""
+    return prefix_scan(x, size, shifted, lambda a, b: a * b)
+
+
+def fold_blocks(size: Sequence[int], kernel: Sequence[int], step: Sequence[int], pad: Sequence[int],
+                dil: Sequence[int]) -> list[int] | None:
+    """The blocks per axis of a Fold (col2im) of output ``size``; None where the last block
+    does not reach the output's end (a margin the framework leaves zero, which a ConvTranspose
+    without output padding would cut off)."""
+    blocks = []
+    for k in range(2):
+        count = (size[k] + 2 * pad[k] - dil[k] * (kernel[k] - 1) - 1) // step[k] + 1
+        if (count - 1) * step[k] - 2 * pad[k] + dil[k] * (kernel[k] - 1) + 1 != size[k]:
+            return None
+        blocks.append(count)
+    return blocks
 
 
 def fold_one_hot(channels: int, kernel: Sequence[int]) -> np.ndarray:

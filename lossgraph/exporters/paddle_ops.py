@@ -264,14 +264,17 @@ def fold(x: Any, output_sizes: Any, kernel_sizes: Any, strides: Any = 1, padding
     to Paddle's own)."""
     import paddle
 
-    from lossgraph.exporters.common import fold_one_hot, pairs
+    from lossgraph.exporters.common import fold_blocks, fold_one_hot, pairs
 
     size, kernel, step, pad, dil = (pairs(v) for v in (output_sizes, kernel_sizes, strides, paddings, dilations))
     if None in (size, kernel, step, pad, dil) or any(d < 0 for d in x.shape):
         return ORIGINALS[("paddle.nn.functional", "fold")](x, output_sizes, kernel_sizes, strides, paddings,
                                                            dilations, name)
     n, rows, _ = x.shape
-    blocks = [(size[k] + 2 * pad[k] - dil[k] * (kernel[k] - 1) - 1) // step[k] + 1 for k in range(2)]
+    blocks = fold_blocks(size, kernel, step, pad, dil)
+    if blocks is None:  # the blocks leave a margin the stride never reaches: Paddle's own
+        return ORIGINALS[("paddle.nn.functional", "fold")](x, output_sizes, kernel_sizes, strides, paddings,
+                                                           dilations, name)
     channels = rows // (kernel[0] * kernel[1])
     weight = paddle.to_tensor(fold_one_hot(channels, kernel)).astype(x.dtype)
     return paddle.nn.functional.conv2d_transpose(
@@ -330,16 +333,27 @@ def rrelu(x: Any, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool
 
 
 def logcumsumexp(x: Any, axis: Any = None, dtype: Any = None, name: Any = None) -> Any:
-    """Paddle's logcumsumexp, which paddle2onnx has no converter for: log(cumsum(exp(x - m)))
-    + m, m the maximum along the axis (outside the gradient: it cancels)."""
+    """Paddle's logcumsumexp, which paddle2onnx has no converter for: a log-step scan of
+    logaddexp (each prefix's own maximum keeps it from underflowing)."""
     import paddle
+
+    from lossgraph.exporters.common import prefix_scan
 
     if dtype is not None:
         x = x.astype(dtype)
     if axis is None:
         x, axis = paddle.flatten(x), 0
-    top = paddle.max(x, axis=axis, keepdim=True).detach()
-    return paddle.log(paddle.cumsum(paddle.exp(x - top), axis=axis)) + top
+    axis %= len(x.shape)
+    size = x.shape[axis]
+
+    def shifted(t: Any, k: int) -> Any:
+        head = paddle.slice(t, [axis], [0], [size - k])
+        return paddle.concat([paddle.full_like(paddle.slice(t, [axis], [0], [k]), float("-inf")), head], axis)
+
+    def logaddexp(a: Any, b: Any) -> Any:
+        return paddle.maximum(a, b) + paddle.log1p(paddle.exp(-paddle.abs(a - b)))
+
+    return prefix_scan(x, size, shifted, logaddexp)
 
 
 def cross(x: Any, y: Any, axis: int = 9, name: Any = None) -> Any:
@@ -382,10 +396,9 @@ def _sorted_pick(x: Any, axis: int, position: int, keepdim: bool) -> tuple[Any, 
 
 def kthvalue(x: Any, k: int, axis: Any = None, keepdim: bool = False, name: Any = None) -> Any:
     """Paddle's kthvalue, which paddle2onnx has no converter for: the k-th of the sorted values."""
-    import paddle
 
-    if axis is None:
-        x, axis = paddle.flatten(x), 0
+    if axis is None:  # Paddle's default: the last axis
+        axis = -1
     return _sorted_pick(x, axis % len(x.shape), k - 1, keepdim)
 
 
@@ -395,7 +408,7 @@ def median(x: Any, axis: Any = None, keepdim: bool = False, mode: str = "avg", n
     torch's), with its index."""
     import paddle
 
-    if kwargs or mode not in ("avg", "min") or not isinstance(axis, (int, type(None))):
+    if kwargs or mode not in ("avg", "min") or not isinstance(axis, int):  # over all values: Paddle's own
         return ORIGINALS[("paddle", "median")](x, axis, keepdim, mode, name, **kwargs)
     flat = axis is None
     if flat:

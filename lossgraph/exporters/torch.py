@@ -115,7 +115,9 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     rename_outputs(proto.graph, names + trace.output_names)
     mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
-    _carry_no_grad_rewrites(proto, rewritten, spec.source or "the spec")
+    for param in _carry_no_grad_rewrites(proto, rewritten, spec.source or "the spec"):
+        # a weight the first forward left alone (no row above max_norm yet) is rewritten later
+        rewritten.setdefault(param, state[param].numpy().copy())
     sequences_as_splits(proto)
     return finish_export(
         spec,
@@ -151,14 +153,14 @@ def _changed_parameters(model: Any, before: Mapping[str, Any]) -> dict[str, np.n
 _EMBEDDING_RENORM = "aten.embedding_renorm"
 
 
-def _carry_no_grad_rewrites(proto: Any, rewritten: Mapping[str, np.ndarray], source: str) -> None:
+def _carry_no_grad_rewrites(proto: Any, rewritten: Mapping[str, np.ndarray], source: str) -> list[str]:
     """Carry the forward pass's in-place rewrites of parameters: ``nn.Embedding(max_norm=...)``
     renormalizes the rows it looks up in its weight under no_grad, exported as a ScatterND on
     the detached weight. The ScatterND is marked ``NO_GRAD_REWRITE_KEY`` (the gradient passes
     to the weight whole) and the detach before it passes the gradient; the rewritten weight
     becomes the graph output ``state:<parameter>``, which a training step takes as the value
     the optimizer updates, as the framework's optimizer updates the mutated weight. Any other
-    parameter the eager forward changed is refused."""
+    parameter the eager forward changed is refused. Returns the rewritten parameters."""
     graph = proto.graph
     producers = {out: node for node in graph.node for out in node.output}
     params = {t.name for t in graph.initializer}
@@ -187,8 +189,9 @@ def _carry_no_grad_rewrites(proto: Any, rewritten: Mapping[str, np.ndarray], sou
     for param, value in last.items():
         name = f"{STATE_PREFIX}{param}"
         graph.node.append(onnx.helper.make_node("Identity", [value], [name], name=f"{name}/output"))
-        shape = next(list(t.dims) for t in graph.initializer if t.name == param)
-        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+        weight = next(t for t in graph.initializer if t.name == param)
+        graph.output.append(onnx.helper.make_tensor_value_info(name, weight.data_type, list(weight.dims)))
+    return list(last)
 
 
 def _LossModule(

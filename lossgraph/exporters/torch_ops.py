@@ -77,13 +77,15 @@ def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padd
     to torch's own."""
     import torch
 
-    from lossgraph.exporters.common import fold_one_hot, pairs
+    from lossgraph.exporters.common import fold_blocks, fold_one_hot, pairs
 
     size, kernel, dil, pad, step = (pairs(v) for v in (output_size, kernel_size, dilation, padding, stride))
     if input.dim() != 3 or None in (size, kernel, dil, pad, step):
         return ORIGINALS[("torch.nn.functional", "fold")](input, output_size, kernel_size, dilation, padding, stride)
     n, rows, _ = input.shape
-    blocks = [(size[k] + 2 * pad[k] - dil[k] * (kernel[k] - 1) - 1) // step[k] + 1 for k in range(2)]
+    blocks = fold_blocks(size, kernel, step, pad, dil)
+    if blocks is None:  # the blocks leave a margin the stride never reaches: torch's own
+        return ORIGINALS[("torch.nn.functional", "fold")](input, output_size, kernel_size, dilation, padding, stride)
     channels = rows // (kernel[0] * kernel[1])
     weight = torch.tensor(fold_one_hot(channels, kernel), dtype=input.dtype)
     return torch.nn.functional.conv_transpose2d(
@@ -106,6 +108,8 @@ def cdist(x1: Any, x2: Any, p: float = 2.0, compute_mode: str = "use_mm_for_eucl
     the p-norm of x1[i] - x2[j]; a distance of zero passes no gradient, as in torch."""
     import torch
 
+    if p < 1.0:  # no norm (p = 0 counts, p < 1 has no gradient at zero distance): torch's own
+        return ORIGINALS[("torch", "cdist")](x1, x2, p, compute_mode)
     diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)).abs()
     if p == float("inf"):
         return diff.amax(-1)

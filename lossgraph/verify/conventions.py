@@ -106,7 +106,7 @@ CONVENTIONS = (
         ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"), "ignore_index"),
     Convention(
         "hardsigmoid_slope", "Hardsigmoid", "- / slope", "slope 1/6",
-        "slope=0.1666667 (float32 differs from 1/6 in its last bits: 3e-8 relative)",
+        "slope=0.1666667 (in float32 two units in the last place from 1/6: 1.8e-7 relative)",
         "Pass slope=1/6 for the same bits.", ("HardSigmoid",), "alpha"),
     Convention(
         "gelu_approximate", "GELU", "approximate", "approximate='none' (exact); 'tanh'",

@@ -720,7 +720,7 @@ def _abs_thresholds(ctx: HintContext, graph: LossGraph) -> set[float]:
 @hint
 def label_smoothing(ctx: HintContext) -> str | None:
     """Cross entropy with label smoothing on one side only, or by other amounts."""
-    if ctx.divergence.phase != "forward":
+    if ctx.divergence.phase != "forward" or ctx.divergence.scope:  # in the loss, outside every module
         return None
     ref, cand = _label_smoothing(ctx, ctx.ref), _label_smoothing(ctx, ctx.cand)
     if ref is None or cand is None:
@@ -818,8 +818,9 @@ def dropout_downscale_in_infer(ctx: HintContext) -> str | None:
         constants = ctx.constants(graph)
         factor = next((float(np.ravel(constants[i])[0]) for i in node.input
                        if i in constants and np.size(constants[i]) == 1), None)
-        p = f" (p = {1 - factor:.3g})" if factor is not None else ""
-        return (f"The {side}'s Paddle Dropout multiplies by {factor:.3g} in eval mode{p}: "
+        if factor is None:
+            continue
+        return (f"The {side}'s Paddle Dropout multiplies by {factor:.3g} in eval mode (p = {1 - factor:.3g}): "
                 f"mode='downscale_in_infer'. " + BY_KEY["dropout_mode"].sentence())
     return None
 

@@ -22,6 +22,7 @@ reference cannot reproduce itself more closely than that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -112,20 +113,27 @@ def needs_nudge(floor: dict[str, Any]) -> bool:
     return any(i["verdict"] == "semantic" and shrunk(i) for i in floor["items"])
 
 
-def amplified_native(diff: Any, nudged_steps: list[StepResult]) -> float | None:
-    """The float64 reference's own movement (its parameters, at the diff's step, from nudged
-    starting values) that a native diff's float64 difference stays within ``AMPLIFIED`` times
-    of, after shrinking ``SHRUNK``-fold from float32: rounding the computation amplifies. None
-    where it does not, or its float64 losses part."""
+def amplified_native(diff: Any, nudged_steps: list[StepResult], as_reference: Mapping[str, str],
+                     tol: Any) -> float | None:
+    """Whether a native diff (one side's ONNX Runtime training against its framework's) is
+    rounding the computation amplifies: every parameter whose float64 difference is above the
+    tolerance shrank ``SHRUNK``-fold from float32 and stays within ``AMPLIFIED`` times how far
+    the float64 reference's paired parameter moves at that step from nudged starting values
+    (``as_reference``: the side's parameter names -> the reference's). Returns the largest such
+    movement, or None where any parameter (or a loss) is not explained so."""
     exact = diff.float64
     if exact is None or exact.passed or not all(d.passed for d in exact.losses.values()):
         return None
-    moved = max((d.max_abs_diff for s in nudged_steps if s.step == diff.step for d in s.parameters.values()),
-                default=None)
-    size = exact.parameters.max_abs_diff
-    if moved is None or size * SHRUNK > diff.parameters.max_abs_diff or size > AMPLIFIED * moved:
-        return None
-    return moved
+    moved = {name: d.max_abs_diff for s in nudged_steps if s.step == diff.step for name, d in s.parameters.items()}
+    used = []
+    for name, size in exact.each.items():
+        if size <= tol.atol:
+            continue
+        reference = as_reference.get(name)
+        if reference not in moved or size * SHRUNK > diff.each.get(name, 0.0) or size > AMPLIFIED * moved[reference]:
+            return None
+        used.append(moved[reference])
+    return max(used, default=None)
 
 
 def nudged_setup(setup64: Any, param_map: Any, seed: int = 0) -> Any:

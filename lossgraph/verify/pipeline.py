@@ -310,8 +310,13 @@ def run_verify(
                 # float64 runs that part by rounding the computation amplifies are noise too
                 from lossgraph.verify.noise import amplified_native
 
-                result.native = {side: [replace(d, amplified=amplified_native(d, nudged_run())) if d.semantic else d
-                                        for d in diffs] for side, diffs in result.native.items()}
+                as_reference = {"reference": {p.reference: p.reference for p in setup.param_map.pairs},
+                                "candidate": {p.candidate: p.reference for p in setup.param_map.pairs}}
+                result.native = {
+                    side: [replace(d, amplified=amplified_native(d, nudged_run(), as_reference[side], setup.tol))
+                           if d.semantic else d for d in diffs]
+                    for side, diffs in result.native.items()
+                }
     return result
 
 
@@ -522,16 +527,17 @@ def native_diffs(
             name: compare_arrays(np.asarray(ours.losses[name]), np.asarray(value), tol)
             for name, value in eager.losses.items()
         }
-        worst_name, worst = "", None
+        worst_name, worst, each = "", None, {}
         for name, value in eager.params.items():
             if name not in ours.params or np.shape(ours.params[name]) != np.shape(value):
                 continue
             diff = compare_arrays(ours.params[name], value, tol)
+            each[name] = diff.max_abs_diff
             if worst is None or diff.max_abs_diff > worst.max_abs_diff:
                 worst_name, worst = name, diff
         if worst is None:  # nothing comparable (not `not worst`: a failing diff is falsy)
             worst = compare_arrays(np.zeros(1), np.zeros(1), tol)
-        out.append(NativeDiff(index, losses, worst, worst_name))
+        out.append(NativeDiff(index, losses, worst, worst_name, each=each))
     return out
 
 

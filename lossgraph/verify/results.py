@@ -124,6 +124,8 @@ class NativeDiff:
     #: the same comparison with both runs in float64 (ONNX Runtime and the framework), where the
     #: float32 one is above the tolerance; None where it was not run
     float64: NativeDiff | None = None
+    #: max |diff| of each parameter after the step, by name
+    each: dict[str, float] = field(default_factory=dict)
     #: where the float64 runs part by rounding the computation amplifies (see
     #: ``lossgraph.verify.noise``): how far the float64 reference's parameters move at this step
     #: from a rounding error in its starting values
