@@ -126,3 +126,37 @@ def test_a_zero_stride_never_reaches_native_shape_inference(cli, tmp_path):
     result = cli("verify", tmp_path / "bad.onnx", tmp_path / "bad.onnx")
     assert result.exit_code == 2
     assert "not a valid ONNX graph: AveragePool 'pool' strides [0, 0]" in result.stderr
+
+
+def test_torch_adaptive_max_pool_gives_a_tie_to_one_element(write_spec, tmp_path):
+    """torch's adaptive max pool, exported as maxima of its windows, passes a tied maximum's
+    gradient to one element, as torch's own backward does (amax would split it)."""
+    from test_autodiff_graphs import assert_close, ort_gradients, torch_autograd
+
+    from lossgraph.graph import LossGraph
+    from lossgraph.spec import load_spec
+
+    path = write_spec("""
+        import torch
+        import lossgraph as lg
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.tensor([[[[1.0, 1.0, 0.5, 2.0, 2.0], [2.0, 0.0, 1.0, 2.0, 2.0]]]]))
+                self.pool = torch.nn.AdaptiveMaxPool2d((1, 2))
+
+            def forward(self, x):
+                return self.pool(self.w) + 0.0 * x.sum()
+
+        def spec():
+            return lg.Spec(model=Net(), loss=lambda m, x: (m(x) * torch.tensor([1.0, 3.0])).sum(),
+                           inputs={"x": lg.Input([1])})
+    """, "ties.py")
+    out = tmp_path / "ties.onnx"
+    lg.export(f"{path}:spec", out)
+    spec, graph = load_spec(f"{path}:spec"), LossGraph.load(out)
+    inputs, ours = ort_gradients(spec, graph)
+    theirs = torch_autograd(spec, inputs, graph.meta.losses)
+    assert_close(ours, theirs, "adaptive max pool ties")
+    assert np.count_nonzero(ours["loss"]["w"]) == 2

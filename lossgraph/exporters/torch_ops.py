@@ -58,7 +58,8 @@ def _adaptive_max(dims: int) -> Any:
         its windows (uneven ones included), axis by axis; with indices, torch's own."""
         if return_indices:
             return ORIGINALS[("torch.nn.functional", name)](input, output_size, return_indices)
-        return _adaptive(input, output_size, dims, lambda t, axis: t.amax(axis, keepdim=True))
+        # max(dim) (not amax): a tie gives its gradient to one element, as torch's pool does
+        return _adaptive(input, output_size, dims, lambda t, axis: t.max(axis, keepdim=True).values)
 
     pool.__name__ = name
     return pool

@@ -654,7 +654,8 @@ def _origin_in_region(
     cand_between = _between(cand.model.graph, cand_sources, cand_target)
     cand_node = next((n for n in cand_between if n.op_type == node.op_type), None)
     diff, closest = _closest(ref_vals[out], index)
-    computing = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
+    computing = next((n for n in cand_between if n.op_type not in PASS_THROUGH
+                      and any(o in cand_vals for o in n.output)), None)  # a value, not a shape
     copies = node.op_type in RESHAPES and computing is not None and cand_target in cand_vals
     if copies:
         # the reference only copies agreeing values here; the candidate computes something of
@@ -662,7 +663,7 @@ def _origin_in_region(
         cand_node, closest = computing, cand_vals[cand_target]
         diff = _max_diff(ref_vals[target], closest)
     elif cand_node is None:
-        cand_node = computing
+        cand_node = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
     params = ref.graph.meta.params
     transposed = tuple(
         (i, n.input[0], tuple(_perm(n)))
