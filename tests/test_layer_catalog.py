@@ -85,12 +85,12 @@ def test_a_mistaken_argument_is_named(cli, exported, name):
     reference = exported(f"{FOLDER}/layers_torch.py:{torch_name}")
     candidate = exported(f"{FOLDER}/layers_paddle_planted.py:{name}")
     steps = ["--steps", "1"] if kind == "train" else []
-    run = cli("verify", reference, candidate, *steps)
+    run = cli("verify", reference, candidate, "--grads", *steps)
     assert run.exit_code == code, run.output
     assert said in " ".join(run.output.split()), run.output
     assert "A constant differs" not in run.output  # the generic reading, when a specific hint speaks
     if code == 1:
-        found = lg.verify(reference, candidate, steps=len(steps) // 2).first_divergence
+        found = lg.verify(reference, candidate, grads=True, steps=len(steps) // 2).first_divergence
         scope = "" if kind in ("loss", "class_loss") else "layer"
         assert (found.step, found.phase, found.scope) == (*(where[0] if where else (0, "forward")), scope), found
         assert 0 < found.max_abs_diff < float("inf")

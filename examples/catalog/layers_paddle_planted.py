@@ -68,7 +68,7 @@ PLANTED = {
         1, "weights each class's log-probability"),
     "gaussian_nll_no_variance_gradient": (
         "gaussian_nll", "loss", lambda h, t: F.gaussian_nll_loss(h, t, F.sigmoid(h) + 0.5), 1,
-        "variance no gradient", (0, "backward")),
+        "the variance gets no gradient", (0, "backward")),
     "kl_div_mean": (
         "kl_div", "loss", lambda h, t: F.kl_div(F.log_softmax(h, 1), F.softmax(t, 1), reduction="mean"), 1,
         "batchmean"),
