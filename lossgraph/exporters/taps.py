@@ -154,13 +154,6 @@ def mark_taps(model: onnx.ModelProto, names: list[str]) -> None:
         tapped = _unmarked(node.input[-1], producers, markers)
         result = _picked(node.output[0], consumers, types, types.get(tapped))
         if result is None:
-            # a module that only reshapes or copies (Flatten, Dropout in eval): walking back
-            # through reshapes passed its own output; the marker flattened the value before it
-            flattened = producers.get(node.input[-1])
-            if flattened is not None and flattened.op_type in ("Reshape", "Flatten"):
-                tapped = flattened.input[0]
-                result = _picked(node.output[0], consumers, types, types.get(tapped))
-        if result is None:
             continue
         markers[result] = tapped
         identity = onnx.helper.make_node(
