@@ -337,6 +337,17 @@ def logcumsumexp(x: Any, axis: Any = None, dtype: Any = None, name: Any = None) 
     logaddexp (each prefix's own maximum keeps it from underflowing)."""
     import paddle
 
+    def logaddexp(a: Any, b: Any) -> Any:
+        return paddle.maximum(a, b) + paddle.log1p(paddle.exp(-paddle.abs(a - b)))
+
+    return _scan(x, axis, dtype, float("-inf"), logaddexp)
+
+
+def _scan(x: Any, axis: Any, dtype: Any, identity: float, combine: Any) -> Any:
+    """An inclusive scan of ``x`` along ``axis`` (all values flattened when None), in log2 steps
+    (``common.prefix_scan``), ``identity`` coming in where the copies are shifted."""
+    import paddle
+
     from lossgraph.exporters.common import prefix_scan
 
     if dtype is not None:
@@ -348,12 +359,9 @@ def logcumsumexp(x: Any, axis: Any = None, dtype: Any = None, name: Any = None) 
 
     def shifted(t: Any, k: int) -> Any:
         head = paddle.slice(t, [axis], [0], [size - k])
-        return paddle.concat([paddle.full_like(paddle.slice(t, [axis], [0], [k]), float("-inf")), head], axis)
+        return paddle.concat([paddle.full_like(paddle.slice(t, [axis], [0], [k]), identity), head], axis)
 
-    def logaddexp(a: Any, b: Any) -> Any:
-        return paddle.maximum(a, b) + paddle.log1p(paddle.exp(-paddle.abs(a - b)))
-
-    return prefix_scan(x, size, shifted, logaddexp)
+    return prefix_scan(x, size, shifted, combine)
 
 
 def cross(x: Any, y: Any, axis: int = 9, name: Any = None) -> Any:
@@ -441,24 +449,10 @@ def cummax(x: Any, axis: Any = None, dtype: Any = "int64", name: Any = None) -> 
 def cumprod(x: Any, dim: Any = None, dtype: Any = None, name: Any = None, **kwargs: Any) -> Any:
     """Paddle's cumprod, which paddle2onnx has no converter for, as products of shifted copies
     (log2 of the axis's length of them)."""
-    import paddle
-
-    from lossgraph.exporters.common import prefix_products
 
     if kwargs.get("out") is not None:
         return ORIGINALS[("paddle", "cumprod")](x, dim, dtype=dtype, name=name, **kwargs)
-    if dtype is not None:
-        x = x.astype(dtype)
-    if dim is None:
-        x, dim = paddle.flatten(x), 0
-    dim %= len(x.shape)
-    size = x.shape[dim]
-
-    def shifted(t: Any, k: int) -> Any:
-        head = paddle.slice(t, [dim], [0], [size - k])
-        return paddle.concat([paddle.ones_like(paddle.slice(t, [dim], [0], [k])), head], dim)
-
-    return prefix_products(x, size, shifted)
+    return _scan(x, dim, dtype, 1.0, lambda a, b: a * b)
 
 
 def multi_label_margin_loss(input: Any, label: Any, reduction: str = "mean", name: Any = None) -> Any:
