@@ -58,3 +58,37 @@ def test_values_and_shapes_as_without_views():
         np.testing.assert_array_equal(got[name], want[name])
     some = fast.run(feeds, outputs=["ab_3x4", "ab_2x6"])
     assert list(some) == ["ab_3x4", "ab_2x6"] and some["ab_3x4"].shape == (3, 4)
+
+
+def test_transposed_matrix_times_vector_is_right():
+    """ONNX Runtime's MatmulTransposeFusion multiplies a transposed matrix by a 1-D vector
+    wrongly (a spectral norm's power iteration, ``torch.mv(W.t(), u)``), also where its own
+    optimizers move the Transpose next to the MatMul (through a Reshape); the runner leaves that
+    fusion out. A batched matrix, a 1-D first operand and a matrix second operand beside it."""
+    f = TensorProto.FLOAT
+    rng = np.random.default_rng(0)
+    cases = {  # (W shape, perm, v shape, whether the vector is the second operand, reshaped)
+        "matrix_vector": ((3, 4), [1, 0], (3,), True, False),
+        "through_reshape": ((3, 4), [1, 0], (3,), True, True),
+        "batched_vector": ((2, 3, 4), [0, 2, 1], (3,), True, False),
+        "vector_matrix": ((3, 4), [1, 0], (4,), False, False),
+        "matrix_matrix": ((3, 4), [1, 0], (3, 2), True, False),
+    }
+    for label, (w_shape, perm, v_shape, second, reshaped) in cases.items():
+        transposed = [w_shape[p] for p in perm]
+        nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=perm),
+                 helper.make_node("Reshape", ["wt", "shape"], ["wt_copy"]) if reshaped
+                 else helper.make_node("Identity", ["wt"], ["wt_copy"]),
+                 helper.make_node("MatMul", ["wt_copy", "v"] if second else ["v", "wt_copy"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("w", f, list(w_shape)),
+                         helper.make_tensor_value_info("v", f, list(v_shape))],
+            [helper.make_tensor_value_info("y", f, None)],
+            initializer=[numpy_helper.from_array(np.array(transposed, np.int64), "shape")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        w = rng.random(w_shape, dtype=np.float32)
+        v = rng.random(v_shape, dtype=np.float32)
+        wt = np.transpose(w, perm)
+        expected = wt @ v if second else v @ wt
+        got = OrtRunner(model).run({"w": w, "v": v})["y"]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=label)

@@ -65,6 +65,14 @@ def unsupported_ops(model_json: str) -> list[str]:
 
 
 def _stop_gradient_flags(op: dict) -> list[bool]:
+    """Whether each output of ``op`` is marked stop_gradient. A parameter op (``p``) writes its
+    output attributes positionally, ``[persistable, stop_gradient, trainable]``: a trainable
+    parameter is ``[1, 0, 1]``, a buffer or frozen parameter ``[1, 1, 0]``."""
+    attributes = op.get("OA")
+    if op.get("#") == "p" and isinstance(attributes, list) and len(attributes) >= 2 and all(
+        isinstance(a, int) for a in attributes
+    ):
+        return [bool(attributes[1])]
     for attr in op.get("OA", []) if isinstance(op.get("OA"), list) else []:
         if isinstance(attr, dict) and attr.get("N") == "stop_gradient":
             return [bool(item.get("D")) for item in attr["AT"]["D"]]
@@ -98,9 +106,22 @@ def stop_gradient_points(model_json: str) -> list[str]:
             if not any(flags.get(i) is False for i in inputs):
                 continue
             for index, stop in enumerate(stops):
-                if stop:
+                if stop and index < len(outs) and _is_float(outs[index]):
                     points.append(f"p2o.pd_op.{name}.{counter}.{index}")
     return points
+
+
+#: the program's names of float element types
+_FLOAT_TYPES = ("0.t_f16", "0.t_bf16", "0.t_f32", "0.t_f64")
+
+
+def _is_float(value: object) -> bool:
+    """Whether a program value is a float tensor (a gradient stops only where one could flow:
+    a comparison's or an argmax's result needs no marker)."""
+    try:
+        return value["TT"]["D"][0]["#"] in _FLOAT_TYPES  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return False
 
 
 #: Ops kept whole instead of decomposed into primitives: their decompositions (relu into

@@ -43,9 +43,10 @@ from lossgraph.exporters.common import (
 )
 from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
-from lossgraph.exporters.paddle_ops import convertible_ops
+from lossgraph.exporters.paddle_ops import WRITES, carry_writes, convertible_ops
 from lossgraph.exporters.taps import TapRecorder, mark_taps, paddle_taps
 from lossgraph.exporters.training import (
+    STATE_PREFIX,
     StepRecorder,
     TrainingTrace,
     draw_call_mask,
@@ -83,6 +84,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
     model.train() if spec.train else model.eval()
     arrays = make_inputs(spec.inputs, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    versions = _buffer_versions(model)
     recorder = StepRecorder(
         module_paths={id(layer): path for path, layer in model.named_sublayers(include_self=True)},
         draw=lambda call, k: paddle.to_tensor(draw_call_mask(call, seed, 0, k)),
@@ -99,6 +101,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
                     spec, model, tensors, lambda t: isinstance(t, paddle.Tensor),
                     lambda t: int(np.prod(t.shape)),
                 )
+            updated = _changed_buffers(model, versions, recorder.state)
             custom.refuse(spec.source or "the spec")
             eager = {n: float(np.asarray(v.numpy(), np.float64)) for n, v in losses.items()}
             trace = TrainingTrace(
@@ -106,6 +109,8 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
                 dict(recorder.batch_norm),
             )
             recorder.taps = TapRecorder(paths)
+            model.set_state_dict(state)  # traced from the values the eager run started from
+            WRITES.clear()
             with (
                 convertible_ops(),
                 exporting("paddle"),
@@ -113,7 +118,9 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
                 paddle_taps(model, recorder.taps),
                 tempfile.TemporaryDirectory(prefix="lossgraph_paddle_") as tmp,
             ):
-                proto = _convert(spec, model, list(losses), single, trace, recorder, Path(tmp))
+                proto = _convert(
+                    spec, model, list(losses), single, trace, recorder, list(updated), Path(tmp)
+                )
             custom.check_carried(carried, spec.source or "the spec")
     finally:
         model.set_state_dict(state)
@@ -121,7 +128,7 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
     param_names = _param_name_map(model)
     _constants_to_initializers(proto, param_names)
     _remove_identities(proto)
-    rename_outputs(proto.graph, names + trace.output_names)
+    rename_outputs(proto.graph, names + trace.output_names + [f"{STATE_PREFIX}{b}" for b in updated])
     mark_taps(proto, recorder.taps.names)
     rename_values(
         proto.graph, dict(zip(_mask_arguments(len(trace.dropouts)), trace.input_names))
@@ -140,7 +147,33 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
         seed=seed,
         training=trace if spec.train else None,
         custom_backward=carried,
+        rewritten=updated,
     )
+
+
+def _buffer_versions(model: Any) -> dict[str, tuple[int, int]]:
+    """Each state-dict buffer's identity and in-place version, by state-dict name."""
+    state = model.state_dict()
+    return {
+        name: (id(buffer), buffer.inplace_version)
+        for name, buffer in model.named_buffers()
+        if buffer is not None and name in state
+    }
+
+
+def _changed_buffers(
+    model: Any, before: Mapping[str, tuple[int, int]], recorded: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """The state-dict buffers the eager forward pass wrote in place or replaced (a spectral
+    norm's power iteration), with their values after it; those a training-mode BatchNorm records
+    are left to it. Told by version counters, not values: a converged power iteration writes
+    the same values in the first step and other ones later."""
+    return {
+        name: buffer.numpy().copy()
+        for name, buffer in model.named_buffers()
+        if buffer is not None and name in before and name not in recorded
+        and before[name] != (id(buffer), buffer.inplace_version)
+    }
 
 
 def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:
@@ -164,15 +197,17 @@ import paddle
 class LossLayer(paddle.nn.Layer):
     \"\"\"Holds the user's model as ``model`` and returns the losses as scalars.\"\"\"
 
-    def __init__(self, model, loss, recorder):
+    def __init__(self, model, loss, recorder, writes):
         super().__init__()
         self.model = model
         self.__dict__["_loss"] = loss  # never registered as a sublayer
         self.__dict__["_recorder"] = recorder
+        self.__dict__["_writes"] = writes
 
     def forward(self, {args}):
         self._recorder.reset([{masks}])
         out = self._loss(self.model, {kwargs})
+        written = self._writes(self.model)
         return ({outputs},)
 """
 
@@ -185,20 +220,25 @@ def _loss_layer(
     single: bool,
     trace: TrainingTrace,
     recorder: StepRecorder,
+    updated: list[str],
     tmp: Path,
 ) -> Any:
     """A Layer whose forward takes the named inputs (then the dropout masks) and returns the
-    losses as scalars (then the updated buffers).
+    losses as scalars, then the buffers a training-mode BatchNorm updates, then the last values
+    the forward writes into the buffers ``updated`` (see :func:`carry_writes`).
 
     dy2static reads the forward's source, so it is written to a file with the input names as
     explicit arguments (to_static rejects ``*args``) and the loss lookups spelled out."""
     import importlib.util
+
+    import paddle
 
     if single:
         outputs = ["out.reshape([])"]
     else:
         outputs = [f'out["{n}"].reshape([])' for n in loss_names]
     outputs += [f'self._recorder.state["{name}"]' for name in trace.state]
+    outputs += [f"written[{index}]" for index in range(len(updated))]
     masks = _mask_arguments(len(trace.dropouts))
     source = _LOSS_LAYER_SOURCE.format(
         args=", ".join([*input_names, *masks]),
@@ -213,7 +253,11 @@ def _loss_layer(
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module
     module_spec.loader.exec_module(module)
-    return module.LossLayer(model, loss, recorder)
+    def writes(layer: Any) -> list[Any]:
+        return carry_writes(layer, list(updated))
+
+    paddle.jit.not_to_static(writes)
+    return module.LossLayer(model, loss, recorder, writes)
 
 
 def _convert(
@@ -223,11 +267,14 @@ def _convert(
     single: bool,
     trace: TrainingTrace,
     recorder: StepRecorder,
+    updated: list[str],
     tmp: Path,
 ) -> onnx.ModelProto:
     import paddle
 
-    layer = _loss_layer(model, spec.loss, list(spec.inputs), names, single, trace, recorder, tmp)
+    layer = _loss_layer(
+        model, spec.loss, list(spec.inputs), names, single, trace, recorder, updated, tmp
+    )
     layer.train() if spec.train else layer.eval()
     input_spec = [
         paddle.static.InputSpec(list(inp.shape), inp.dtype, name) for name, inp in spec.inputs.items()
@@ -286,7 +333,7 @@ def _convert(
         {},
     )
     _mend_kept_ops(proto, attributes, struct_paths)
-    expected = len(names) + len(trace.state)
+    expected = len(names) + len(trace.state) + len(updated)
     if len(proto.graph.output) != expected or not proto.graph.node:
         raise ExportError(
             f"paddle2onnx produced a graph with {len(proto.graph.output)} output(s) for "
@@ -472,9 +519,11 @@ def _mark_stop_gradients(proto: onnx.ModelProto, values: list[str]) -> None:
         if node.op_type != "Identity":
             inner = f"{value}/before_stop_gradient"
             node.output[:] = [inner if o == value else o for o in node.output]
-            node = onnx.helper.make_node("Identity", [inner], [value], name=f"{value}/stop_gradient")
-            graph.node.append(node)
-        set_node_meta(node, STOP_GRADIENT_KEY, "1")
+            marker = onnx.helper.make_node("Identity", [inner], [value], name=f"{value}/stop_gradient")
+            set_node_meta(marker, STOP_GRADIENT_KEY, "1")
+            graph.node.append(marker)  # appending copies the node: its metadata is set before
+        else:
+            set_node_meta(node, STOP_GRADIENT_KEY, "1")
     topological_sort(graph)
 
 

@@ -220,6 +220,65 @@ def to_tensor_static(data: Any, dtype: Any = None, stop_gradient: bool = True) -
 
 #: what the replacements replace, while they do (for those that call it)
 ORIGINALS: dict[tuple[str, str], Any] = {}
+
+#: ``paddle.assign(x, output=y)`` calls of the traced forward, in order: (y's value, the value
+#: written, the program's last op at the write; Paddle inserts parameters at the front of the
+#: program when they are first read, so positions shift and only the op itself marks the spot)
+WRITES: list[tuple[Any, Any, Any]] = []
+
+
+def assign(x: Any, output: Any = None) -> Any:
+    """paddle.assign; while a forward is traced, a write into an existing value (a buffer: a
+    spectral norm's power iteration ``paddle.assign(normalize(...), u)``, or ``self.buf =
+    value``, which Paddle's Layer turns into one) is recorded instead of emitted.
+
+    The saved program writes the value in place and reads the old one after it, so the exported
+    graph would compute with the buffer's value from before the write and never update it.
+    :func:`carry_writes` rewires the reads after each write to the written value and gives the
+    buffers' last values, which become graph outputs ``state:<buffer>``."""
+    import paddle
+
+    original = ORIGINALS[("paddle", "assign")]
+    if output is None or not isinstance(output, paddle.pir.Value) or paddle.in_dynamic_mode():
+        return original(x, output)
+    value = x if isinstance(x, paddle.pir.Value) else original(x)
+    if value.dtype != output.dtype:
+        value = paddle.cast(value, output.dtype)
+    WRITES.append((output, value, paddle.static.default_main_program().global_block().ops[-1]))
+    return output
+
+
+def carry_writes(model: Any, buffers: list[str]) -> list[Any]:
+    """Rewire every op of the traced program that reads a value after a recorded write to read
+    the written value instead (latest write first, so a read after two writes gets the second),
+    and return the last value written into each of ``buffers`` (state-dict names). Raises
+    ExportError for a buffer the eager forward changed that the trace wrote otherwise."""
+    import paddle
+
+    from lossgraph.errors import ExportError
+
+    ops = paddle.static.default_main_program().global_block().ops
+    for old, new, anchor in reversed(WRITES):
+        start = next(k for k, op in enumerate(ops) if op == anchor) + 1
+        for op in ops[start:]:
+            for index in range(op.num_operands()):
+                if op.operand_source(index).is_same(old):
+                    op.operand(index).set_source(new)
+    values = []
+    for name in buffers:
+        owner = model
+        for part in name.split("."):
+            owner = getattr(owner, part)
+        last = next((new for old, new, _ in reversed(WRITES) if old.is_same(owner)), None)
+        if last is None:
+            raise ExportError(
+                f"The forward pass changes buffer {name!r} in place other than by paddle.assign(value, "
+                f"buffer) or attribute assignment; lossgraph cannot carry that update into the graph."
+            )
+        # a copy, in the buffer's shape: jit.save fetched the parameter itself for the written
+        # value of a 0-D buffer, and paddle2onnx writes a 0-D copy as [1]
+        values.append(ORIGINALS[("paddle", "assign")](last).reshape(list(last.shape)))
+    return values
 #: (module, or "module:Class" for a method, attribute) -> its convertible stand-in.
 #: ``paddle.nn.functional`` re-exports from its submodules, and layers call through
 #: ``paddle.nn.functional``; where both names are used, both are swapped.
@@ -534,6 +593,7 @@ REPLACEMENTS = {
     ("paddle.nn.functional", "fold"): fold,
     ("paddle.nn.functional", "channel_shuffle"): channel_shuffle,
     ("paddle.tensor.creation", "_to_tensor_static"): to_tensor_static,
+    **{(where, "assign"): assign for where in ("paddle", "paddle.tensor.creation")},
     ("paddle", "masked_fill"): masked_fill,
     ("paddle.tensor", "masked_fill"): masked_fill,
     ("paddle.pir:Value", "masked_fill"): masked_fill,

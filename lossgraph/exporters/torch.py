@@ -37,7 +37,7 @@ from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
 from lossgraph.exporters.sequences import sequences_as_splits
 from lossgraph.exporters.taps import TapRecorder, mark_taps, torch_taps
-from lossgraph.exporters.torch_ops import traceable, translation_table
+from lossgraph.exporters.torch_ops import no_grad_kept, traceable, translation_table
 from lossgraph.exporters.training import (
     STATE_PREFIX,
     StepRecorder,
@@ -75,6 +75,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     arrays = make_inputs(spec.inputs, seed)
     tensors = {name: torch.from_numpy(value) for name, value in arrays.items()}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    versions = _buffer_versions(model)
     model.train(spec.train)
     recorder = StepRecorder(
         module_paths={id(m): path for path, m in model.named_modules()},
@@ -88,6 +89,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             with watching("torch", model) as custom, torch_taps(model, TapRecorder(paths), eager_taps):
                 losses, _ = eager_losses(spec, model, tensors, torch.is_tensor, lambda t: t.numel())
             rewritten = _changed_parameters(model, state)
+            updated = _changed_buffers(model, versions, recorder.state)
             custom.refuse(spec.source or "the spec")
             eager = {name: float(value.detach().double()) for name, value in losses.items()}
             trace = TrainingTrace(
@@ -96,8 +98,11 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
                 dict(recorder.batch_norm),
             )
             masks = tuple(recorder.masks[: len(trace.dropouts)])
-            wrapper = _LossModule(model, spec.loss, list(spec.inputs), list(losses), recorder, trace)
+            wrapper = _LossModule(
+                model, spec.loss, list(spec.inputs), list(losses), recorder, trace, list(updated)
+            )
             wrapper.train(spec.train)
+            model.load_state_dict(state)  # traced from the values the eager run started from
             _register_stack_anchors(spec)
             recorder.taps = TapRecorder(paths)
             with exporting("torch"), carrying("torch") as carried, torch_taps(model, recorder.taps):
@@ -112,7 +117,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
     _strip_root_prefix(proto)
     tied = _tied_names(model)
     _merge_tied(proto, tied)
-    rename_outputs(proto.graph, names + trace.output_names)
+    rename_outputs(proto.graph, names + trace.output_names + [f"{STATE_PREFIX}{b}" for b in updated])
     mark_taps(proto, recorder.taps.names)
     _annotate_nodes(proto)
     for param in _carry_no_grad_rewrites(proto, rewritten, spec.source or "the spec"):
@@ -133,7 +138,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
         seed=seed,
         training=trace if spec.train else None,
         custom_backward=carried,
-        rewritten=rewritten,
+        rewritten={**rewritten, **updated},
     )
 
 
@@ -147,6 +152,31 @@ def _changed_parameters(model: Any, before: Mapping[str, Any]) -> dict[str, np.n
         name: params[name].detach().numpy().copy()
         for name in params
         if name in before and not torch.equal(params[name].detach(), before[name])
+    }
+
+
+def _buffer_versions(model: Any) -> dict[str, tuple[int, int]]:
+    """Each buffer's identity and in-place version counter, by state-dict name."""
+    return {
+        name: (id(buffer), buffer._version)
+        for name, buffer in model.named_buffers(remove_duplicate=False)
+        if buffer is not None
+    }
+
+
+def _changed_buffers(
+    model: Any, before: Mapping[str, tuple[int, int]], recorded: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """The buffers the eager forward pass wrote in place or replaced (a spectral norm's power
+    iteration, a step counter), by state-dict name, with their values after it; those a
+    training-mode BatchNorm records already are left to it. Writes are told by the tensors'
+    version counters, not their values: a power iteration that has converged writes the same
+    values in the first step and other ones after the optimizer has moved the weight."""
+    return {
+        name: buffer.detach().numpy().copy()
+        for name, buffer in model.named_buffers(remove_duplicate=False)
+        if buffer is not None and name not in recorded and name in before
+        and before[name] != (id(buffer), buffer._version)
     }
 
 
@@ -201,9 +231,11 @@ def _LossModule(
     loss_names: list[str],
     recorder: StepRecorder,
     trace: TrainingTrace,
+    updated: list[str],
 ) -> Any:
     """A module holding the user's model as ``model``; its forward takes the inputs (then the
-    dropout masks) and returns the losses as scalars (then the updated buffers)."""
+    dropout masks) and returns the losses as scalars, then the buffers a training-mode
+    BatchNorm updates, then the values of the buffers the forward changes itself (``updated``)."""
     import torch
 
     n_inputs = len(input_names)
@@ -216,7 +248,8 @@ def _LossModule(
 
         def forward(self, *args: Any) -> tuple[Any, ...]:
             recorder.reset(list(args[n_inputs:]))
-            out = self._loss(self.model, **dict(zip(input_names, args[:n_inputs])))
+            with no_grad_kept():
+                out = self._loss(self.model, **dict(zip(input_names, args[:n_inputs])))
             if torch.is_tensor(out):
                 out = {loss_names[0]: out}
             if list(recorder.state) != list(trace.state):
@@ -225,7 +258,8 @@ def _LossModule(
                     f"({', '.join(recorder.state)} vs {', '.join(trace.state)})."
                 )
             losses = tuple(_scalar(out[name]) for name in loss_names)
-            return losses + tuple(recorder.state.values())
+            buffers = tuple(self.model.get_buffer(name) for name in updated)
+            return losses + tuple(recorder.state.values()) + buffers
 
     return LossModule()
 
@@ -445,7 +479,7 @@ def _param_infos(
     for name, tensor, kind in entries:
         if name not in present:
             continue  # not reached by any loss: no initializer in the graph
-        module_path, _, attribute = name.rpartition(".")
+        module_path, attribute = _parametrized_owner(model, name) or name.rpartition(".")[::2]
         module = model.get_submodule(module_path) if module_path else model
         infos[name] = ParamInfo(
             shape=list(tensor.shape),
@@ -459,6 +493,31 @@ def _param_infos(
             aliases=list((tied or {}).get(name, [])),
         )
     return infos
+
+
+_PARAMETRIZED = re.compile(r"^(?:(.+)\.)?parametrizations\.(\w+)\.(original\d*|\d+\.\w+)$")
+
+
+def _parametrized_owner(model: Any, name: str) -> tuple[str, str] | None:
+    """The module and attribute a tensor of a torch parametrization stands for, spelled as the
+    hooks of ``torch.nn.utils.spectral_norm``/``weight_norm`` and Paddle's spectral_norm and
+    weight_norm spell them (None for a tensor of no parametrization):
+    ``fc.parametrizations.weight.original`` is ``fc``'s ``weight_orig``; a spectral norm's
+    ``...weight.0._u``/``_v`` are ``weight_u``/``weight_v``; a weight norm's ``original0``/
+    ``original1`` are ``weight_g``/``weight_v``; another parametrization's buffer ``...weight.k.b``
+    is ``weight_b``. The pairing then finds the counterpart by name and knows the layer kind."""
+    match = _PARAMETRIZED.match(name)
+    if match is None:
+        return None
+    owner, tensor, rest = match.group(1) or "", match.group(2), match.group(3)
+    kinds = [type(p).__name__ for p in model.get_submodule(f"{owner}.parametrizations.{tensor}".lstrip("."))]
+    if rest == "original":
+        return owner, f"{tensor}_orig"
+    if rest in ("original0", "original1") and "_WeightNorm" in kinds:
+        return owner, f"{tensor}_{'g' if rest == 'original0' else 'v'}"
+    if rest.startswith("original"):
+        return owner, f"{tensor}_{rest}"
+    return owner, f"{tensor}_{rest.partition('.')[2].lstrip('_')}"
 
 
 def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:

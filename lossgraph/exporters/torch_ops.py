@@ -239,6 +239,43 @@ def traceable() -> Any:
     return swapped(STAND_INS, ORIGINALS)
 
 
+def no_grad_kept() -> Any:
+    """A mode that keeps ``torch.no_grad()`` blocks in the traced forward.
+
+    torch.export records a no_grad block as a ``wrap_with_set_grad_enabled`` call that its
+    decompositions inline, so the exported graph would let gradients through a value computed
+    without them (a scale taken under no_grad, a power iteration): a silent wrong gradient.
+    While this mode is on, the result of each op computed with grad disabled from a tensor that
+    requires grad is detached, which the exporter writes as a stop-gradient marker; ops whose
+    inputs were computed in the block already need no marker. In-place results (the input
+    itself) and ``detach``/``.data`` are left as they are. Grad disabled on entry (tracing
+    under no_grad) marks nothing."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten, tree_map
+
+    kept = (torch.Tensor.detach, torch.Tensor.detach_, torch.detach, torch.Tensor.data.__get__)
+
+    class NoGradKept(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.outer = torch.is_grad_enabled()
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if not self.outer or torch.is_grad_enabled() or func in kept:
+                return out
+            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            if not any(t.requires_grad for t in tensors):
+                return out
+            inputs = {id(t) for t in tensors}
+            return tree_map(
+                lambda t: t.detach() if isinstance(t, torch.Tensor) and id(t) not in inputs else t, out
+            )
+
+    return NoGradKept()
+
+
 def translation_table() -> dict[Any, Any]:
     """The custom translations lossgraph registers with the torch exporter."""
     import torch

@@ -22,6 +22,13 @@ from lossgraph.runtime.types import ValueType, open_values, static_types
 
 DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+#: ONNX Runtime graph optimizers that compute wrong results. onnxruntime 1.32's
+#: MatmulTransposeFusion folds a Transpose into the MatMul after it and then multiplies a 1-D
+#: second operand wrongly (``W.t() @ v``, ``torch.mv(W.t(), u)``: a spectral norm's power
+#: iteration, and the gradients of matrix-vector products; 0.45 off on a 3x4 matrix of values in
+#: [0, 1]). Its own transpose optimizer moves Transposes next to MatMuls, so no rewrite of the
+#: graph's own Transpose -> MatMul pairs keeps it away.
+DISABLED_OPTIMIZERS = ["MatmulTransposeFusion"]
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -211,7 +218,8 @@ class OrtRunner:
         options.enable_cpu_mem_arena = arena
         try:
             self.session = ort.InferenceSession(
-                prepared.SerializeToString(), options, providers=providers
+                prepared.SerializeToString(), options, providers=providers,
+                disabled_optimizers=DISABLED_OPTIMIZERS,
             )
         except Exception as exc:
             raise _session_error(exc) from None

@@ -335,6 +335,8 @@ FRAMEWORK_ONLY_ATTRIBUTES = ("num_batches_tracked",)
 #: How each framework stores the weight of its Linear layer (``out_in``: [out, in], read as
 #: ``x @ W.T``; ``in_out``: [in, out], read as ``x @ W``).
 LINEAR_LAYOUT = {"torch": "out_in", "paddle": "in_out"}
+#: A Linear's weight, and the weight as spectral and weight norm keep it, which has its layout.
+LINEAR_WEIGHTS = ("weight", "weight_orig", "weight_v")
 #: Ops a weight passes through unchanged on its way to a product.
 _PASS_THROUGH = ("Identity", "Cast")
 
@@ -430,7 +432,7 @@ class Layouts:
         info = params[name]
         if len(info.shape) != 2:
             return None
-        if canonical_layer(info) == "linear" and info.attribute == "weight":
+        if canonical_layer(info) == "linear" and info.attribute in LINEAR_WEIGHTS:
             return LINEAR_LAYOUT.get(framework)
         if canonical_layer(info) == "multiheadattention" and info.attribute in MHA_WEIGHTS:
             return "out_in"  # torch's packed (or, with kdim/vdim, separate) projections: F.linear

@@ -22,6 +22,7 @@ from onnx import helper
 
 from lossgraph.autodiff.builder import GRAD_OF_KEY
 from lossgraph.autodiff.custom_vjp import CustomVjp
+from lossgraph.autodiff.registry import RULES
 from lossgraph.graph import (
     LSTM_CELL_GATE_KEY,
     PADDING_IDX_KEY,
@@ -875,6 +876,69 @@ def missing_detach(ctx: HintContext) -> str | None:
     return (
         f"The {stops} stops the gradient at {ctx.divergence.scope} where the {flows} lets it "
         f"through: a missing .detach() / stop_gradient (e.g. a GAN's D step on G's output)."
+    )
+
+
+@hint
+def one_sided_stop_gradient(ctx: HintContext) -> str | None:
+    """Between the diverging node and the losses, one side stops the gradient of float values
+    more often than the other: a ``.detach()``, ``torch.no_grad()`` / ``paddle.no_grad()`` block
+    or ``stop_gradient`` dropped, added or moved in the port."""
+    if ctx.divergence.phase != "backward":
+        return None
+    counts = []
+    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
+        node = ctx.node(side)
+        if node is None:
+            return None
+        counts.append(len(_float_stops_downstream(ctx, graph, node)))
+    if counts[0] == counts[1]:
+        return None
+    (more, many), (fewer, few) = sorted(
+        (("reference", counts[0]), ("candidate", counts[1])), key=lambda item: -item[1]
+    )
+    return (
+        f"Between here and the loss the {more} stops the gradient at {many} point(s) (a .detach(), "
+        f"a no_grad block or stop_gradient), the {fewer} at {few}: a detach or no_grad block "
+        f"dropped, added or placed differently in the port."
+    )
+
+
+def _float_stops_downstream(
+    ctx: HintContext, graph: LossGraph, node: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    """The stop-gradient markers of float values that ``node`` (and the values it reads) reach
+    on the way to the losses."""
+    losses = set(graph.meta.losses)
+    on_path = {id(n) for n in live_nodes(graph.model.graph.node, losses)}
+    consumers, types = ctx.consumers(graph), ctx.types(graph)
+    seen: set[int] = set()
+    found = []
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or id(current) not in on_path:
+            continue
+        seen.add(id(current))
+        if current.op_type == "Identity" and node_meta(current, STOP_GRADIENT_KEY) == "1":
+            value = types.get(current.output[0])
+            if value is not None and value.is_float:
+                found.append(current)
+            continue  # nothing flows back through it
+        for value in current.output:
+            if types.get(value) is not None and not types[value].is_float:
+                continue
+            todo.extend(r for r in consumers.get(value, []) if _differentiable_in(r, value))
+    return found
+
+
+def _differentiable_in(node: onnx.NodeProto, value: str) -> bool:
+    """Whether a gradient flows from ``node`` back into its input ``value``."""
+    if node.op_type == "Identity":
+        return True
+    rule = RULES.get(node.op_type) if not node.domain else None
+    return rule is not None and any(
+        name == value and index not in rule.nondiff for index, name in enumerate(node.input)
     )
 
 

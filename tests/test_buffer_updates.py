@@ -1,0 +1,149 @@
+"""Buffers a forward pass writes itself, beside a training-mode BatchNorm's: a spectral norm's
+power iteration (torch's ``nn.utils.spectral_norm`` and ``parametrizations.spectral_norm``,
+Paddle's ``nn.utils.spectral_norm``), a step counter. Both exporters used to drop the writes, so
+the graph never updated the buffer (and Paddle's spectral norm was exported with its weight
+frozen as a constant); now each becomes a graph output ``state:<buffer>`` the trainer carries to
+the next step. Ground truth is each framework's own eager training (``--native``)."""
+
+import textwrap
+
+import pytest
+
+import lossgraph as lg
+from lossgraph.cli import native_runner
+from lossgraph.errors import ExportError
+from lossgraph.graph import LossGraph
+
+TORCH = '''
+    import torch
+    import lossgraph as lg
+    from torch.nn.utils import spectral_norm
+    from torch.nn.utils.parametrizations import spectral_norm as parametrized_spectral_norm
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = {wrap}(torch.nn.Linear(3, 3){power})
+            self.out = torch.nn.Linear(3, 1)
+            self.register_buffer("steps", torch.zeros(()))
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.steps += 1
+            return self.out(torch.tanh(self.fc(x))) * (1 + 0.1 * self.steps)
+
+    def spec():
+        torch.manual_seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, x: (m(x) ** 2).mean(), inputs={{"x": lg.Input([4, 3])}},
+                       train={train},
+                       optimizers={{"sgd": torch.optim.SGD(m.parameters(), lr=0.5)}})
+'''
+
+PADDLE = '''
+    import paddle
+    import lossgraph as lg
+    from paddle.nn.utils import spectral_norm
+
+    class M(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = {wrap}(paddle.nn.Linear(3, 3), dim=1{power})
+            self.out = paddle.nn.Linear(3, 1)
+            self.register_buffer("steps", paddle.zeros([]))
+
+        def forward(self, x):
+            with paddle.no_grad():
+                paddle.assign(self.steps + 1, self.steps)
+            return self.out(paddle.tanh(self.fc(x))) * (1 + 0.1 * self.steps)
+
+    def spec():
+        paddle.seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, x: (m(x) ** 2).mean(), inputs={{"x": lg.Input([4, 3])}},
+                       train={train},
+                       optimizers={{"sgd": paddle.optimizer.SGD(parameters=m.parameters(),
+                                                                learning_rate=0.5)}})
+'''
+
+VARIANTS = {
+    ("torch", "hook"): {"wrap": "spectral_norm"},
+    ("torch", "parametrized"): {"wrap": "parametrized_spectral_norm"},
+    ("paddle", "hook"): {"wrap": "spectral_norm"},
+}
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("buffer_updates")
+    cache = {}
+
+    def export(framework: str, variant: str, train: bool = True, power: int = 1):
+        key = (framework, variant, train, power)
+        if key not in cache:
+            template = TORCH if framework == "torch" else PADDLE
+            source = template.format(train=train, power=f", n_power_iterations={power}",
+                                     **VARIANTS[(framework, variant)])
+            path = folder / f"{framework}_{variant}_{'train' if train else 'eval'}_{power}.py"
+            path.write_text(textwrap.dedent(source))
+            cache[key] = path.with_suffix(".onnx")
+            lg.export(f"{path}:spec", cache[key])
+        return cache[key]
+
+    return export
+
+
+@pytest.mark.parametrize(("framework", "variant", "train"), [
+    ("torch", "hook", True), ("torch", "parametrized", True), ("paddle", "hook", True),
+    ("torch", "hook", False), ("paddle", "hook", False),
+])
+def test_buffer_updates_train_like_the_framework(graph, framework, variant, train):
+    path = graph(framework, variant, train)
+    meta = LossGraph.load(path).meta
+    assert "state:steps" in meta.state_outputs
+    if train:  # the power iteration's vectors are carried (torch's parametrization names them _u/_v)
+        assert sum(o.endswith(("_u", "_v")) for o in meta.state_outputs) == 2, meta.state_outputs
+    # every parameter is reached: Paddle's spectral norm no longer freezes the weight
+    assert not [n for o in meta.optimizers.values() for n in o.unreached]
+    result = lg.verify(path, path, grads=True, steps=3, native=True, native_runner=native_runner())
+    assert not result.native_failures, result.native_failures
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_spectral_norm_port_trains_the_same(graph, train):
+    result = lg.verify(graph("torch", "hook", train), graph("paddle", "hook", train), grads=True, steps=3)
+    assert result.passed, result.first_divergence
+
+
+def test_power_iterations_that_differ_are_found(graph):
+    result = lg.verify(graph("torch", "hook", True, power=1), graph("paddle", "hook", True, power=2),
+                       grads=True, steps=2)
+    assert not result.passed
+    divergence = result.first_divergence
+    assert divergence.step == 0 and divergence.phase == "forward"
+    assert divergence.scope.startswith("fc"), divergence.scope
+
+
+def test_buffer_written_in_place_otherwise_is_refused(write_spec, tmp_path):
+    path = write_spec('''
+        import paddle
+        import lossgraph as lg
+
+        class M(paddle.nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.fc = paddle.nn.Linear(3, 1)
+                self.register_buffer("total", paddle.zeros([1]))
+
+            def forward(self, x):
+                self.total.add_(x.sum().reshape([1]).detach())
+                return self.fc(x) * self.total
+
+        def spec():
+            return lg.Spec(model=M(), loss=lambda m, x: m(x).mean(), inputs={"x": lg.Input([4, 3])})
+    ''', "inplace_paddle.py")
+    with pytest.raises(ExportError) as info:
+        lg.export(f"{path}:spec", tmp_path / "out.onnx")
+    message = str(info.value)
+    assert "total" in message and "\n" not in message
+    assert not (tmp_path / "out.onnx").exists()
