@@ -88,6 +88,10 @@ SPATIAL = {
     "fold": lambda: nn.Sequential(nn.Unfold(2), nn.Fold((5, 6), 2)),
     # Paddle's grid_sample aligns corners by default, torch's does not
     "grid_sample": lambda: Function(lambda h: F.grid_sample(h, paddle.to_tensor(GRID), align_corners=False)),
+    # Paddle's affine_grid aligns corners by default too
+    "affine_grid": lambda: Function(lambda h: F.grid_sample(
+        h, F.affine_grid(paddle.to_tensor(THETA), [2, CHANNELS, 3, 4], align_corners=False),
+        align_corners=False)),
     "grid_sample_corners_nearest": lambda: Function(
         lambda h: F.grid_sample(h, paddle.to_tensor(GRID), mode="nearest")),
     "conv_3d": lambda: nn.Sequential(Volume(), nn.Conv3D(1, 2, 3, padding=1)),
@@ -122,6 +126,7 @@ TRAINING = {
 }
 GRID = [[[[-1.2 + 0.1 * ((7 * i + 3 * j + 5 * k + n) % 24) for k in range(2)] for j in range(4)]
          for i in range(3)] for n in range(2)]
+THETA = [[[0.9, 0.2, 0.1], [-0.1, 0.8, 0.05]], [[1.1, -0.3, -0.2], [0.25, 0.7, 0.1]]]
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
 

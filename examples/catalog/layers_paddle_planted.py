@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 import paddle
-from layers_paddle import CHANNELS, GRID, Function, loss_spec, spec_of
+from layers_paddle import CHANNELS, GRID, THETA, Function, loss_spec, spec_of
 from paddle import nn
 from paddle.nn import functional as F
 
@@ -53,6 +53,10 @@ PLANTED = {
     "grid_sample_corners_default": (
         "grid_sample", "maps", lambda: Function(lambda h: F.grid_sample(h, paddle.to_tensor(GRID))), 1,
         "align_corners 0 vs 1"),
+    "affine_grid_corners_default": (
+        "affine_grid", "maps", lambda: Function(lambda h: F.grid_sample(
+            h, F.affine_grid(paddle.to_tensor(THETA), [2, CHANNELS, 3, 4]), align_corners=False)), 1,
+        "affine_grid (align_corners): torch align_corners=False; Paddle align_corners=True"),
     "dropout_downscale_in_infer": (
         "dropout_eval_features", "vector", lambda: nn.Dropout(0.4, mode="downscale_in_infer"), 1, "downscale_in_infer"),
     "batch_norm_momentum_as_torch": (

@@ -96,6 +96,8 @@ SPATIAL = {
     "adaptive_avg_pool_uneven": lambda: nn.AdaptiveAvgPool2d((3, 4)),
     "fold": lambda: nn.Sequential(nn.Unfold(2), nn.Fold((5, 6), 2)),
     "grid_sample": lambda: Function(lambda h: F.grid_sample(h, GRID, align_corners=False)),
+    "affine_grid": lambda: Function(lambda h: F.grid_sample(
+        h, F.affine_grid(THETA, [2, CHANNELS, 3, 4], align_corners=False), align_corners=False)),
     "grid_sample_corners_nearest": lambda: Function(
         lambda h: F.grid_sample(h, GRID, mode="nearest", align_corners=True)),
     "conv_3d": lambda: nn.Sequential(Volume(), nn.Conv3d(1, 2, 3, padding=1)),
@@ -132,6 +134,8 @@ TRAINING = {
 #: a sampling grid for grid_sample: [2, 3, 4, 2] in [-1.2, 1.2) (some points outside)
 GRID = torch.tensor([[[[-1.2 + 0.1 * ((7 * i + 3 * j + 5 * k + n) % 24) for k in range(2)] for j in range(4)]
                       for i in range(3)] for n in range(2)])
+#: affine transforms for affine_grid: [2, 2, 3], rotating, shearing, scaling and shifting
+THETA = torch.tensor([[[0.9, 0.2, 0.1], [-0.1, 0.8, 0.05]], [[1.1, -0.3, -0.2], [0.25, 0.7, 0.1]]])
 CHANNELS = 4
 MAPS = lg.Input([2, 2, 5, 6])
 

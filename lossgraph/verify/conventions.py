@@ -26,6 +26,8 @@ class Convention:
     #: the ONNX ops a divergence from it shows at, and the attribute that carries it (if any)
     ops: tuple[str, ...] = ()
     attribute: str | None = None
+    #: the functions it sits in, as source code calls them, where no op of the graph carries it
+    calls: tuple[str, ...] = ()
 
     def sentence(self) -> str:
         """The convention in one sentence, for a hint."""
@@ -74,6 +76,10 @@ CONVENTIONS = (
         "grid_sample_alignment", "grid_sample", "align_corners", "align_corners=False",
         "align_corners=True", "Pass align_corners explicitly on the Paddle side.", ("GridSample",),
         "align_corners"),
+    Convention(
+        "affine_grid_alignment", "affine_grid", "align_corners", "align_corners=False",
+        "align_corners=True", "Pass align_corners explicitly on the Paddle side.",
+        calls=("affine_grid",)),
     Convention(
         "smooth_l1", "SmoothL1Loss / SmoothL1Loss, HuberLoss", "beta / delta",
         "SmoothL1Loss(beta) is 0.5 x^2 / beta below beta and |x| - 0.5 beta above (Huber's loss "
@@ -124,6 +130,13 @@ CONVENTIONS = (
 )
 
 BY_KEY = {convention.key: convention for convention in CONVENTIONS}
+
+
+def in_code(code: str) -> list[Convention]:
+    """The conventions of the functions a line of source code calls (``F.affine_grid(...)``)."""
+    import re
+
+    return [c for c in CONVENTIONS if any(re.search(rf"\b{name}\s*\(", code) for name in c.calls)]
 
 
 def for_attribute(op_type: str, attribute: str) -> Convention | None:

@@ -11,6 +11,7 @@ constants (margins, clamps) that differ.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from lossgraph.autodiff.registry import RULES
 from lossgraph.graph import (
     LSTM_CELL_GATE_KEY,
     PADDING_IDX_KEY,
+    SCOPE_KEY,
+    SOURCE_KEY,
     STOP_GRADIENT_KEY,
     LossGraph,
     OptimizerInfo,
@@ -33,7 +36,7 @@ from lossgraph.graph import (
     lowered_from,
     node_meta,
 )
-from lossgraph.verify.conventions import BY_KEY, for_attribute
+from lossgraph.verify.conventions import BY_KEY, for_attribute, in_code
 from lossgraph.verify.results import Divergence
 
 Hint = Callable[["HintContext"], "str | None"]
@@ -877,6 +880,62 @@ def missing_detach(ctx: HintContext) -> str | None:
         f"The {stops} stops the gradient at {ctx.divergence.scope} where the {flows} lets it "
         f"through: a missing .detach() / stop_gradient (e.g. a GAN's D step on G's output)."
     )
+
+
+@hint
+def convention_in_call(ctx: HintContext) -> str | None:
+    """The values part in, or right after, a call of a function whose defaults differ between
+    the libraries and that no op attribute shows (affine_grid decomposes into plain arithmetic):
+    the source line of the diverging node, or of the nodes of the same module call that feed it
+    (a grid_sample reading affine_grid's grid), names it on either side."""
+    if ctx.divergence.phase != "forward":
+        return None
+    found: dict[str, tuple[Any, bool]] = {}
+    # a node whose own settings differ explains the divergence itself: what feeds it agrees
+    own_only = differing_attributes(ctx) is not None
+    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
+        node = ctx.node(side)
+        if node is None:
+            continue
+        for feeding, code in _source_lines_feeding(graph, node, 0 if own_only else _FEEDING_DEPTH):
+            for convention in in_code(code):
+                if convention.key not in found or not feeding:
+                    found[convention.key] = (convention, feeding)
+    if not found:
+        return None
+    return " ".join(
+        f"The {'diverging values come from' if feeding else 'values part in'} a call of {c.layer}, "
+        f"whose {c.argument} default differs between the libraries: {c.sentence()} Check that both "
+        f"sides pass the same." for c, feeding in found.values()
+    )
+
+
+#: how many ops up from a diverging node its feeding source lines are read
+_FEEDING_DEPTH = 12
+
+
+def _source_lines_feeding(
+    graph: LossGraph, node: onnx.NodeProto, depth: int
+) -> list[tuple[bool, str]]:
+    """The source code line of ``node`` (``False``), then those of the nodes of the same module
+    call that feed it, up to ``depth`` ops up (``True``)."""
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    scope = node_meta(node, SCOPE_KEY)
+    out: list[tuple[bool, str]] = []
+    seen: set[int] = set()
+    frontier = [node]
+    for level in range(depth + 1):
+        following = []
+        for current in frontier:
+            if id(current) in seen or node_meta(current, SCOPE_KEY) != scope:
+                continue
+            seen.add(id(current))
+            text = node_meta(current, SOURCE_KEY)
+            if text:
+                out.append((level > 0, str(json.loads(text).get("code", ""))))
+            following += [producers[i] for i in current.input if i in producers]
+        frontier = following
+    return out
 
 
 @hint
