@@ -147,3 +147,68 @@ def test_buffer_written_in_place_otherwise_is_refused(write_spec, tmp_path):
     message = str(info.value)
     assert "total" in message and "\n" not in message
     assert not (tmp_path / "out.onnx").exists()
+
+
+WEIGHT_NORM_TORCH = '''
+    import torch
+    import lossgraph as lg
+    from torch.nn.utils import weight_norm
+    from torch.nn.utils.parametrizations import weight_norm as parametrized_weight_norm
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = {wrap}(torch.nn.Linear(3, 4))
+            self.conv = {wrap}(torch.nn.Conv2d(2, 3, 3))
+            self.out = torch.nn.Linear(4, 1)
+
+        def forward(self, x, img):
+            return self.out(torch.tanh(self.fc(x))).mean() + self.conv(img).pow(2).mean()
+
+    def spec():
+        torch.manual_seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, x, img: m(x, img),
+                       inputs={{"x": lg.Input([4, 3]), "img": lg.Input([2, 2, 5, 5])}},
+                       optimizers={{"sgd": torch.optim.SGD(m.parameters(), lr=0.1)}})
+'''
+
+WEIGHT_NORM_PADDLE = '''
+    import paddle
+    import lossgraph as lg
+    from paddle.nn.utils import weight_norm
+
+    class M(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = weight_norm(paddle.nn.Linear(3, 4), dim=1)
+            self.conv = weight_norm(paddle.nn.Conv2D(2, 3, 3))
+            self.out = paddle.nn.Linear(4, 1)
+
+        def forward(self, x, img):
+            return self.out(paddle.tanh(self.fc(x))).mean() + self.conv(img).pow(2).mean()
+
+    def spec():
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, x, img: m(x, img),
+                       inputs={"x": lg.Input([4, 3]), "img": lg.Input([2, 2, 5, 5])},
+                       optimizers={"sgd": paddle.optimizer.SGD(parameters=m.parameters(),
+                                                               learning_rate=0.1)})
+'''
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "parametrized_weight_norm"])
+def test_weight_norm_port_pairs_and_trains_the_same(write_spec, tmp_path, wrap):
+    """torch's weight norm, as a hook (``weight_g``/``weight_v``) or a parametrization
+    (``parametrizations.weight.original0``/``original1``), against Paddle's weight_norm hook
+    (which sets the weight as a Layer attribute while traced): the tensors pair by name, the
+    Linear's ``weight_v`` transposed, and both train as their frameworks do."""
+    graphs = []
+    for side, source in (("torch", WEIGHT_NORM_TORCH.format(wrap=wrap)), ("paddle", WEIGHT_NORM_PADDLE)):
+        path = write_spec(source, f"weight_norm_{side}.py")
+        graphs.append(tmp_path / f"{side}.onnx")
+        lg.export(f"{path}:spec", graphs[-1])
+    result = lg.verify(*graphs, grads=True, steps=2, native=True, native_runner=native_runner())
+    assert result.passed, result.first_divergence
+    assert not result.native_failures
+    assert len(result.param_map.pairs) == 8
