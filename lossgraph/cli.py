@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 import warnings
 from typing import Any
@@ -17,8 +18,25 @@ EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
 
 
+EXIT_INTERRUPTED = 130
+
+
 class LossgraphGroup(click.Group):
-    """Turns LossgraphError into one line on stderr and exit code 2 (a traceback with --debug)."""
+    """Turns LossgraphError and click's usage errors into one line on stderr and exit code 2 (a
+    traceback with --debug), and an interrupt (Ctrl-C) into exit code 130."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,7 +64,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     lossgraph report report.json --html report.html
 
     Exit codes: 0 agree (or differ only by float32 rounding noise), 1 diverged,
-    2 bad usage or bad input.
+    2 bad usage or bad input, 130 interrupted.
     """
     ctx.meta["lossgraph.debug"] = debug
     # Paddle prints a ccache warning and glog lines at import; neither concerns lossgraph users.
@@ -57,7 +75,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("target", metavar="FILE.py[:NAME]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx graph.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the inputs used for the eager-vs-ONNX check.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the inputs used for the eager-vs-ONNX check.")
 def export(target: str, output: str, seed: int) -> None:
     """Export the Spec returned by NAME() (default: spec) in FILE.py to one ONNX graph.
 
@@ -66,8 +84,11 @@ def export(target: str, output: str, seed: int) -> None:
     schedule. The summary compares each loss computed eagerly by the framework with ONNX Runtime.
     """
     from lossgraph.exporters import export as export_spec
+    from lossgraph.files import check_outputs
+    from lossgraph.spec import parse_target
     from lossgraph.verify.report import render_export
 
+    check_outputs([output], inputs=[parse_target(target)[0]])
     graph = export_spec(target, output, seed=seed)
     render_export(graph, output, _console())
 
@@ -77,7 +98,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance (see the rule below).")
 @click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated inputs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the generated inputs.")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones.")
 @click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
@@ -125,8 +146,11 @@ def verify(
     otherwise. Noise does not count (unless --strict). Exit codes: 0 all within
     tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """
+    from lossgraph.files import check_outputs
     from lossgraph.verify.pipeline import VerifyOptions, run_verify
     from lossgraph.verify.report import render_verify, report_dict, write_html, write_json
+
+    check_outputs([json_file, html_file], inputs=[reference, candidate, inputs_file, name_map])
 
     options = VerifyOptions(
         tol=tol,
@@ -162,8 +186,10 @@ def report(report_file: str, html_file: str) -> None:
     """Render a JSON report saved by `lossgraph verify --json` as one self-contained HTML file
     (opens offline: per-step difference plot, the divergence in the graph neighbourhood of both
     sides, the noise-floor verdict)."""
+    from lossgraph.files import check_outputs
     from lossgraph.verify.report import read_report, write_html
 
+    check_outputs([html_file], inputs=[report_file])
     data = read_report(report_file)
     write_html(data, html_file)
     click.echo(f"lossgraph report: {report_file} -> {html_file} ({'passed' if data['passed'] else 'diverged'})")

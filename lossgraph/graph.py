@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from lossgraph.errors import LossgraphError, VerificationError
+from lossgraph.files import write_atomic
 from lossgraph.spec import Input
 
 META_KEY = "lossgraph"
@@ -191,11 +192,11 @@ class LossGraph:
         return cls(model=model, meta=meta, path=str(path))
 
     def save(self, path: str | Path) -> None:
-        """Write the graph with its metadata."""
+        """Write the graph with its metadata (atomically: a failed write leaves the file as it was)."""
         set_metadata(self.model, META_KEY, self.meta.to_json())
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(self.model, str(path))
+        write_atomic(path, self.model.SerializeToString())
         self.path = str(path)
 
     @property

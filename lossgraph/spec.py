@@ -304,8 +304,10 @@ def load_spec(target: str) -> Spec:
         )
     try:
         spec = fn()
-    except Exception as exc:  # the user's code: report it in one line
-        raise SpecError(f"{path}:{name}() raised {type(exc).__name__}: {one_line(exc)}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's code (sys.exit too): report it in one line
+        raise SpecError(f"{path}:{name}() raised {_raised(exc)}") from exc
     if not isinstance(spec, Spec):
         raise SpecError(
             f"{path}:{name}() must return a lossgraph.Spec, got {type(spec).__name__}."
@@ -334,12 +336,21 @@ def import_spec_file(path: Path) -> Any:
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except KeyboardInterrupt:
         del sys.modules[mod_name]
-        raise SpecError(
-            f"Importing spec file {path} failed: {type(exc).__name__}: {one_line(exc)}"
-        ) from exc
+        raise
+    except BaseException as exc:  # sys.exit() at import is no success either
+        del sys.modules[mod_name]
+        raise SpecError(f"Importing spec file {path} failed: {_raised(exc)}") from exc
     return module
+
+
+def _raised(exc: BaseException) -> str:
+    """What user code raised, in one line (``SystemExit(0)``: the code exited instead of
+    returning)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the code called sys.exit() instead of returning"
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 

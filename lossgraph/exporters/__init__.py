@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from lossgraph.errors import ExportError
 from lossgraph.graph import LossGraph
 from lossgraph.spec import Spec, load_spec
 
@@ -24,15 +25,21 @@ def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAU
         spec = load_spec(spec)
     else:
         spec.validate()
-    if spec.framework == "torch":
-        from lossgraph.exporters.torch import export_torch
+    try:
+        if spec.framework == "torch":
+            from lossgraph.exporters.torch import export_torch
 
-        graph = export_torch(spec, seed)
-    else:
-        warnings.filterwarnings("ignore", message="No ccache found")  # printed at paddle import
-        from lossgraph.exporters.paddle import export_paddle
+            graph = export_torch(spec, seed)
+        else:
+            warnings.filterwarnings("ignore", message="No ccache found")  # printed at paddle import
+            from lossgraph.exporters.paddle import export_paddle
 
-        graph = export_paddle(spec, seed)
+            graph = export_paddle(spec, seed)
+    except SystemExit as exc:  # the model or loss called sys.exit(): no graph, and no success
+        raise ExportError(
+            f"{spec.source or 'the spec'}: the model or loss called sys.exit({exc.code!r}) while "
+            f"it was run for the export."
+        ) from exc
     if output is not None:
         graph.save(output)
     return graph

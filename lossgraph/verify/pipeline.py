@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +89,20 @@ class Setup:
     dropout: DropoutMatch | None = None
 
 
+def _same_source_warnings(ref: LossGraph, cand: LossGraph) -> list[str]:
+    """A graph compared with itself, or two graphs of one framework, pass for reasons that say
+    nothing about a port: say so."""
+    if ref.path and cand.path and os.path.exists(ref.path) and os.path.exists(cand.path) and (
+        os.path.samefile(ref.path, cand.path)
+    ):
+        return [f"The reference and the candidate are the same file ({ref.path}): this compares a "
+                f"graph with itself."]
+    if ref.framework == cand.framework:
+        return [f"Both graphs come from {ref.framework}: this compares two {ref.framework} "
+                f"versions, not a port between the frameworks."]
+    return []
+
+
 def prepare(
     reference: LossGraph | str | Path, candidate: LossGraph | str | Path, options: VerifyOptions
 ) -> Setup:
@@ -96,6 +111,7 @@ def prepare(
     cand = candidate if isinstance(candidate, LossGraph) else LossGraph.load(candidate)
     tol = Tolerance(options.tol, options.rtol)
     warnings = check_compatible(ref, cand)
+    warnings += _same_source_warnings(ref, cand)
     if options.inputs:
         inputs = load_inputs(options.inputs, ref.meta.inputs)
         inputs_source = str(options.inputs)

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lossgraph.errors import VerificationError
+from lossgraph.files import write_atomic
 from lossgraph.graph import LossGraph
 from lossgraph.verify.align import shown_names
 from lossgraph.verify.compare import ValueDiff
@@ -90,7 +91,7 @@ def _native_dict(diff: NativeDiff) -> dict[str, Any]:
 def write_json(result: VerifyResult | Mapping[str, Any], path: str | Path) -> None:
     """Write the JSON report of a verification (or the report already made from it)."""
     data = result if isinstance(result, Mapping) else report_dict(result)
-    Path(path).write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def _graph_dict(info: Any) -> dict[str, Any]:
@@ -544,7 +545,7 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(render_html(report), encoding="utf-8")
+    write_atomic(path, render_html(report))
 
 
 #: Keys a saved report must have to be rendered.

@@ -1,0 +1,90 @@
+"""Writing lossgraph's outputs (graphs, JSON and HTML reports) safely.
+
+Every output location is checked before the work starts -- its folder exists and can be written,
+it is not a folder, it is none of the run's inputs and no other output of it -- so a long run
+does not end in a traceback or overwrite the graph it read. Writes are atomic: the bytes go to a
+temporary file beside the target, which is then renamed over it, so a failure (a full disk)
+leaves an existing file byte-identical and no partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from lossgraph.errors import LossgraphError
+
+
+class OutputError(LossgraphError):
+    """An output cannot be written where the user asked."""
+
+
+def check_outputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path | None] = ()) -> None:
+    """Raise OutputError (one line) for the first output that cannot be written: its folder is
+    missing or not writable, it is a folder, or it is the same file as an input or as another
+    output. ``None`` entries (options not given) are skipped."""
+    seen: list[Path] = []
+    sources = [Path(p) for p in inputs if p is not None]
+    for given in outputs:
+        if given is None:
+            continue
+        path = Path(given)
+        folder = path.parent if str(path.parent) else Path(".")
+        if path.is_dir():
+            raise OutputError(f"Cannot write {given}: it is a folder.")
+        if path.exists() and not path.is_file():
+            raise OutputError(f"Cannot write {given}: it is not a regular file.")
+        if not folder.is_dir():
+            raise OutputError(f"Cannot write {given}: folder {folder} does not exist.")
+        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise OutputError(f"Cannot write {given}: permission denied.")
+        for source in sources:
+            if _same_file(path, source):
+                raise OutputError(f"Cannot write {given}: it is an input of this run ({source}).")
+        for other in seen:
+            if _same_file(path, other):
+                raise OutputError(f"Cannot write {given} twice: two outputs name the same file.")
+        seen.append(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it; raise OutputError
+    (one line) when the write fails, leaving any existing file as it was."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = None
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

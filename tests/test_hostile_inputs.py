@@ -1,0 +1,150 @@
+"""Hostile inputs and faults through the command line: every one gives one line on stderr, exit
+code 2 (130 for an interrupt), no traceback, and leaves the files it did not mean to write as
+they were. The outputs' locations are checked before the run starts, writes are atomic, an
+output never replaces an input, a spec that exits is no success."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from lossgraph.cli import main
+
+SPEC = """
+    import torch
+    import lossgraph as lg
+
+    {top}
+
+    def spec():
+        {body}
+        torch.manual_seed(0)
+        return lg.Spec(model=torch.nn.Linear(3, 2), loss=lambda m, x: (m(x) ** 2).mean(),
+                       inputs={{"x": lg.Input([4, 3])}})
+"""
+
+
+def run(*args):
+    """The CLI as a user runs it (standalone: click's own error printing included)."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        result.exception)
+    return result
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    spec = folder / "linear.py"
+    spec.write_text(__import__("textwrap").dedent(SPEC.format(top="", body="pass")))
+    out = folder / "linear.onnx"
+    assert run("export", spec, "-o", out).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_a_report_into_a_missing_folder_is_refused_before_the_run(graph, tmp_path, option):
+    result = run("verify", graph, graph, option, tmp_path / "missing" / "r.out")
+    assert result.exit_code == 2
+    assert "does not exist" in one_error_line(result)
+    assert "PASSED" not in result.stdout  # refused before the run, not after it
+
+
+def test_outputs_that_cannot_be_files_are_refused(graph, tmp_path):
+    spec = graph.with_name("linear.py")
+    for target in (tmp_path, "/dev/full"):
+        result = run("export", spec, "-o", target)
+        assert result.exit_code == 2 and str(target) in one_error_line(result), target
+    result = run("report", tmp_path / "r.json", "--html", tmp_path / "missing" / "x.html")
+    assert result.exit_code == 2 and "does not exist" in one_error_line(result)
+
+
+def test_an_output_never_replaces_an_input(graph, tmp_path):
+    spec = graph.with_name("linear.py")
+    before = digest(spec), digest(graph)
+    result = run("export", spec, "-o", spec)
+    assert result.exit_code == 2 and "input of this run" in one_error_line(result)
+    result = run("verify", graph, graph, "--json", graph)
+    assert result.exit_code == 2 and "input of this run" in one_error_line(result)
+    assert (digest(spec), digest(graph)) == before
+    report = tmp_path / "same.out"
+    result = run("verify", graph, graph, "--json", report, "--html", report)
+    assert result.exit_code == 2 and "twice" in one_error_line(result)
+    assert not report.exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_debris(graph, tmp_path, monkeypatch):
+    """A full disk while the report is written: the earlier report stays byte-identical."""
+    report = tmp_path / "r.json"
+    assert run("verify", graph, graph, "--json", report).exit_code == 0
+    before = digest(report)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = run("verify", graph, graph, "--seed", "3", "--json", report)
+    assert result.exit_code == 2 and "No space left on device" in one_error_line(result)
+    assert digest(report) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    out = tmp_path / "again.onnx"
+    result = run("export", graph.with_name("linear.py"), "-o", out)
+    assert result.exit_code == 2 and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+def test_a_negative_seed_is_bad_usage(graph, command):
+    args = [graph.with_name("linear.py"), "-o", "x.onnx"] if command == "export" else [graph, graph]
+    result = run(command, *args, "--seed", "-1")
+    assert result.exit_code == 2 and "-1" in one_error_line(result)
+
+
+def test_usage_errors_are_one_line():
+    for args in (["verify", "only-one.onnx"], ["verify", "a", "b", "--steps", "x"], ["frobnicate"]):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert one_error_line(result).startswith("Error: ")
+
+
+@pytest.mark.parametrize(("top", "body", "said"), [
+    ("import sys; sys.exit(3)", "pass", "SystemExit(3)"),
+    ("", "raise SystemExit(0)", "SystemExit(0)"),
+    ("", "import sys; sys.exit(0)", "sys.exit()"),
+])
+def test_a_spec_that_exits_is_no_success(tmp_path, top, body, said):
+    path = tmp_path / "exits.py"
+    path.write_text(__import__("textwrap").dedent(SPEC.format(top=top, body=body)))
+    out = tmp_path / "exits.onnx"
+    result = run("export", path, "-o", out)
+    assert result.exit_code == 2 and said in one_error_line(result)
+    assert not out.exists()
+
+
+def test_an_interrupt_exits_130_and_writes_nothing(tmp_path):
+    path = tmp_path / "interrupted.py"
+    path.write_text(__import__("textwrap").dedent(SPEC.format(top="", body="raise KeyboardInterrupt")))
+    out = tmp_path / "interrupted.onnx"
+    result = run("export", path, "-o", out)
+    assert result.exit_code == 130 and "Interrupted" in one_error_line(result)
+    assert not out.exists()
+
+
+def test_a_graph_compared_with_itself_is_said(graph):
+    result = run("verify", graph, graph)
+    assert result.exit_code == 0
+    assert "same file" in " ".join(result.stdout.split())
