@@ -47,6 +47,12 @@ class LossgraphGroup(click.Group):
             message = " ".join(str(exc).split())
             click.echo(f"Error: {message}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except MemoryError:
+            if ctx.meta.get("lossgraph.debug"):
+                traceback.print_exc()
+            click.echo("Error: out of memory: the graphs, inputs or --steps are too large for this "
+                       "machine.", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
 
 
 @click.group(cls=LossgraphGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lossgraph.errors import LossgraphError, VerificationError
+from lossgraph.errors import LossgraphError, SpecError, VerificationError
 from lossgraph.files import write_atomic
 from lossgraph.spec import Input
 
@@ -148,13 +148,102 @@ class GraphMeta:
     @classmethod
     def from_json(cls, text: str) -> GraphMeta:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
         if data.pop("version", None) != META_VERSION:
             raise LossgraphError("the lossgraph metadata has an unknown version; re-export it.")
+        check_fields(cls, data, "")
         data["inputs"] = {k: Input.from_dict(v) for k, v in data["inputs"].items()}
         data["params"] = {k: ParamInfo(**v) for k, v in data["params"].items()}
         data["optimizers"] = {k: OptimizerInfo(**v) for k, v in data["optimizers"].items()}
         data["schedule"] = [tuple(e) for e in data["schedule"]]
         return cls(**data)
+
+
+#: how JSON spells each Python type, for messages
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+               float: "a number", bool: "true or false", type(None): "null"}
+
+
+def check_fields(cls: type, data: Any, where: str) -> None:
+    """Raise ValueError naming the first field of ``data`` (JSON of the dataclass ``cls``) that is
+    missing, unknown, or of the wrong type, recursively (``params.fc.weight.shape must be a list
+    of integers``)."""
+    import dataclasses
+    import typing
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'the metadata'} must be an object, got {_json_name(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            raise ValueError(f"{where}{name} is not a field lossgraph writes")
+    for name, spec in fields.items():
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}{name} is missing")
+            continue
+        _check_value(data[name], hints[name], f"{where}{name}")
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> None:
+    import collections.abc
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                _check_value(value, option, where)
+                return
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        check_fields(annotation, value, f"{where}.")
+        return
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object, got {_json_name(value)}")
+        for key, item in value.items():
+            _check_value(item, args[1] if args else Any, f"{where}.{key}")
+        return
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {_json_name(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{where} must be a list of {len(args)}, got {len(value)}")
+            for index, (item, option) in enumerate(zip(value, args)):
+                _check_value(item, option, f"{where}[{index}]")
+            return
+        for index, item in enumerate(value):
+            _check_value(item, args[0] if args else Any, f"{where}[{index}]")
+        return
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is type(None) or annotation is None:
+        ok = value is None
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        raise ValueError(f"{where} must be {_json_names(annotation)}, got {_json_name(value)}")
+
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _json_names(annotation: Any) -> str:
+    return _JSON_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 @dataclass
@@ -182,7 +271,7 @@ class LossGraph:
             )
         try:
             meta = GraphMeta.from_json(props[META_KEY])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, SpecError) as exc:
             raise VerificationError(f"{path} has broken lossgraph metadata ({exc}).") from None
         invalid = invalid_windows(model.graph)
         if invalid:

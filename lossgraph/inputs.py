@@ -9,6 +9,7 @@ the masks of the reference dropouts they correspond to
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lossgraph.errors import VerificationError
+from lossgraph.errors import SpecError, VerificationError
 from lossgraph.spec import Input
 
 
@@ -52,8 +53,41 @@ def _cover_choices(rng: np.random.Generator, choices: np.ndarray, shape: Sequenc
 
 
 def make_inputs(specs: Mapping[str, Input], seed: int = 0) -> dict[str, np.ndarray]:
-    """Draw every input of a graph from its spec."""
+    """Draw every input of a graph from its spec (refused in one line when they alone would not
+    fit in the memory this machine has free)."""
+    check_fits(specs)
     return {name: make_input(spec, name, seed) for name, spec in specs.items()}
+
+
+def check_fits(specs: Mapping[str, Input]) -> None:
+    """Raise SpecError when the inputs alone take more memory than is available, before any of
+    it is allocated (``Input([100000, 100000])``: 40 GB of float32)."""
+    sizes = {name: int(np.prod(spec.shape, dtype=np.float64)) * np.dtype(spec.dtype).itemsize
+             for name, spec in specs.items()}
+    total, available = sum(sizes.values()), available_memory()
+    if available is not None and total > available:
+        largest = max(sizes, key=sizes.__getitem__)
+        raise SpecError(
+            f"The inputs alone need {total / 2**30:.1f} GiB ({largest}: {list(specs[largest].shape)} "
+            f"{specs[largest].dtype}), more than the {available / 2**30:.1f} GiB of memory this "
+            f"machine has available; use smaller shapes."
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable; else the physical
+    memory), or None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.ndarray]:
@@ -82,8 +116,30 @@ def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.nd
             raise VerificationError(
                 f"Input {name!r} in {path} has dtype {value.dtype}, expected {spec.dtype}."
             )
+        outside = _outside_range(value, spec)
+        if outside is not None:
+            raise VerificationError(f"Input {name!r} in {path} holds {outside}.")
         out[name] = value
     return out
+
+
+def _outside_range(value: np.ndarray, spec: Input) -> str | None:
+    """What in ``value`` its Input does not allow, or None: values not among ``choices``,
+    integers (class ids, indices) outside [low, high), NaN or infinite floats."""
+    if value.size == 0:
+        return None
+    if spec.choices is not None:
+        bad = value[~np.isin(value, np.asarray(spec.choices, dtype=value.dtype))]
+        return f"{bad.flat[0]!r}, not one of its choices {list(spec.choices)}" if bad.size else None
+    if np.issubdtype(value.dtype, np.integer) and (spec.low is not None or spec.high is not None):
+        low = spec.low if spec.low is not None else 0  # the declared range is [0, high)
+        high = spec.high
+        bad = value[(value < low) | (value >= high)] if high is not None else value[value < low]
+        where = f"[{low:g}, {high:g})" if high is not None else f"[{low:g}, ...)"
+        return f"{int(bad.flat[0])}, outside its range {where}" if bad.size else None
+    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+        return "NaN or infinite values"
+    return None
 
 
 def draw_mask(

@@ -148,3 +148,78 @@ def test_a_graph_compared_with_itself_is_said(graph):
     result = run("verify", graph, graph)
     assert result.exit_code == 0
     assert "same file" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("inputs", [], "inputs must be an object"),
+    ("losses", "loss", "losses must be a list"),
+    ("train", "yes", "train must be true or false"),
+    ("params", {"weight": {"shape": "3", "dtype": "float32", "trainable": True}}, "params.weight.shape"),
+    ("schedule", [["loss"]], "schedule[0] must be a list of 2"),
+    ("surprise", 1, "surprise is not a field"),
+])
+def test_tampered_metadata_names_the_field(graph, tmp_path, field, value, said):
+    import json
+
+    import onnx
+
+    from lossgraph.graph import META_KEY
+
+    model = onnx.load(str(graph))
+    entry = next(p for p in model.metadata_props if p.key == META_KEY)
+    meta = json.loads(entry.value)
+    meta[field] = value
+    entry.value = json.dumps(meta)
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, str(tampered))
+    result = run("verify", tampered, graph)
+    assert result.exit_code == 2 and said in one_error_line(result)
+
+
+def test_a_report_with_fields_of_the_wrong_type_is_one_line(graph, tmp_path):
+    import json
+
+    report = tmp_path / "r.json"
+    assert run("verify", graph, graph, "--json", report).exit_code == 0
+    data = json.loads(report.read_text())
+    data["tolerance"] = "tight"
+    report.write_text(json.dumps(data))
+    out = tmp_path / "r.html"
+    result = run("report", report, "--html", out)
+    assert result.exit_code == 2 and "cannot be rendered" in one_error_line(result)
+    assert not out.exists()
+
+
+CLASSES_SPEC = """
+    import torch
+    import lossgraph as lg
+
+    def spec():
+        torch.manual_seed(0)
+        return lg.Spec(model=torch.nn.Linear(3, 10),
+                       loss=lambda m, x, y: torch.nn.functional.cross_entropy(m(x), y),
+                       inputs={"x": lg.Input([4, 3]), "y": lg.Input([4], dtype="int64", high=10)})
+"""
+
+
+@pytest.mark.parametrize(("label", "said"), [(99, "99, outside its range [0, 10)"),
+                                             (-7, "-7, outside"), (-1, "-1, outside")])
+def test_labels_out_of_range_in_an_inputs_file_are_named(tmp_path, label, said):
+    import numpy as np
+
+    spec = tmp_path / "classes.py"
+    spec.write_text(__import__("textwrap").dedent(CLASSES_SPEC))
+    graph = tmp_path / "classes.onnx"
+    assert run("export", spec, "-o", graph).exit_code == 0
+    feeds = tmp_path / "inputs.npz"
+    np.savez(feeds, x=np.zeros((4, 3), np.float32), y=np.array([1, 2, label, 3], np.int64))
+    result = run("verify", graph, graph, "--inputs", feeds)
+    assert result.exit_code == 2 and "'y'" in (line := one_error_line(result)) and said in line
+
+
+def test_inputs_too_large_for_the_machine_are_refused_before_allocating(tmp_path):
+    spec = tmp_path / "huge.py"
+    spec.write_text(__import__("textwrap").dedent(SPEC.format(top="", body="pass").replace(
+        "lg.Input([4, 3])", "lg.Input([400000, 400000, 3])")))
+    result = run("export", spec, "-o", tmp_path / "huge.onnx")
+    assert result.exit_code == 2 and "GiB" in one_error_line(result)

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from lossgraph.errors import VerificationError
+from lossgraph.errors import VerificationError, one_line
 from lossgraph.files import write_atomic
 from lossgraph.graph import LossGraph
 from lossgraph.verify.align import shown_names
@@ -545,7 +545,13 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> None:
-    write_atomic(path, render_html(report))
+    try:
+        page = render_html(report)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # a report read back from a file someone edited: what lossgraph wrote always renders
+        what = f"key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {one_line(exc)}"
+        raise VerificationError(f"The report cannot be rendered: a field has the wrong type ({what}).") from None
+    write_atomic(path, page)
 
 
 #: Keys a saved report must have to be rendered.
