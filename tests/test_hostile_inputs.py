@@ -223,3 +223,39 @@ def test_inputs_too_large_for_the_machine_are_refused_before_allocating(tmp_path
         "lg.Input([4, 3])", "lg.Input([400000, 400000, 3])")))
     result = run("export", spec, "-o", tmp_path / "huge.onnx")
     assert result.exit_code == 2 and "GiB" in one_error_line(result)
+
+
+def test_an_input_named_like_a_parameter_is_named_at_export(tmp_path):
+    spec = tmp_path / "clash.py"
+    spec.write_text(__import__("textwrap").dedent("""
+        import torch
+        import lossgraph as lg
+
+        def spec():
+            return lg.Spec(model=torch.nn.Linear(3, 2), loss=lambda m, weight: (m(weight) ** 2).mean(),
+                           inputs={"weight": lg.Input([4, 3])})
+    """))
+    out = tmp_path / "clash.onnx"
+    result = run("export", spec, "-o", out)
+    assert result.exit_code == 2 and "'weight' has the name of a parameter" in one_error_line(result)
+    assert not out.exists()
+
+
+def test_models_without_parameters_are_compared(tmp_path):
+    """Nothing to pair is no reason to refuse: the losses (and, with --grads, nothing else) are
+    compared. A model without parameters against one with them differs in structure."""
+
+    graphs = {}
+    for name, (module, layer) in {"torch": ("torch", "torch.nn.Tanh()"),
+                                  "paddle": ("paddle", "paddle.nn.Tanh()"),
+                                  "linear": ("torch", "torch.nn.Linear(3, 3)")}.items():
+        path = tmp_path / f"spec_{name}.py"  # a file named torch.py would shadow torch
+        path.write_text(
+            f"import {module}\nimport lossgraph as lg\n\n\ndef spec():\n"
+            f"    return lg.Spec(model={layer}, loss=lambda m, x: (m(x) ** 2).mean(),\n"
+            f"                   inputs={{'x': lg.Input([4, 3])}})\n")
+        graphs[name] = tmp_path / f"{name}.onnx"
+        assert run("export", path, "-o", graphs[name]).exit_code == 0, name
+    assert run("verify", graphs["torch"], graphs["paddle"], "--grads", "--steps", "2").exit_code == 0
+    result = run("verify", graphs["linear"], graphs["paddle"])
+    assert result.exit_code == 2 and "differ in structure" in one_error_line(result)

@@ -25,6 +25,13 @@ def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAU
         spec = load_spec(spec)
     else:
         spec.validate()
+    clash = [name for name in spec.inputs if name in spec.model.state_dict()]
+    if clash:
+        raise ExportError(
+            f"{spec.source or 'the spec'}: input {clash[0]!r} has the name of a parameter or buffer "
+            f"of the model; the graph names its inputs and parameters alike, so rename the input "
+            f"(in Spec.inputs and the loss function's arguments)."
+        )
     try:
         if spec.framework == "torch":
             from lossgraph.exporters.torch import export_torch

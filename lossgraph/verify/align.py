@@ -697,7 +697,13 @@ def _checked_map(
         ],
         shape_mismatch=mismatch,
     )
-    if not good and not mismatch:
+    if not good and not mismatch and (ref_params or cand_params):
+        if not ref_params or not cand_params:
+            empty, other = ("reference", "candidate") if not ref_params else ("candidate", "reference")
+            raise VerificationError(
+                f"The {empty} has no parameters or buffers and the {other} has "
+                f"{len(cand_params or ref_params)}: the two models differ in structure."
+            )
         raise VerificationError(
             f"The two graphs share no parameters ({len(ref_params)} in the reference, "
             f"{len(cand_params)} in the candidate, none paired by name, name map or structure); "
