@@ -259,3 +259,30 @@ def test_models_without_parameters_are_compared(tmp_path):
     assert run("verify", graphs["torch"], graphs["paddle"], "--grads", "--steps", "2").exit_code == 0
     result = run("verify", graphs["linear"], graphs["paddle"])
     assert result.exit_code == 2 and "differ in structure" in one_error_line(result)
+
+
+def test_a_paddle_trace_failure_names_its_cause_and_line(tmp_path):
+    """dy2static's report starts with the generated forward's code; the one line carries the
+    error it ends with and the user's line that raised it."""
+    spec = tmp_path / "numpy_in_forward.py"
+    spec.write_text(__import__("textwrap").dedent("""
+        import paddle
+        import lossgraph as lg
+
+        class M(paddle.nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.fc = paddle.nn.Linear(3, 2)
+
+            def forward(self, x):
+                h = self.fc(x)
+                return h * float(h.numpy().mean())
+
+        def spec():
+            return lg.Spec(model=M(), loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([4, 3])})
+    """))
+    result = run("export", spec, "-o", tmp_path / "out.onnx")
+    line = one_error_line(result)
+    assert result.exit_code == 2
+    assert "'numpy' only can be called by `paddle.Tensor` in dynamic graph mode" in line
+    assert "numpy_in_forward.py:12: return h * float(h.numpy().mean())" in line

@@ -37,9 +37,11 @@ from lossgraph.exporters.common import (
     eager_losses,
     finish_export,
     framework_base,
+    innermost_user_frame,
     json_safe,
     optimizer_param_names,
     package_versions,
+    relative_to_cwd,
 )
 from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
@@ -301,8 +303,7 @@ def _convert(
                 f"spec (or use it)."
             ) from exc
         raise ExportError(
-            f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: "
-            f"{type(exc).__name__}: {one_line(exc)}"
+            f"paddle.jit.to_static could not trace {spec.source or 'the spec'}: {_to_static_cause(exc)}"
         ) from exc
     out = tmp / "model.onnx"
     env = dict(os.environ, GLOG_minloglevel="2", FLAGS_print_ir="0")
@@ -340,6 +341,22 @@ def _convert(
             f"{expected} loss(es) and buffer update(s); the conversion is incomplete."
         )
     return proto
+
+
+_RAISED = re.compile(r"^\s*(\w+(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+def _to_static_cause(exc: BaseException) -> str:
+    """What made dy2static fail, in one line: the error its report ends with (the report starts
+    with the generated forward's code, which says nothing) and the user's line that raised it."""
+    text = str(exc)
+    raised = list(_RAISED.finditer(text))
+    said = re.sub(r"\s*Suggestions?:\s*$", "", raised[-1].group(2).strip()) if raised else ""
+    cause = f"{raised[-1].group(1)}: {said}" if raised else (
+        f"{type(exc).__name__}: {one_line(exc)}")
+    frame = innermost_user_frame(text)
+    where = f" (at {relative_to_cwd(frame['file'])}:{frame['line']}: {frame['code']})" if frame else ""
+    return one_line(RuntimeError(cause + where), limit=400)
 
 
 def _conversion_failure(
