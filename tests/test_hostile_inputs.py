@@ -286,3 +286,10 @@ def test_a_paddle_trace_failure_names_its_cause_and_line(tmp_path):
     assert result.exit_code == 2
     assert "'numpy' only can be called by `paddle.Tensor` in dynamic graph mode" in line
     assert "numpy_in_forward.py:12: return h * float(h.numpy().mean())" in line
+
+
+def test_steps_that_cannot_fit_in_memory_are_refused_before_the_run(graph):
+    result = run("verify", graph, graph, "--steps", "1000000000")
+    line = one_error_line(result)
+    assert result.exit_code == 2 and "--steps 1000000000 needs about" in line and "or fewer" in line
+    assert "PASSED" not in result.stdout

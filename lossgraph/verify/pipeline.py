@@ -89,6 +89,41 @@ class Setup:
     dropout: DropoutMatch | None = None
 
 
+#: what one training step keeps, per side, beside copies of the parameters: the comparison's
+#: numbers and the trainer's bookkeeping (measured: ~33 KB per step on a 10-parameter MLP)
+STEP_OVERHEAD_BYTES = 64 * 1024
+#: copies of the parameters' size one step keeps per side (the values before it, its gradients,
+#: two optimizer slots such as Adam's moments: 4 x 126 MiB on DiscoGAN, where ~600 MB per step
+#: was measured), and how many runs keep them at once (float32; the float64 noise floor, at
+#: twice the size; --native's eager parameters)
+STEP_COPIES = 4
+RUNS_WEIGHT = {"float32": 1, "float64": 2, "native": 1}
+
+
+def check_steps_fit(setup: Setup, options: VerifyOptions) -> None:
+    """Raise VerificationError when ``--steps N`` would keep more than this machine's free
+    memory: every step's values are kept for the report and the float64 re-runs (they grow with
+    N), so a large N is refused in one line before the run instead of ending out of memory."""
+    from lossgraph.inputs import available_memory
+
+    if options.steps <= 1:
+        return
+    values = sum(v.nbytes for v in setup.ref_params.values()) + sum(
+        v.nbytes for v in setup.cand_params.values())
+    weight = (RUNS_WEIGHT["float32"] + RUNS_WEIGHT["float64"] * options.noise_floor
+              + RUNS_WEIGHT["native"] * options.native)
+    per_step = weight * (STEP_COPIES * values + 2 * STEP_OVERHEAD_BYTES)
+    available = available_memory()
+    if available is None or options.steps * per_step <= available:
+        return
+    fits = max(1, int(available // per_step))
+    raise VerificationError(
+        f"--steps {options.steps} needs about {options.steps * per_step / 2**30:.1f} GiB (every step's "
+        f"values are kept), more than the {available / 2**30:.1f} GiB this machine has free; use "
+        f"--steps {fits} or fewer."
+    )
+
+
 def _same_source_warnings(ref: LossGraph, cand: LossGraph) -> list[str]:
     """A graph compared with itself, or two graphs of one framework, pass for reasons that say
     nothing about a port: say so."""
@@ -252,6 +287,7 @@ def run_verify(
 ) -> VerifyResult:
     """Verify ``candidate`` against ``reference``. Raises VerificationError on bad input."""
     setup = prepare(reference, candidate, options)
+    check_steps_fit(setup, options)
     ref, cand = setup.ref, setup.cand
     steps, ref_run, cand_run = compare(setup, options)
     result = VerifyResult(
