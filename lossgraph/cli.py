@@ -156,6 +156,8 @@ def verify(
     from lossgraph.verify.pipeline import VerifyOptions, run_verify
     from lossgraph.verify.report import render_verify, report_dict, write_html, write_json
 
+    if native and not steps:
+        raise click.UsageError("--native compares training steps: give --steps N as well.")
     check_outputs([json_file, html_file], inputs=[reference, candidate, inputs_file, name_map])
 
     options = VerifyOptions(

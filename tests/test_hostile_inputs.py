@@ -293,3 +293,48 @@ def test_steps_that_cannot_fit_in_memory_are_refused_before_the_run(graph):
     line = one_error_line(result)
     assert result.exit_code == 2 and "--steps 1000000000 needs about" in line and "or fewer" in line
     assert "PASSED" not in result.stdout
+
+
+def _graph_files(folder, graph):
+    """Graph files that are not lossgraph graphs: empty, truncated, random, foreign."""
+    import onnx
+
+    (folder / "empty.onnx").write_bytes(b"")
+    (folder / "truncated.onnx").write_bytes(graph.read_bytes()[:300])
+    (folder / "random.onnx").write_bytes(bytes(range(256)) * 8)
+    model = onnx.load(str(graph))
+    del model.metadata_props[:]
+    onnx.save(model, str(folder / "foreign.onnx"))
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["{empty}", "{graph}"], "no lossgraph metadata"),
+    (["{truncated}", "{graph}"], "not a readable ONNX file"),
+    (["{random}", "{graph}"], "not a readable ONNX file"),
+    (["{foreign}", "{graph}"], "no lossgraph metadata"),
+    (["{graph}", "{missing}"], "does not exist"),
+    (["{graph}", "{graph}", "--tol", "-1"], "Tolerances must be finite"),
+    (["{graph}", "{graph}", "--rtol", "nan"], "Tolerances must be finite"),
+    (["{graph}", "{graph}", "--steps", "-3"], "--steps"),
+    (["{graph}", "{graph}", "--device", "tpu"], "--device"),
+    (["{graph}", "{graph}", "--native"], "--steps"),
+    (["{graph}", "{graph}", "--inputs", "{wrong_dtype}"], "dtype float64, expected float32"),
+    (["{graph}", "{graph}", "--inputs", "{not_npz}"], "not a readable .npz"),
+    (["{graph}", "{graph}", "--inputs", "{no_x}"], "lacks input(s) x"),
+    (["{graph}", "{graph}", "--name-map", "{not_json}"], "not valid JSON"),
+    (["{graph}", "{graph}", "--name-map", "{list_map}"], "must be a JSON object"),
+    (["{graph}", "{graph}", "--name-map", "{bad_entry}"], "entry 'weight' must be"),
+])
+def test_bad_verify_inputs_are_one_line(graph, tmp_path, args, said):
+    import numpy as np
+
+    _graph_files(tmp_path, graph)
+    np.savez(tmp_path / "wrong_dtype.npz", x=np.zeros((4, 3), np.float64))
+    np.savez(tmp_path / "no_x.npz", y=np.zeros((4, 3), np.float32))
+    (tmp_path / "not_npz.npz").write_text("not an npz")
+    (tmp_path / "not_json.json").write_text("{")
+    (tmp_path / "list_map.json").write_text("[1, 2]")
+    (tmp_path / "bad_entry.json").write_text('{"weight": 3}')
+    names = {p.stem: p for p in tmp_path.iterdir()} | {"graph": graph, "missing": tmp_path / "no.onnx"}
+    result = run("verify", *[a.format(**names) for a in args])
+    assert result.exit_code == 2 and said in one_error_line(result)
