@@ -338,3 +338,24 @@ def test_bad_verify_inputs_are_one_line(graph, tmp_path, args, said):
     names = {p.stem: p for p in tmp_path.iterdir()} | {"graph": graph, "missing": tmp_path / "no.onnx"}
     result = run("verify", *[a.format(**names) for a in args])
     assert result.exit_code == 2 and said in one_error_line(result)
+
+
+def test_sigint_during_a_run_exits_130_and_writes_nothing(graph, tmp_path):
+    """Ctrl-C while the steps run: exit 130 (not 1, "diverged"), one line, no report."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    report = tmp_path / "interrupted.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lossgraph.cli", "verify", str(graph), str(graph), "--steps", "5000", "--no-noise-floor",
+         "--json", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(6)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip() == "Interrupted."
+    assert not report.exists() and list(tmp_path.iterdir()) == []
