@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from lossgraph.errors import LossgraphError
 
@@ -31,23 +32,30 @@ def check_outputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | P
     for given in outputs:
         if given is None:
             continue
-        path = Path(given)
-        folder = path.parent if str(path.parent) else Path(".")
-        if path.is_dir():
-            raise OutputError(f"Cannot write {given}: it is a folder.")
-        if path.exists() and not path.is_file():
-            raise OutputError(f"Cannot write {given}: it is not a regular file.")
-        if not folder.is_dir():
-            raise OutputError(f"Cannot write {given}: folder {folder} does not exist.")
-        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise OutputError(f"Cannot write {given}: permission denied.")
-        for source in sources:
-            if _same_file(path, source):
-                raise OutputError(f"Cannot write {given}: it is an input of this run ({source}).")
-        for other in seen:
-            if _same_file(path, other):
-                raise OutputError(f"Cannot write {given} twice: two outputs name the same file.")
-        seen.append(path)
+        try:
+            _check_output(Path(given), given, sources, seen)
+        except OSError as exc:  # a name too long, a folder that cannot be searched, ...
+            raise OutputError(f"Cannot write {given}: {exc.strerror or exc}.") from None
+        seen.append(Path(given))
+
+
+def _check_output(path: Path, given: Any, sources: list[Path], seen: list[Path]) -> None:
+    """Raise OutputError when ``path`` cannot be written (see :func:`check_outputs`)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"Cannot write {given}: it is a folder.")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"Cannot write {given}: it is not a regular file.")
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write {given}: folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"Cannot write {given}: permission denied.")
+    for source in sources:
+        if _same_file(path, source):
+            raise OutputError(f"Cannot write {given}: it is an input of this run ({source}).")
+    for other in seen:
+        if _same_file(path, other):
+            raise OutputError(f"Cannot write {given} twice: two outputs name the same file.")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -59,12 +67,12 @@ def _same_file(a: Path, b: Path) -> bool:
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it; raise OutputError
     (one line) when the write fails, leaving any existing file as it was."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a symlink: its target is what gets written
     payload = data.encode("utf-8") if isinstance(data, str) else data
     folder = path.parent if str(path.parent) else Path(".")
     tmp = None
     try:
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=folder)
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
             out.flush()
@@ -73,7 +81,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
             with contextlib.suppress(OSError):
                 os.chmod(tmp, path.stat().st_mode & 0o777)
         else:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -84,7 +92,11 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
                 os.unlink(tmp)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: the process's umask, read once at import (reading it sets it for a moment)
+_UMASK = _read_umask()

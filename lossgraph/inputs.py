@@ -62,9 +62,11 @@ def make_inputs(specs: Mapping[str, Input], seed: int = 0) -> dict[str, np.ndarr
 def check_fits(specs: Mapping[str, Input]) -> None:
     """Raise SpecError when the inputs alone take more memory than is available, before any of
     it is allocated (``Input([100000, 100000])``: 40 GB of float32)."""
-    sizes = {name: int(np.prod(spec.shape, dtype=np.float64)) * np.dtype(spec.dtype).itemsize
-             for name, spec in specs.items()}
-    total, available = sum(sizes.values()), available_memory()
+    counts = {name: int(np.prod(spec.shape, dtype=np.float64)) for name, spec in specs.items()}
+    sizes = {name: counts[name] * np.dtype(spec.dtype).itemsize for name, spec in specs.items()}
+    # each input is drawn in 64 bits, then cast: the largest draw is held beside all the inputs
+    draw = max((8 * count for count in counts.values()), default=0)
+    total, available = sum(sizes.values()) + draw, available_memory()
     if available is not None and total > available:
         largest = max(sizes, key=sizes.__getitem__)
         raise SpecError(
@@ -129,8 +131,12 @@ def _outside_range(value: np.ndarray, spec: Input) -> str | None:
     if value.size == 0:
         return None
     if spec.choices is not None:
-        bad = value[~np.isin(value, np.asarray(spec.choices, dtype=value.dtype))]
-        return f"{bad.flat[0]!r}, not one of its choices {list(spec.choices)}" if bad.size else None
+        try:
+            allowed = np.asarray(spec.choices, dtype=value.dtype)
+        except (OverflowError, ValueError, TypeError):  # a choice the dtype cannot hold
+            allowed = np.asarray(spec.choices)
+        bad = value[~np.isin(value, allowed)]
+        return f"{bad.flat[0].item()!r}, not one of its choices {list(spec.choices)}" if bad.size else None
     if np.issubdtype(value.dtype, np.integer) and (spec.low is not None or spec.high is not None):
         low = spec.low if spec.low is not None else 0  # the declared range is [0, high)
         high = spec.high

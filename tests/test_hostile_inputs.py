@@ -217,6 +217,33 @@ def test_labels_out_of_range_in_an_inputs_file_are_named(tmp_path, label, said):
     assert result.exit_code == 2 and "'y'" in (line := one_error_line(result)) and said in line
 
 
+def test_choices_the_dtype_cannot_hold_are_still_checked():
+    """A declared choice outside the input's dtype (an int32 input, a choice of 2**40) is no
+    OverflowError: the values are checked against the choices as given."""
+    import numpy as np
+
+    from lossgraph.inputs import _outside_range
+    from lossgraph.spec import Input
+
+    spec = Input([3], dtype="int32", choices=[1, 2, 2**40])
+    assert _outside_range(np.array([1, 2, 1], np.int32), spec) is None
+    assert "7, not one of its choices" in _outside_range(np.array([1, 7, 2], np.int32), spec)
+
+
+def test_the_memory_estimate_counts_the_64_bit_draw(monkeypatch):
+    """Inputs are drawn in 64 bits and cast: 1 GiB of float32 needs 3 GiB while drawn."""
+    import lossgraph.inputs as inputs
+    from lossgraph.errors import SpecError
+    from lossgraph.spec import Input
+
+    specs = {"x": Input([2**28])}  # 1 GiB as float32, 2 GiB drawn as float64
+    monkeypatch.setattr(inputs, "available_memory", lambda: int(2.5 * 2**30))
+    with pytest.raises(SpecError, match="3.0 GiB"):
+        inputs.check_fits(specs)
+    monkeypatch.setattr(inputs, "available_memory", lambda: int(3.5 * 2**30))
+    inputs.check_fits(specs)
+
+
 def test_inputs_too_large_for_the_machine_are_refused_before_allocating(tmp_path):
     spec = tmp_path / "huge.py"
     spec.write_text(__import__("textwrap").dedent(SPEC.format(top="", body="pass").replace(

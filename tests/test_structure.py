@@ -13,10 +13,10 @@ import lossgraph
 
 PACKAGE = Path(lossgraph.__file__).parent
 
-#: lowest first: graph and errors, then the ONNX Runtime floor and seeded inputs, then the
+#: lowest first: graph, errors and safe file writing, then the ONNX Runtime floor and seeded inputs, then the
 #: autodiff and the optimizers, then the verifier, then the exporters, the CLI and the package
 FLOORS = [
-    ("lossgraph.errors", "lossgraph.spec", "lossgraph.graph"),
+    ("lossgraph.errors", "lossgraph.spec", "lossgraph.graph", "lossgraph.files"),
     ("lossgraph.runtime", "lossgraph.inputs"),
     ("lossgraph.autodiff", "lossgraph.optim"),
     ("lossgraph.verify",),

@@ -9,7 +9,8 @@ import re
 import sys
 import sysconfig
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -450,3 +451,36 @@ def optimizer_param_names(
             f"parameters of Spec.model."
         )
     return [names[id(p)] for p in params]
+
+
+@dataclass(frozen=True)
+class BufferSnapshot:
+    """A buffer as it was before the eager forward pass: the tensor itself (kept, so that a
+    replaced buffer is never mistaken for one that took its freed id), its in-place version
+    counter and a copy of its values (writes through ``.data`` leave the counter alone)."""
+
+    tensor: Any
+    version: int
+    values: np.ndarray
+
+
+def changed_buffers(
+    now: Mapping[str, tuple[Any, int]], before: Mapping[str, BufferSnapshot],
+    recorded: Mapping[str, Any], values: Callable[[Any], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The buffers the eager forward pass wrote in place or replaced, by state-dict name, with
+    their values after it (``now``: name -> (tensor, version)); those a training-mode BatchNorm
+    records already are left to it. A buffer counts as written when it was replaced, its version
+    counter moved (a converged power iteration writes the same values in the first step and
+    other ones after the optimizer has moved the weight) or its values changed."""
+    out = {}
+    for name, (tensor, version) in now.items():
+        old = before.get(name)
+        if old is None or name in recorded:
+            continue
+        current = values(tensor)
+        if (tensor is not old.tensor or version != old.version
+                or current.shape != old.values.shape
+                or not np.array_equal(current, old.values, equal_nan=current.dtype.kind in "fc")):
+            out[name] = current.copy()
+    return out

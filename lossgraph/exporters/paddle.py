@@ -34,6 +34,8 @@ from lossgraph.exporters._p2o_worker import (
 )
 from lossgraph.exporters.adaptive_pool import mend_adaptive_pools
 from lossgraph.exporters.common import (
+    BufferSnapshot,
+    changed_buffers,
     eager_losses,
     finish_export,
     framework_base,
@@ -153,29 +155,24 @@ def export_paddle(spec: Spec, seed: int) -> LossGraph:
     )
 
 
-def _buffer_versions(model: Any) -> dict[str, tuple[int, int]]:
-    """Each state-dict buffer's identity and in-place version, by state-dict name."""
+def _buffer_versions(model: Any) -> dict[str, BufferSnapshot]:
+    """Each state-dict buffer before the eager run, by state-dict name."""
     state = model.state_dict()
     return {
-        name: (id(buffer), buffer.inplace_version)
+        name: BufferSnapshot(buffer, buffer.inplace_version, buffer.numpy().copy())
         for name, buffer in model.named_buffers()
         if buffer is not None and name in state
     }
 
 
 def _changed_buffers(
-    model: Any, before: Mapping[str, tuple[int, int]], recorded: Mapping[str, Any]
+    model: Any, before: Mapping[str, BufferSnapshot], recorded: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-    """The state-dict buffers the eager forward pass wrote in place or replaced (a spectral
-    norm's power iteration), with their values after it; those a training-mode BatchNorm records
-    are left to it. Told by version counters, not values: a converged power iteration writes
-    the same values in the first step and other ones later."""
-    return {
-        name: buffer.numpy().copy()
-        for name, buffer in model.named_buffers()
-        if buffer is not None and name in before and name not in recorded
-        and before[name] != (id(buffer), buffer.inplace_version)
-    }
+    """The state-dict buffers the eager forward pass wrote (a spectral norm's power iteration),
+    with their values after it (``changed_buffers``)."""
+    now = {name: (buffer, buffer.inplace_version)
+           for name, buffer in model.named_buffers() if buffer is not None}
+    return changed_buffers(now, before, recorded, lambda t: t.numpy())
 
 
 def _lr_scheduler_infos(spec: Spec) -> dict[str, dict[str, Any]]:

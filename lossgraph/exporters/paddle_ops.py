@@ -241,10 +241,21 @@ def assign(x: Any, output: Any = None) -> Any:
     original = ORIGINALS[("paddle", "assign")]
     if output is None or not isinstance(output, paddle.pir.Value) or paddle.in_dynamic_mode():
         return original(x, output)
+    from paddle.base.libpaddle.pir import get_current_insertion_point
+
+    from lossgraph.errors import ExportError
+
+    block = paddle.static.default_main_program().global_block()
+    if get_current_insertion_point().block() != block:
+        raise ExportError(
+            "The forward pass writes a value in place (paddle.assign into a buffer or an attribute "
+            "assignment) inside a branch or loop on tensor values; lossgraph carries such writes "
+            "only outside control flow."
+        )
     value = x if isinstance(x, paddle.pir.Value) else original(x)
     if value.dtype != output.dtype:
         value = paddle.cast(value, output.dtype)
-    WRITES.append((output, value, paddle.static.default_main_program().global_block().ops[-1]))
+    WRITES.append((output, value, block.ops[-1]))
     return output
 
 
@@ -257,9 +268,17 @@ def carry_writes(model: Any, buffers: list[str]) -> list[Any]:
 
     from lossgraph.errors import ExportError
 
+    writes = list(WRITES)
+    WRITES.clear()
     ops = paddle.static.default_main_program().global_block().ops
-    for old, new, anchor in reversed(WRITES):
-        start = next(k for k, op in enumerate(ops) if op == anchor) + 1
+    for old, new, anchor in reversed(writes):
+        start = next((k for k, op in enumerate(ops) if op == anchor), None)
+        if start is None:
+            raise ExportError(
+                "The forward pass writes a value in place at a point lossgraph cannot find in the "
+                "traced program; lossgraph cannot carry that update into the graph."
+            )
+        start += 1
         for op in ops[start:]:
             for index in range(op.num_operands()):
                 if op.operand_source(index).is_same(old):
@@ -269,7 +288,7 @@ def carry_writes(model: Any, buffers: list[str]) -> list[Any]:
         owner = model
         for part in name.split("."):
             owner = getattr(owner, part)
-        last = next((new for old, new, _ in reversed(WRITES) if old.is_same(owner)), None)
+        last = next((new for old, new, _ in reversed(writes) if old.is_same(owner)), None)
         if last is None:
             raise ExportError(
                 f"The forward pass changes buffer {name!r} in place other than by paddle.assign(value, "

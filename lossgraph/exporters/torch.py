@@ -21,6 +21,8 @@ import onnx
 
 from lossgraph.errors import ExportError, SpecError, one_line
 from lossgraph.exporters.common import (
+    BufferSnapshot,
+    changed_buffers,
     eager_losses,
     finish_export,
     format_source,
@@ -103,6 +105,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             )
             wrapper.train(spec.train)
             model.load_state_dict(state)  # traced from the values the eager run started from
+            _restore_buffers(model, versions, state)
             _register_stack_anchors(spec)
             recorder.taps = TapRecorder(paths)
             with exporting("torch"), carrying("torch") as carried, torch_taps(model, recorder.taps):
@@ -113,6 +116,7 @@ def export_torch(spec: Spec, seed: int) -> LossGraph:
             custom.check_carried(carried, spec.source or "the spec")
     finally:
         model.load_state_dict(state)  # eager and traced runs may have touched buffers
+        _restore_buffers(model, versions, state)
     names = list(losses)
     _strip_root_prefix(proto)
     tied = _tied_names(model)
@@ -155,29 +159,43 @@ def _changed_parameters(model: Any, before: Mapping[str, Any]) -> dict[str, np.n
     }
 
 
-def _buffer_versions(model: Any) -> dict[str, tuple[int, int]]:
-    """Each buffer's identity and in-place version counter, by state-dict name."""
+def _buffer_versions(model: Any) -> dict[str, BufferSnapshot]:
+    """Each buffer before the eager run, by state-dict name (non-persistent ones too)."""
     return {
-        name: (id(buffer), buffer._version)
+        name: BufferSnapshot(buffer, buffer._version, _buffer_values(buffer).copy())
         for name, buffer in model.named_buffers(remove_duplicate=False)
         if buffer is not None
     }
 
 
 def _changed_buffers(
-    model: Any, before: Mapping[str, tuple[int, int]], recorded: Mapping[str, Any]
+    model: Any, before: Mapping[str, BufferSnapshot], recorded: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-    """The buffers the eager forward pass wrote in place or replaced (a spectral norm's power
-    iteration, a step counter), by state-dict name, with their values after it; those a
-    training-mode BatchNorm records already are left to it. Writes are told by the tensors'
-    version counters, not their values: a power iteration that has converged writes the same
-    values in the first step and other ones after the optimizer has moved the weight."""
-    return {
-        name: buffer.detach().numpy().copy()
-        for name, buffer in model.named_buffers(remove_duplicate=False)
-        if buffer is not None and name not in recorded and name in before
-        and before[name] != (id(buffer), buffer._version)
-    }
+    """The buffers the eager forward pass wrote (a spectral norm's power iteration, a step
+    counter), with their values after it (``changed_buffers``)."""
+    now = {name: (buffer, buffer._version)
+           for name, buffer in model.named_buffers(remove_duplicate=False) if buffer is not None}
+    return changed_buffers(now, before, recorded, _buffer_values)
+
+
+def _buffer_values(buffer: Any) -> np.ndarray:
+    """A buffer's values as numpy (bfloat16, which numpy lacks, widened to float32)."""
+    import torch
+
+    value = buffer.detach().cpu()
+    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+
+
+def _restore_buffers(model: Any, before: Mapping[str, BufferSnapshot], state: Mapping[str, Any]) -> None:
+    """Put back the values of the buffers ``load_state_dict`` does not restore (non-persistent
+    ones), so that the trace starts where the eager run started."""
+    import torch
+
+    with torch.no_grad():
+        for name, buffer in model.named_buffers(remove_duplicate=False):
+            old = before.get(name)
+            if name not in state and old is not None and buffer is old.tensor:
+                buffer.copy_(torch.from_numpy(old.values).to(buffer.dtype))
 
 
 _EMBEDDING_RENORM = "aten.embedding_renorm"

@@ -244,17 +244,31 @@ def no_grad_kept() -> Any:
 
     torch.export records a no_grad block as a ``wrap_with_set_grad_enabled`` call that its
     decompositions inline, so the exported graph would let gradients through a value computed
-    without them (a scale taken under no_grad, a power iteration): a silent wrong gradient.
-    While this mode is on, the result of each op computed with grad disabled from a tensor that
-    requires grad is detached, which the exporter writes as a stop-gradient marker; ops whose
-    inputs were computed in the block already need no marker. In-place results (the input
-    itself) and ``detach``/``.data`` are left as they are. Grad disabled on entry (tracing
-    under no_grad) marks nothing."""
+    without them (a scale taken under no_grad, a power iteration, an EMA buffer updated from a
+    weight): a silent wrong gradient. While this mode is on, each op run with grad disabled gets
+    its inputs that require grad detached first, which the exporter writes as stop-gradient
+    markers; the tensor an in-place op or ``out=`` writes into is left as it is (its writes must
+    reach it), and so are ``detach`` and ``.data``. Grad disabled on entry (tracing under
+    no_grad) marks nothing."""
     import torch
     from torch.overrides import TorchFunctionMode
-    from torch.utils._pytree import tree_flatten, tree_map
+    from torch.utils._pytree import tree_map
 
     kept = (torch.Tensor.detach, torch.Tensor.detach_, torch.detach, torch.Tensor.data.__get__)
+
+    def written(func: Any, args: Any, kwargs: Any) -> set[int]:
+        """The tensors ``func`` writes into: an in-place method's self, ``out=``."""
+        name = getattr(func, "__name__", "")
+        targets = set()
+        in_place = (name.endswith("_") and not name.endswith("__")) or (
+            name.startswith("__i") and name.endswith("__"))
+        if in_place and args and isinstance(args[0], torch.Tensor):
+            targets.add(id(args[0]))
+        out = (kwargs or {}).get("out")
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                targets.add(id(tensor))
+        return targets
 
     class NoGradKept(TorchFunctionMode):
         def __init__(self) -> None:
@@ -262,16 +276,17 @@ def no_grad_kept() -> Any:
             self.outer = torch.is_grad_enabled()
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            out = func(*args, **(kwargs or {}))
-            if not self.outer or torch.is_grad_enabled() or func in kept:
-                return out
-            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-            if not any(t.requires_grad for t in tensors):
-                return out
-            inputs = {id(t) for t in tensors}
-            return tree_map(
-                lambda t: t.detach() if isinstance(t, torch.Tensor) and id(t) not in inputs else t, out
-            )
+            kwargs = kwargs or {}
+            if self.outer and not torch.is_grad_enabled() and func not in kept:
+                targets = written(func, args, kwargs)
+
+                def cut(value: Any) -> Any:
+                    if isinstance(value, torch.Tensor) and value.requires_grad and id(value) not in targets:
+                        return value.detach()
+                    return value
+
+                args, kwargs = tree_map(cut, (tuple(args), kwargs))
+            return func(*args, **kwargs)
 
     return NoGradKept()
 

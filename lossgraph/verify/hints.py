@@ -940,9 +940,11 @@ def _source_lines_feeding(
 
 @hint
 def one_sided_stop_gradient(ctx: HintContext) -> str | None:
-    """Between the diverging node and the losses, one side stops the gradient of float values
-    more often than the other: a ``.detach()``, ``torch.no_grad()`` / ``paddle.no_grad()`` block
-    or ``stop_gradient`` dropped, added or moved in the port."""
+    """Between the diverging node (the values it reads included) and the losses, one side stops
+    the gradient of float values and the other nowhere: a ``.detach()``, ``torch.no_grad()`` /
+    ``paddle.no_grad()`` block or ``stop_gradient`` dropped or added in the port. Two sides that
+    both stop it are not compared by count: one block becomes one marker or several, depending on
+    how each exporter cuts it."""
     if ctx.divergence.phase != "backward":
         return None
     counts = []
@@ -951,38 +953,42 @@ def one_sided_stop_gradient(ctx: HintContext) -> str | None:
         if node is None:
             return None
         counts.append(len(_float_stops_downstream(ctx, graph, node)))
-    if counts[0] == counts[1]:
+    if min(counts) != 0 or max(counts) == 0:
         return None
-    (more, many), (fewer, few) = sorted(
-        (("reference", counts[0]), ("candidate", counts[1])), key=lambda item: -item[1]
-    )
+    stops, other = ("reference", "candidate") if counts[0] else ("candidate", "reference")
     return (
-        f"Between here and the loss the {more} stops the gradient at {many} point(s) (a .detach(), "
-        f"a no_grad block or stop_gradient), the {fewer} at {few}: a detach or no_grad block "
-        f"dropped, added or placed differently in the port."
+        f"Between here and the loss the {stops} stops the gradient (a .detach(), a no_grad block "
+        f"or stop_gradient) and the {other} does not: a detach or no_grad block dropped or added "
+        f"in the port."
     )
 
 
 def _float_stops_downstream(
     ctx: HintContext, graph: LossGraph, node: onnx.NodeProto
 ) -> list[onnx.NodeProto]:
-    """The stop-gradient markers of float values that ``node`` (and the values it reads) reach
-    on the way to the losses."""
+    """The stop-gradient markers of float values that ``node`` reads, or that it (and the values
+    it reads) reach on the way to the losses."""
     losses = set(graph.meta.losses)
     on_path = {id(n) for n in live_nodes(graph.model.graph.node, losses)}
     consumers, types = ctx.consumers(graph), ctx.types(graph)
-    seen: set[int] = set()
-    found = []
+
+    def float_stop(current: onnx.NodeProto) -> bool:
+        if current.op_type != "Identity" or node_meta(current, STOP_GRADIENT_KEY) != "1":
+            return False
+        value = types.get(current.output[0])
+        return value is not None and value.is_float
+
+    read = set(node.input)
+    found = [n for n in graph.model.graph.node if float_stop(n) and n.output[0] in read]
+    seen: set[int] = {id(n) for n in found}
     todo = [node]
     while todo:
         current = todo.pop()
         if id(current) in seen or id(current) not in on_path:
             continue
         seen.add(id(current))
-        if current.op_type == "Identity" and node_meta(current, STOP_GRADIENT_KEY) == "1":
-            value = types.get(current.output[0])
-            if value is not None and value.is_float:
-                found.append(current)
+        if float_stop(current):
+            found.append(current)
             continue  # nothing flows back through it
         for value in current.output:
             if types.get(value) is not None and not types[value].is_float:
