@@ -24,6 +24,7 @@ from lossgraph.files import write_atomic
 from lossgraph.graph import LossGraph
 from lossgraph.verify.align import shown_names
 from lossgraph.verify.compare import ValueDiff
+from lossgraph.verify.report_schema import report_problem
 from lossgraph.verify.results import (
     ConventionDiff,
     Divergence,
@@ -559,7 +560,7 @@ REPORT_KEYS = ("passed", "tolerance", "reference", "candidate", "steps")
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    """A JSON report written by ``lossgraph verify --json``."""
+    """A JSON report written by ``lossgraph verify --json``, checked against its schema."""
     path = Path(path)
     if not path.is_file():
         raise VerificationError(f"Report file {str(path)!r} does not exist.")
@@ -572,6 +573,9 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise VerificationError(
             f"{str(path)!r} is not a lossgraph verify report: it lacks {', '.join(missing)}."
         )
+    problem = report_problem(report)
+    if problem:
+        raise VerificationError(f"{str(path)!r} is not a report lossgraph can render: {one_line(problem)}.")
     return report
 
 
