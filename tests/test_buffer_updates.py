@@ -272,3 +272,43 @@ def test_buffer_written_through_data_is_refused(write_spec, tmp_path):
         lg.export(f"{path}:spec", tmp_path / "out.onnx")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.onnx").exists()
+
+
+EMA_TORCH = '''
+    import torch
+    import lossgraph as lg
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 3)
+            self.register_buffer("ema", torch.zeros(3, 3))
+
+        def forward(self, x):
+            with torch.no_grad():
+                {write}
+            return (self.fc(x) + x @ self.ema.t()).pow(2).mean()
+
+    def spec():
+        torch.manual_seed(0)
+        m = M()
+        return lg.Spec(model=m, loss=lambda m, x: m(x), inputs={{"x": lg.Input([4, 3])}},
+                       optimizers={{"sgd": torch.optim.SGD(m.parameters(), lr=0.5)}})
+'''
+
+
+@pytest.mark.parametrize("write", [
+    "self.ema.mul_(0.9).add_(self.fc.weight, alpha=0.1)",
+    "self.ema.lerp_(self.fc.weight, 0.1)",
+    "self.ema.copy_(self.fc.weight)",
+])
+def test_an_average_of_a_weight_written_under_no_grad_passes_no_gradient(write_spec, tmp_path, write):
+    """A buffer written in place from a weight under no_grad (an EMA of the weights): the write
+    is carried and the weight gets no gradient through the buffer, as in eager torch (the
+    in-place op's result is the buffer itself, so only detaching its inputs cuts the path)."""
+    path = write_spec(EMA_TORCH.format(write=write), "ema.py")
+    out = tmp_path / "ema.onnx"
+    lg.export(f"{path}:spec", out)
+    assert "state:ema" in LossGraph.load(out).meta.state_outputs
+    result = lg.verify(out, out, grads=True, steps=3, native=True, native_runner=native_runner())
+    assert not result.native_failures, result.native_failures
