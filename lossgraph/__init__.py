@@ -17,7 +17,7 @@ from lossgraph.errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from lossgraph.spec import Input, LRSchedule, Spec, load_spec
+from lossgraph.spec import ClipGradNorm, ClipGradValue, Input, LRSchedule, Spec, load_spec
 
 if TYPE_CHECKING:
     from lossgraph.graph import LossGraph
@@ -41,6 +41,8 @@ def export(spec: Spec | str, output: Any = None, seed: int = 0) -> LossGraph:
 
 
 __all__ = [
+    "ClipGradNorm",
+    "ClipGradValue",
     "ExportError",
     "Input",
     "LRSchedule",

@@ -107,6 +107,9 @@ class OptimizerInfo:
     #: parameters the optimizer holds that no loss reaches (absent from the graph): they get no
     #: gradient, and torch's and Paddle's optimizers skip a parameter without one
     unreached: list[str] = field(default_factory=list)
+    #: gradient clipping before the update, stage after stage (``lossgraph.optim.clip``):
+    #: the training loop's clip call, then a Paddle optimizer's own ``grad_clip``
+    clip: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def params(self) -> list[str]:

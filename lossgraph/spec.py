@@ -152,6 +152,45 @@ class LRSchedule:
             raise SpecError(f"LRSchedule.when must be 'after' or 'before', got {self.when!r}.")
 
 
+@dataclass(frozen=True)
+class ClipGradNorm:
+    """Clip an optimizer's gradients by their global norm before its step, as the training
+    loop's ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)`` (Paddle:
+    ``paddle.nn.utils.clip_grad_norm_``): the ``norm_type``-norm of the per-parameter norms,
+    gradients scaled by ``max_norm / (norm + 1e-6)`` where that is below 1. A Paddle optimizer's
+    own ``grad_clip=`` is read from the optimizer and needs no Spec entry."""
+
+    max_norm: float
+    norm_type: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (_is_finite(self.max_norm) and self.max_norm > 0):
+            raise SpecError(f"ClipGradNorm.max_norm must be a positive number, got {self.max_norm!r}.")
+        order = self.norm_type
+        if not (isinstance(order, (int, float)) and not isinstance(order, bool)
+                and (order == math.inf or (math.isfinite(order) and order >= 0))):
+            raise SpecError(f"ClipGradNorm.norm_type must be a number >= 0 or inf, got {order!r}.")
+        object.__setattr__(self, "max_norm", float(self.max_norm))
+        object.__setattr__(self, "norm_type", float(order))
+
+
+@dataclass(frozen=True)
+class ClipGradValue:
+    """Clamp every element of an optimizer's gradients to ``[-clip_value, clip_value]`` before
+    its step, as the training loop's ``torch.nn.utils.clip_grad_value_`` (Paddle:
+    ``paddle.nn.utils.clip_grad_value_``)."""
+
+    clip_value: float
+
+    def __post_init__(self) -> None:
+        if not (_is_finite(self.clip_value) and self.clip_value > 0):
+            raise SpecError(f"ClipGradValue.clip_value must be a positive number, got {self.clip_value!r}.")
+        object.__setattr__(self, "clip_value", float(self.clip_value))
+
+
+CLIPS = (ClipGradNorm, ClipGradValue)
+
+
 @dataclass
 class Spec:
     """One side of a comparison: a model with its loss, its inputs and (optionally) its training.
@@ -162,6 +201,9 @@ class Spec:
     ``lr_schedulers`` maps optimizer names to the framework's learning-rate scheduler for it
     (or an :class:`LRSchedule` saying when it steps).
     ``train=True`` exports the model in training mode (batch statistics, dropout).
+    ``clip`` clips gradients before an optimizer's step as the training loop does
+    (:class:`ClipGradNorm`, :class:`ClipGradValue`): one for every optimizer, or a dict by
+    optimizer name.
     """
 
     model: Any
@@ -171,7 +213,16 @@ class Spec:
     schedule: Sequence[tuple[str, str]] | None = None
     train: bool = False
     lr_schedulers: Mapping[str, Any] | None = None
+    clip: Any = None
     source: str = field(default="", compare=False)
+
+    def clips(self) -> dict[str, ClipGradNorm | ClipGradValue]:
+        """The loop's clipping by optimizer name (a single one applies to every optimizer)."""
+        if self.clip is None:
+            return {}
+        if isinstance(self.clip, CLIPS):
+            return dict.fromkeys(self.optimizers or {}, self.clip)
+        return dict(self.clip)
 
     @property
     def framework(self) -> str:
@@ -222,6 +273,7 @@ class Spec:
                     f"{where}lr_schedulers names optimizer {name!r}, but the optimizers are: "
                     f"{', '.join(optimizers) or 'none'}."
                 )
+        self._check_clip(where, optimizers)
         if self.schedule is None:
             return
         if isinstance(self.schedule, (str, bytes)) or not isinstance(self.schedule, Sequence):
@@ -236,6 +288,25 @@ class Spec:
                     f"{where}schedule entry {tuple(entry)!r} names optimizer {entry[1]!r}, but the "
                     f"optimizers are: {', '.join(optimizers) or 'none'}."
                 )
+
+
+    def _check_clip(self, where: str, optimizers: Mapping[str, Any]) -> None:
+        if self.clip is None:
+            return
+        kinds = "lossgraph.ClipGradNorm or lossgraph.ClipGradValue"
+        if isinstance(self.clip, CLIPS):
+            if not optimizers:
+                raise SpecError(f"{where}Spec.clip needs the optimizers whose gradients it clips.")
+            return
+        if not isinstance(self.clip, Mapping):
+            raise SpecError(f"{where}Spec.clip must be a {kinds}, or a dict of them by optimizer name; "
+                            f"got {type(self.clip).__name__}.")
+        for name, value in self.clip.items():
+            if name not in optimizers:
+                raise SpecError(f"{where}Spec.clip names optimizer {name!r}, but the optimizers are: "
+                                f"{', '.join(optimizers) or 'none'}.")
+            if not isinstance(value, CLIPS):
+                raise SpecError(f"{where}Spec.clip[{name!r}] must be a {kinds}, got {type(value).__name__}.")
 
 
 def detect_framework(model: Any) -> str:

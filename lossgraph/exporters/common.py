@@ -422,6 +422,29 @@ def finish_export(
     return graph
 
 
+#: the training loop's clip functions, by framework
+LOOP_CLIP_APIS = {
+    "torch": ("torch.nn.utils.clip_grad_norm_", "torch.nn.utils.clip_grad_value_"),
+    "paddle": ("paddle.nn.utils.clip_grad_norm_", "paddle.nn.utils.clip_grad_value_"),
+}
+
+
+def loop_clip_stages(spec: Spec, infos: Mapping[str, OptimizerInfo], framework: str) -> None:
+    """Give each optimizer the clip stage of ``Spec.clip`` (``lossgraph.optim.clip``), over all of
+    its parameters, in front of the stages it has."""
+    from lossgraph.spec import ClipGradNorm
+
+    by_norm, by_value = LOOP_CLIP_APIS[framework]
+    for name, clip in spec.clips().items():
+        info = infos[name]
+        if isinstance(clip, ClipGradNorm):
+            stage = {"kind": "global_norm", "max_norm": clip.max_norm, "norm_type": str(clip.norm_type),
+                     "api": by_norm}
+        else:
+            stage = {"kind": "value", "min": -clip.clip_value, "max": clip.clip_value, "api": by_value}
+        info.clip.insert(0, {**stage, "framework": framework, "params": list(info.params)})
+
+
 def reached_only(info: OptimizerInfo, params: Mapping[str, ParamInfo]) -> OptimizerInfo:
     """``info`` without the parameters the graph does not have: no loss reaches them, so they get
     no gradient, and torch's and Paddle's optimizers skip a parameter without one (a pooler a
@@ -437,7 +460,8 @@ def reached_only(info: OptimizerInfo, params: Mapping[str, ParamInfo]) -> Optimi
             entry[key] = value
         groups.append(entry)
     unreached = [n for n in info.params if n not in params]
-    return OptimizerInfo(info.cls, info.framework, groups, [*info.unreached, *unreached])
+    clip = [{**stage, "params": [n for n in stage["params"] if n in params]} for stage in info.clip]
+    return OptimizerInfo(info.cls, info.framework, groups, [*info.unreached, *unreached], clip)
 
 
 def optimizer_param_names(

@@ -23,7 +23,7 @@ from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
 from lossgraph.graph import DEFAULT_LR, DEFAULT_OPTIMIZER, GraphMeta, training_schedule
 from lossgraph.inputs import dropout_feeds
-from lossgraph.spec import LRSchedule, load_spec, parse_target
+from lossgraph.spec import ClipGradNorm, LRSchedule, load_spec, parse_target
 
 
 @dataclass
@@ -85,9 +85,34 @@ def _default_dtype(framework: str, dtype: str):
         before = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
         try:
-            yield
+            with _paddle_float64_clip_by_norm() if dtype == "float64" else contextlib.nullcontext():
+                yield
         finally:
             paddle.set_default_dtype(before)
+
+
+@contextlib.contextmanager
+def _paddle_float64_clip_by_norm():
+    """Paddle has no float64 CPU kernel of ``clip_by_norm`` (``ClipGradByNorm``): in the float64
+    run the kernel's formula, ``x * (1 if norm <= max_norm else max_norm / norm)`` with
+    ``norm = sqrt(sum(x**2))``, is computed with Paddle ops instead."""
+    import paddle
+    import paddle.nn.clip as clip
+
+    kernel = clip.clip_by_norm
+
+    def clip_by_norm(x, max_norm, name=None):
+        if x.dtype != paddle.float64:
+            return kernel(x, max_norm, name)
+        norm = paddle.sqrt(paddle.sum(paddle.square(x)))
+        limit = paddle.full([], max_norm, dtype=x.dtype)
+        return x * paddle.where(norm <= limit, paddle.ones([], x.dtype), limit / norm)
+
+    clip.clip_by_norm = clip_by_norm
+    try:
+        yield
+    finally:
+        clip.clip_by_norm = kernel
 
 
 def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
@@ -149,6 +174,13 @@ def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep
         return out if isinstance(out, dict) else {"loss": out}
 
     def step_optimizer(name):
+        clip = spec.clips().get(name)
+        if clip is not None:  # the loop's clip call, on the optimizer's parameters
+            params = [p for group in optimizers[name].param_groups for p in group["params"]]
+            if isinstance(clip, ClipGradNorm):
+                torch.nn.utils.clip_grad_norm_(params, clip.max_norm, norm_type=clip.norm_type)
+            else:
+                torch.nn.utils.clip_grad_value_(params, clip.clip_value)
         optimizers[name].step()
         optimizers[name].zero_grad()
 
@@ -202,6 +234,14 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeSte
         return out if isinstance(out, dict) else {"loss": out}
 
     def step_optimizer(name):
+        clip = spec.clips().get(name)
+        if clip is not None:  # the loop's clip call; the optimizer's own grad_clip runs in step()
+            groups = optimizers[name]._param_groups
+            params = [p for g in groups for p in g["params"]] if groups and isinstance(groups[0], dict) else list(groups)
+            if isinstance(clip, ClipGradNorm):
+                paddle.nn.utils.clip_grad_norm_(params, clip.max_norm, norm_type=clip.norm_type)
+            else:
+                paddle.nn.utils.clip_grad_value_(params, clip.clip_value)
         optimizers[name].step()
         optimizers[name].clear_grad()
 

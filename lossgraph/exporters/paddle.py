@@ -41,6 +41,7 @@ from lossgraph.exporters.common import (
     framework_base,
     innermost_user_frame,
     json_safe,
+    loop_clip_stages,
     optimizer_param_names,
     package_versions,
     relative_to_cwd,
@@ -662,7 +663,7 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
         groups = optimizer._param_groups
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        entries = []
+        entries, stages = [], []
         for group in groups:
             params = list(group["params"])
             optimizer_param_names(spec, opt_name, params, names)  # all must be the model's
@@ -685,8 +686,40 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
             if any(d != entry["weight_decay"] for d in decays.values()):
                 entry["param_weight_decay"] = {n: d for n, d in decays.items() if d != entry["weight_decay"]}
             entries.append(entry)
-        infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="paddle", groups=entries)
+            # a dict group's own grad_clip (Paddle fills in the optimizer's), else the optimizer's
+            stage = _grad_clip_stage(group.get("grad_clip", optimizer._grad_clip), params, names,
+                                     f"{spec.source}: optimizer {opt_name!r}")
+            stages += [stage] if stage else []
+        infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="paddle", groups=entries,
+                                        clip=stages)
+    loop_clip_stages(spec, infos, "paddle")
     return infos
+
+
+def _grad_clip_stage(clip: Any, params: list[Any], names: Mapping[int, str], where: str) -> dict[str, Any] | None:
+    """A Paddle optimizer's ``grad_clip`` over one parameter group as a clip stage
+    (``lossgraph.optim.clip``): it clips each group on its own (a global norm is the group's),
+    and leaves out the parameters with ``need_clip=False``."""
+    import paddle
+
+    if clip is None:
+        return None
+    clipped = [names[id(p)] for p in params if getattr(p, "need_clip", True) is not False]
+    api = f"paddle.nn.{type(clip).__name__}"
+    if isinstance(clip, paddle.nn.ClipGradByGlobalNorm):
+        return {"kind": "paddle_global_norm", "max_norm": float(clip.clip_norm),
+                "auto_skip_clip": bool(clip.auto_skip_clip), "api": api, "framework": "paddle",
+                "params": clipped}
+    if isinstance(clip, paddle.nn.ClipGradByNorm):
+        return {"kind": "paddle_norm", "max_norm": float(clip.clip_norm), "api": api,
+                "framework": "paddle", "params": clipped}
+    if isinstance(clip, paddle.nn.ClipGradByValue):
+        return {"kind": "value", "min": float(clip.min), "max": float(clip.max), "api": api,
+                "framework": "paddle", "params": clipped}
+    raise SpecError(
+        f"{where} clips gradients with {type(clip).__name__}; lossgraph reproduces ClipGradByGlobalNorm, "
+        f"ClipGradByNorm and ClipGradByValue."
+    )
 
 
 def _optimizer_hyper(optimizer: Any, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -711,10 +744,7 @@ def _optimizer_hyper(optimizer: Any, group: Mapping[str, Any]) -> dict[str, Any]
         # Momentum takes L2 decay out of `regularization` and applies it inside its kernel
         coeff = group.get("regularization_coeff", getattr(optimizer, "_regularization_coeff", 0.0))
         hyper["weight_decay"] = {"L2Decay": json_safe(coeff)}
-    clip = group.get("grad_clip", getattr(optimizer, "_grad_clip", None))
-    if clip is not None:
-        hyper["grad_clip"] = type(clip).__name__
-    return hyper
+    return hyper  # grad_clip becomes the optimizer's clip stages (_grad_clip_stage)
 
 
 def _regularization(reg: Any) -> Any:

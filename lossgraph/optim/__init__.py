@@ -38,8 +38,9 @@ kernels of both frameworks fuse multiply-adds; the float32 graphs reproduce them
 :mod:`lossgraph.optim.graph`), float64 graphs use separate Mul and Add.
 
 Settings an update cannot reproduce raise :class:`~lossgraph.errors.UnsupportedOpError`: torch
-``fused``, ``capturable`` or ``differentiable``; Paddle ``grad_clip``, regularizers other than
-``L2Decay``/``L1Decay`` and Momentum's ``rescale_grad``.
+``fused``, ``capturable`` or ``differentiable``; Paddle regularizers other than
+``L2Decay``/``L1Decay`` and Momentum's ``rescale_grad`` (and a ``grad_clip`` recorded by an older
+lossgraph as a hyper-parameter: clipping now runs before the update, :mod:`lossgraph.optim.clip`).
 """
 
 from lossgraph.optim import paddle_rules, torch_rules  # noqa: F401  (they register the rules)

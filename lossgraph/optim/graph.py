@@ -65,6 +65,16 @@ class UpdateGraph:
             self._consts[key] = name
         return self._consts[key]
 
+    def const_ints(self, values: Sequence[int]) -> str:
+        """An int64 vector constant (a shape, axes)."""
+        array = np.asarray(values, dtype=np.int64)
+        key = (TensorProto.INT64, array.tobytes() + bytes([array.ndim]))
+        if key not in self._consts:
+            name = f"const/int64/{list(map(int, values))}"
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
     def round(self, value: float | np.floating) -> np.floating:
         """A Python scalar as the graph computes with it: rounded to the scalar dtype, then held
         in the graph's dtype."""

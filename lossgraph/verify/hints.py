@@ -1450,15 +1450,18 @@ def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:
     }
 
 
+def _optimizer_pairs(ctx: HintContext) -> list[tuple[str, OptimizerInfo, OptimizerInfo]]:
+    """The optimizers both sides have, by name: (name, reference's, candidate's)."""
+    cand = ctx.cand.meta.optimizers
+    return [(name, info, cand[name]) for name, info in ctx.ref.meta.optimizers.items() if name in cand]
+
+
 @hint
 def optimizer_settings(ctx: HintContext) -> str | None:
     if ctx.divergence.phase != "update":
         return None
     diffs = []
-    for name, info in ctx.ref.meta.optimizers.items():
-        other = ctx.cand.meta.optimizers.get(name)
-        if other is None:
-            continue
+    for name, info, other in _optimizer_pairs(ctx):
         a, b = _semantic_hyper(info), _semantic_hyper(other)
         for key in a:
             if a[key] != b[key] and not (a[key] is None or b[key] is None):
@@ -1474,6 +1477,67 @@ def optimizer_settings(ctx: HintContext) -> str | None:
     if any("epsilon" in d for d in diffs):
         text += " Paddle's Adam also scales epsilon by sqrt(1 - beta2^t)."
     return text
+
+
+@hint
+def gradient_clipping(ctx: HintContext) -> str | None:
+    """An optimizer whose gradients the two sides clip otherwise (threshold, global norm vs each
+    gradient's own, by value vs by norm, one side not at all, or only torch's 1e-6 where it
+    matters), said only when the clipping changed the gradients at the diverging step on at
+    least one side (``values["ref_clip"]``/``["cand_clip"]``: what each stage measured)."""
+    from lossgraph.optim.clip import describe_clip
+
+    if ctx.divergence.phase != "update" or "ref_clip" not in ctx.values:
+        return None
+    measured = (ctx.values["ref_clip"], ctx.values["cand_clip"])
+    if not any(_clip_engaged(text, value) for side in measured for text, value in side.items()):
+        return None
+    diffs = []
+    for name, info, other in _optimizer_pairs(ctx):
+        sides = [(opt, [_clip_semantics(opt, s) for s in opt.clip]) for opt in (info, other)]
+        (a, sem_a), (b, sem_b) = sides
+        if sem_a == sem_b:
+            continue
+        if [x[:-1] for x in sem_a] == [x[:-1] for x in sem_b] and not _coefficients_differ(*measured):
+            continue  # only the epsilon differs, and it changed nothing measurable
+        shown = ["; ".join(describe_clip(s) for s in opt.clip) or f"the {side} does not clip"
+                 for opt, side in ((a, "reference"), (b, "candidate"))]
+        diffs.append(f"{name}: {shown[0]} vs {shown[1]}")
+    if not diffs:
+        return None
+    done = []
+    for side, values in zip(("reference", "candidate"), measured):
+        words = [_clip_effect(text, value) for text, value in values.items()]
+        done.append(f"the {side}'s clipping {', '.join(words)}" if words else f"the {side} clipped nothing")
+    return (
+        f"Gradient clipping differs (reference vs candidate): {'; '.join(diffs)}. At step "
+        f"{ctx.divergence.step} {' and '.join(done)}."
+    )
+
+
+def _clip_semantics(info: OptimizerInfo, stage: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a clip stage computes, comparable across frameworks; the epsilon last."""
+    from lossgraph.optim.clip import describe_clip
+
+    share = (len(stage.get("params", [])), len(info.params))
+    return describe_clip(stage, api=False, epsilon=False), share, stage.get("kind") == "global_norm"
+
+
+def _clip_engaged(text: str, value: float) -> bool:
+    return value > 0 if text.startswith("each element") else value < 1
+
+
+def _coefficients_differ(ref: Mapping[str, float], cand: Mapping[str, float]) -> bool:
+    a, b = list(ref.values()), list(cand.values())
+    return len(a) != len(b) or any(abs(x - y) > 1e-4 * max(abs(x), abs(y)) for x, y in zip(a, b))
+
+
+def _clip_effect(text: str, value: float) -> str:
+    if text.startswith("each element"):
+        return f"clamped {int(value)} gradient element(s)"
+    if text.startswith("each gradient"):
+        return f"scaled a gradient by as little as {value:.3g}"
+    return f"scaled the gradients by {value:.3g}"
 
 
 @hint

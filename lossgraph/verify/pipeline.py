@@ -525,6 +525,8 @@ def _update_divergence(setup: Setup, step: StepResult, ref_run, cand_run):
     failed = [(n, d) for n, d in step.parameters.items() if not d.passed]
     failed += [(n, d) for n, d in step.optimizer_state.items() if not d.passed]
     values: dict[str, Any] = {}
+    if ref_run is not None and cand_run is not None:  # what each side's gradient clipping did
+        values.update(ref_clip=ref_run.outcomes[step.step].clip, cand_clip=cand_run.outcomes[step.step].clip)
     if step.lr is not None and not step.lr.passed:
         values.update(ref_lr=ref_run.outcomes[step.step].lr, cand_lr=cand_run.outcomes[step.step].lr)
         name, diff = "lr", step.lr

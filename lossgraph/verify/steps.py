@@ -59,6 +59,8 @@ class StepOutcome:
     params: dict[str, np.ndarray]  # parameters and buffers after the step
     opt_state: dict[str, np.ndarray]  # the step's optimizer's state after the update
     lr: list[float]
+    #: what the step's gradient clipping measured, by stage (``GradientClip.apply``)
+    clip: dict[str, float] = field(default_factory=dict)
 
 
 def _frozen(value: np.ndarray) -> np.ndarray:
@@ -86,6 +88,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         from lossgraph.optim import build_update
+        from lossgraph.optim.clip import GradientClip
         from lossgraph.optim.update import HYPER_FLOAT32
 
         meta = self.graph.meta
@@ -103,6 +106,12 @@ class Trainer:
             name: build_update(info, meta.params, dtype=self.dtype,
                                scalars=HYPER_FLOAT32 if self.dtype == "float64" else None)
             for name, info in self.optimizers.items()
+        }
+        shapes = {name: info.shape for name, info in meta.params.items()}
+        self._clips = {
+            name: GradientClip(info.clip, shapes, dtype=self.dtype, device=self.device,
+                               hyper_float32=self.dtype == "float64")
+            for name, info in self.optimizers.items() if info.clip
         }
         self.cleared_to_none = CLEARED_TO_NONE.get(meta.framework, True)
 
@@ -175,9 +184,12 @@ class Trainer:
         lr = self.lr(optimizer)
         update = self._updates[optimizer]
         own = self._params_of(optimizer)
+        grads, clipped = {p: self.grad_buffers.get(p) for p in own}, {}
+        if optimizer in self._clips:  # the loop's clip call, then the optimizer's grad_clip
+            grads, clipped = self._clips[optimizer].apply(grads)
         new_params, new_state = update.step(
             {p: self.params[p] for p in own},
-            {p: self.grad_buffers.get(p) for p in own},
+            grads,
             self.opt_states[optimizer],
             lr if len(lr) > 1 else lr[0],
         )
@@ -198,6 +210,7 @@ class Trainer:
             params=dict(self.params),
             opt_state=dict(new_state),
             lr=lr,
+            clip=clipped,
         )
 
 
