@@ -111,6 +111,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
 @click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step.")
+@click.option("--fresh-inputs", is_flag=True, help="With --steps: each step draws its own inputs from the seed (each micro-batch of Spec.accumulate too), instead of every step training on the same ones.")
 @click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and compare ONNX Runtime with it per step (needs the spec files); a side that parts beyond the tolerance, in float64 too, fails the verdict.")
 @click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
 @click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
@@ -129,6 +130,7 @@ def verify(
     device: str,
     grads: bool,
     steps: int,
+    fresh_inputs: bool,
     native: bool,
     no_localize: bool,
     no_noise_floor: bool,
@@ -158,6 +160,10 @@ def verify(
 
     if native and not steps:
         raise click.UsageError("--native compares training steps: give --steps N as well.")
+    if fresh_inputs and not steps:
+        raise click.UsageError("--fresh-inputs draws inputs per training step: give --steps N as well.")
+    if fresh_inputs and inputs_file:
+        raise click.UsageError("--fresh-inputs draws seeded inputs; --inputs gives fixed ones: use one of them.")
     check_outputs([json_file, html_file], inputs=[reference, candidate, inputs_file, name_map])
 
     options = VerifyOptions(
@@ -170,6 +176,7 @@ def verify(
         device=device,
         grads=grads,
         steps=steps,
+        fresh_inputs=fresh_inputs,
         native=native,
         native_runner=native_runner() if native else None,
         localize=not no_localize,

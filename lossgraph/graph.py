@@ -130,6 +130,10 @@ class GraphMeta:
     optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
     schedule: list[tuple[str, str]] = field(default_factory=list)
     lr_schedulers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: micro-batches whose gradients each optimizer step accumulates (``Spec.accumulate``)
+    accumulate: int = 1
+    #: whether the loop clears gradients after each step (``Spec.clear_grads``)
+    clear_grads: bool = True
     eager: dict[str, Any] = field(default_factory=dict)
     #: training mode: graph output name -> buffer it updates (BatchNorm running statistics)
     state_outputs: dict[str, str] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from lossgraph.errors import SpecError, VerificationError
 from lossgraph.spec import Input
 
 
-def make_input(spec: Input, name: str, seed: int) -> np.ndarray:
-    """Draw one input. Floats are drawn in float64 and rounded to the spec's dtype."""
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+def make_input(spec: Input, name: str, seed: int, draw: int = 0) -> np.ndarray:
+    """Draw one input (draw ``draw`` of it: a micro-batch, a step's fresh batch; draw 0 is the
+    inputs of a plain comparison). Floats are drawn in float64 and rounded to the spec's dtype."""
+    key = [seed, zlib.crc32(name.encode())] + ([draw] if draw else [])
+    rng = np.random.default_rng(key)
     dist = spec.distribution
     if dist == "normal":
         values = rng.standard_normal(spec.shape)
@@ -52,11 +55,51 @@ def _cover_choices(rng: np.random.Generator, choices: np.ndarray, shape: Sequenc
     return values
 
 
-def make_inputs(specs: Mapping[str, Input], seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(specs: Mapping[str, Input], seed: int = 0, draw: int = 0) -> dict[str, np.ndarray]:
     """Draw every input of a graph from its spec (refused in one line when they alone would not
     fit in the memory this machine has free)."""
     check_fits(specs)
-    return {name: make_input(spec, name, seed) for name, spec in specs.items()}
+    return {name: make_input(spec, name, seed, draw) for name, spec in specs.items()}
+
+
+@dataclass
+class Draws:
+    """The inputs of each micro-batch of each training step: ``draws(step, micro)``.
+
+    A step accumulates ``accumulate`` micro-batches. Without ``fresh`` every step sees the same
+    ones (draws 0 .. accumulate-1, like an epoch over a fixed set of batches); with ``fresh``
+    each step draws its own (draw ``step * accumulate + micro``). Draw 0 is ``base`` (the seeded
+    inputs, or an ``--inputs`` file, which then feeds every micro-batch). ``dtype="float64"``
+    widens float32 inputs (the float64 re-run)."""
+
+    specs: Mapping[str, Input]
+    seed: int
+    base: Mapping[str, np.ndarray]
+    accumulate: int = 1
+    fresh: bool = False
+    loaded: bool = False
+    dtype: str = "float32"
+    _cache: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+
+    def index(self, step: int, micro: int = 0) -> int:
+        return step * self.accumulate + micro if self.fresh else micro
+
+    def __call__(self, step: int, micro: int = 0) -> Mapping[str, np.ndarray]:
+        draw = self.index(step, micro)
+        if draw == 0 or self.loaded:
+            return self.base
+        if draw not in self._cache:
+            if len(self._cache) > self.accumulate:  # a step's micro-batches at most
+                self._cache.clear()
+            values = make_inputs(self.specs, self.seed, draw)
+            if self.dtype == "float64":
+                values = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in values.items()}
+            self._cache[draw] = values
+        return self._cache[draw]
+
+    def widened(self, base: Mapping[str, np.ndarray]) -> Draws:
+        """The same draws in float64, from the widened ``base``."""
+        return Draws(self.specs, self.seed, base, self.accumulate, self.fresh, self.loaded, "float64")
 
 
 def check_fits(specs: Mapping[str, Input]) -> None:
@@ -146,6 +189,12 @@ def _outside_range(value: np.ndarray, spec: Input) -> str | None:
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
         return "NaN or infinite values"
     return None
+
+
+def mask_index(meta: Any, step: int, micro: int = 0) -> int:
+    """The dropout masks a micro-batch draws (``meta``: a GraphMeta): each micro-batch of each
+    training step its own; with one micro-batch per step, the step's index."""
+    return step * max(int(getattr(meta, "accumulate", 1)), 1) + micro
 
 
 def draw_mask(

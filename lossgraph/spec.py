@@ -203,7 +203,10 @@ class Spec:
     ``train=True`` exports the model in training mode (batch statistics, dropout).
     ``clip`` clips gradients before an optimizer's step as the training loop does
     (:class:`ClipGradNorm`, :class:`ClipGradValue`): one for every optimizer, or a dict by
-    optimizer name.
+    optimizer name. ``accumulate=K``: each optimizer step accumulates the gradients of K
+    micro-batches (K input draws; the loss is the user's, so a loop that divides it by K says so
+    in the loss). ``clear_grads=False``: the loop never calls ``zero_grad()``/``clear_grad()``,
+    so gradients add up across steps.
     """
 
     model: Any
@@ -214,6 +217,8 @@ class Spec:
     train: bool = False
     lr_schedulers: Mapping[str, Any] | None = None
     clip: Any = None
+    accumulate: int = 1
+    clear_grads: bool = True
     source: str = field(default="", compare=False)
 
     def clips(self) -> dict[str, ClipGradNorm | ClipGradValue]:
@@ -274,6 +279,10 @@ class Spec:
                     f"{', '.join(optimizers) or 'none'}."
                 )
         self._check_clip(where, optimizers)
+        if not (isinstance(self.accumulate, int) and not isinstance(self.accumulate, bool) and self.accumulate >= 1):
+            raise SpecError(f"{where}Spec.accumulate must be a positive integer, got {self.accumulate!r}.")
+        if not isinstance(self.clear_grads, bool):
+            raise SpecError(f"{where}Spec.clear_grads must be True or False, got {self.clear_grads!r}.")
         if self.schedule is None:
             return
         if isinstance(self.schedule, (str, bytes)) or not isinstance(self.schedule, Sequence):

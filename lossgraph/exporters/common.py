@@ -412,6 +412,8 @@ def finish_export(
         optimizers=optimizers,
         schedule=check_schedule(spec, names),
         lr_schedulers=lr_schedulers,
+        accumulate=spec.accumulate,
+        clear_grads=spec.clear_grads,
         state_outputs={f"state:{b}": b for b in [*(training.state if training else ()), *(rewritten or ())]},
         dropout=[c.to_dict() for c in training.dropouts] if training else [],
         batch_norm=dict(training.batch_norm) if training else {},

@@ -22,7 +22,7 @@ from lossgraph.errors import VerificationError
 from lossgraph.exporters.schedules import paddle_schedulers
 from lossgraph.exporters.training import StepRecorder, paddle_training, torch_training
 from lossgraph.graph import DEFAULT_LR, DEFAULT_OPTIMIZER, GraphMeta, training_schedule
-from lossgraph.inputs import dropout_feeds
+from lossgraph.inputs import dropout_feeds, mask_index
 from lossgraph.spec import ClipGradNorm, LRSchedule, load_spec, parse_target
 
 
@@ -54,13 +54,15 @@ def run_native(
             f"--native needs the spec file the graph was exported from ({meta.source or 'unknown'}); "
             f"it is not there."
         )
+    given = inputs if callable(inputs) else (lambda step, micro: inputs)
+    inputs_for = (lambda step, micro: _widened(given(step, micro))) if dtype == "float64" else given
     if dtype == "float64":
-        start, inputs = _widened(start), _widened(inputs)
+        start = _widened(start)
     with _default_dtype(meta.framework, dtype):
         spec = load_spec(meta.source)
         if meta.framework == "torch":
-            return _run_torch(spec, meta, start, steps, inputs, seed, dtype)
-        return _run_paddle(spec, meta, start, steps, inputs, seed, dtype)
+            return _run_torch(spec, meta, start, steps, inputs_for, seed, dtype)
+        return _run_paddle(spec, meta, start, steps, inputs_for, seed, dtype)
 
 
 def _widened(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,9 +128,12 @@ def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state
         planned = _as_schedule(schedulers.get(optimizer))
         if planned and planned.when == "before" and count % planned.every == 0:
             planned.scheduler.step()
-        values = forward(masks_for(index))
-        losses = {name: float(values[name].item()) for name in meta.losses}
-        backward(values[loss])
+        losses = dict.fromkeys(meta.losses, 0.0)
+        for micro in range(meta.accumulate):  # each micro-batch's gradients add up
+            values = forward(masks_for(mask_index(meta, index, micro)), index, micro)
+            for name in meta.losses:
+                losses[name] += float(values[name].item())
+            backward(values[loss])
         step_optimizer(optimizer)
         counts[optimizer] = count + 1
         if planned and planned.when == "after" and (count + 1) % planned.every == 0:
@@ -161,14 +166,14 @@ def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep
     optimizers = dict(spec.optimizers or {}) or {
         DEFAULT_OPTIMIZER: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=DEFAULT_LR)
     }
-    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_modules()})
 
     def masks_for(index):
         return [torch.from_numpy(m) for m in _masks(meta, seed, index, dtype)]
 
-    def forward(masks):
+    def forward(masks, step, micro):
         recorder.reset(masks)
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in inputs(step, micro).items()}
         with torch_training(recorder, batch_norm=False) if spec.train else contextlib.nullcontext():
             out = spec.loss(model, **tensors)
         return out if isinstance(out, dict) else {"loss": out}
@@ -182,7 +187,8 @@ def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep
             else:
                 torch.nn.utils.clip_grad_value_(params, clip.clip_value)
         optimizers[name].step()
-        optimizers[name].zero_grad()
+        if meta.clear_grads:
+            optimizers[name].zero_grad()
 
     def state_dict():
         return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
@@ -221,14 +227,14 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeSte
     optimizers = dict(spec.optimizers or {}) or {
         DEFAULT_OPTIMIZER: paddle.optimizer.SGD(DEFAULT_LR, parameters=[p for p in model.parameters() if not p.stop_gradient])
     }
-    tensors = {k: paddle.to_tensor(v) for k, v in inputs.items()}
     recorder = StepRecorder(module_paths={id(m): p for p, m in model.named_sublayers(include_self=True)})
 
     def masks_for(index):
         return [paddle.to_tensor(m) for m in _masks(meta, seed, index, dtype)]
 
-    def forward(masks):
+    def forward(masks, step, micro):
         recorder.reset(masks)
+        tensors = {k: paddle.to_tensor(v) for k, v in inputs(step, micro).items()}
         with paddle_training(recorder, batch_norm=False) if spec.train else contextlib.nullcontext():
             out = spec.loss(model, **tensors)
         return out if isinstance(out, dict) else {"loss": out}
@@ -243,7 +249,8 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeSte
             else:
                 paddle.nn.utils.clip_grad_value_(params, clip.clip_value)
         optimizers[name].step()
-        optimizers[name].clear_grad()
+        if meta.clear_grads:
+            optimizers[name].clear_grad()
 
     def state_dict():
         return {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -671,6 +671,45 @@ def bce_log_clamp(ctx: HintContext) -> str | None:
 
 
 @hint
+def loss_not_divided_by_accumulation(ctx: HintContext) -> str | None:
+    """Losses that differ by the number of micro-batches a step accumulates: one side's loop
+    divides the loss by it (``loss / accumulation_steps``), the other's does not."""
+    k = ctx.ref.meta.accumulate
+    if ctx.divergence.phase != "forward" or "ref_loss" not in ctx.values or k < 2:
+        return None
+    ratio = _ratio(ctx.values["ref_loss"], ctx.values["cand_loss"])
+    if ratio is None or not _is_factor(ratio, k):
+        return None
+    larger = "candidate" if abs(ctx.values["cand_loss"]) > abs(ctx.values["ref_loss"]) else "reference"
+    other = "reference" if larger == "candidate" else "candidate"
+    return (
+        f"The losses differ by a factor of {k}, the micro-batches each step accumulates "
+        f"(Spec.accumulate={k}): the {other} divides the loss by {k}, the {larger} does not, so its "
+        f"accumulated gradients are {k} times larger."
+    )
+
+
+def _is_factor(ratio: float, k: int) -> bool:
+    """Whether ``ratio`` is ``k`` or ``1/k`` (to 1e-3)."""
+    return abs(ratio - k) < 1e-3 * k or abs(1 / ratio - k) < 1e-3 * k
+
+
+@hint
+def gradients_not_cleared(ctx: HintContext) -> str | None:
+    """One side's loop never clears the gradients (``Spec.clear_grads=False``): from the second
+    step on its updates use the sum of every step's gradients so far."""
+    a, b = ctx.ref.meta.clear_grads, ctx.cand.meta.clear_grads
+    if ctx.divergence.phase != "update" or a == b or ctx.divergence.step < 1:
+        return None
+    side, other = ("reference", "candidate") if not a else ("candidate", "reference")
+    return (
+        f"The {side} never clears its gradients (no zero_grad()/clear_grad() in its loop: "
+        f"Spec.clear_grads=False), so its update at step {ctx.divergence.step} used the sum of the "
+        f"gradients of every step so far; the {other} clears them after each step."
+    )
+
+
+@hint
 def kl_reduction(ctx: HintContext) -> str | None:
     if ctx.divergence.phase != "forward" or "ref_loss" not in ctx.values:
         return None
@@ -678,8 +717,10 @@ def kl_reduction(ctx: HintContext) -> str | None:
     batch = next((s.shape[0] for s in ctx.ref.meta.inputs.values() if s.shape), None)
     if ratio is None or not batch:
         return None
+    if ctx.ref.meta.accumulate > 1 and _is_factor(ratio, ctx.ref.meta.accumulate):
+        return None  # loss_not_divided_by_accumulation says why
     for k in sorted({batch} | {int(np.prod(s.shape)) // batch for s in ctx.ref.meta.inputs.values() if s.shape}):
-        if k > 1 and (abs(ratio - k) < 1e-3 * k or abs(1 / ratio - k) < 1e-3 * k):
+        if k > 1 and _is_factor(ratio, k):
             return (
                 f"The losses differ by a factor of {k}: a reduction convention ('sum' vs 'mean'). "
                 + BY_KEY["kl_div_reduction"].sentence()

@@ -61,14 +61,16 @@ def float64_graph(graph: LossGraph) -> LossGraph:
 
 def float64_setup(setup: Any) -> Any:
     """The same comparison with both graphs, inputs and starting values in float64."""
+    inputs = widen(setup.inputs)
     return replace(
         setup,
         ref=float64_graph(setup.ref),
         cand=float64_graph(setup.cand),
-        inputs=widen(setup.inputs),
+        inputs=inputs,
         ref_params=widen(setup.ref_params),
         cand_params=widen(setup.cand_params),
         dtype="float64",
+        draws=setup.draws.widened(inputs) if setup.draws is not None else None,
     )
 
 

@@ -19,7 +19,14 @@ import numpy as np
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import InternalError, VerificationError
 from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta, shown_op_type
-from lossgraph.inputs import describe_dropouts, dropout_feeds, load_inputs, make_inputs
+from lossgraph.inputs import (
+    Draws,
+    describe_dropouts,
+    dropout_feeds,
+    load_inputs,
+    make_inputs,
+    mask_index,
+)
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import (
     ParamMap,
@@ -69,6 +76,7 @@ class VerifyOptions:
     strict: bool = False  # count float32 noise above the tolerance as divergence
     native: bool = False  # also train each side in its framework, eagerly (needs native_runner)
     native_runner: Any = None  # (meta, start values, steps, inputs, seed) -> list[NativeStep]
+    fresh_inputs: bool = False  # each training step draws its own inputs (Draws)
 
 
 @dataclass
@@ -87,6 +95,14 @@ class Setup:
     dtype: str = "float32"
     #: which reference mask each candidate dropout gets (written into ``cand``'s dropout calls)
     dropout: DropoutMatch | None = None
+    #: the inputs of each micro-batch of each training step (draw 0 is ``inputs``)
+    draws: Draws | None = None
+
+    def step_feeds(self, graph: LossGraph, step: int, seed: int) -> dict[str, np.ndarray]:
+        """The inputs and dropout masks of a training step's first micro-batch."""
+        inputs = self.draws(step, 0) if self.draws is not None else self.inputs
+        masks = dropout_feeds(graph.meta.dropout, seed, mask_index(graph.meta, step), np.dtype(self.dtype))
+        return {**inputs, **masks}
 
 
 #: what one training step keeps, per side, beside copies of the parameters: the comparison's
@@ -184,9 +200,11 @@ def prepare(
     own = cand.param_values()
     cand_params = {**own, **param_map.carry(ref_params, own)}
     dropout = _match_dropouts(ref, cand, param_map, warnings)
+    draws = Draws(ref.meta.inputs, options.seed, inputs, accumulate=ref.meta.accumulate,
+                  fresh=options.fresh_inputs, loaded=bool(options.inputs))
     return Setup(
         ref, with_masks_of(cand, dropout), tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
-        dropout=dropout,
+        dropout=dropout, draws=draws,
     )
 
 
@@ -227,7 +245,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
     training, both sides' trajectories."""
     if options.steps:
         steps, ref_run, cand_run = run_steps(
-            setup.ref, setup.cand, setup.param_map, setup.inputs, setup.ref_params,
+            setup.ref, setup.cand, setup.param_map, setup.draws or setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
         )
         steps[0].taps = compare_taps(setup, options)
@@ -388,9 +406,9 @@ def locate(setup: Setup, options: VerifyOptions, step: StepResult, ref_run, cand
     phase = step.phase_failed() or "forward"
     ref_before = ref_run.before[step.step] if ref_run else setup.ref_params
     cand_before = cand_run.before[step.step] if cand_run else setup.cand_params
-    ref_side = Side(setup.ref, {**_with_masks(setup.inputs, setup.ref, options.seed, step.step), **ref_before}, options.device)
-    cand_masks = _with_masks(setup.inputs, setup.cand, options.seed, step.step)
-    cand_side = Side(setup.cand, {**cand_masks, **cand_before}, options.device)
+    ref_side = Side(setup.ref, {**setup.step_feeds(setup.ref, step.step, options.seed), **ref_before}, options.device)
+    cand_side = Side(setup.cand, {**setup.step_feeds(setup.cand, step.step, options.seed), **cand_before},
+                     options.device)
     if phase == "forward":
         non_finite = _non_finite_divergence(step, ref_side, cand_side, setup)
         if non_finite is not None:
@@ -569,7 +587,9 @@ def native_diffs(
     """One side's ONNX Runtime trajectory (``run``, a Trajectory) against the framework's own
     eager training from the same values ``start``, with the same dropout masks; ``dtype``
     ``float64``: the framework trains in float64 (``run`` is then the float64 one)."""
-    inputs = dict(_base_inputs(options, graph))
+    base = _base_inputs(options, graph)
+    inputs = Draws(graph.meta.inputs, options.seed, base, accumulate=graph.meta.accumulate,
+                   fresh=options.fresh_inputs, loaded=bool(options.inputs))
     if dtype == "float32":
         native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed)
     else:

@@ -24,7 +24,7 @@ the steps before); the raw diff is kept in :class:`~lossgraph.verify.results.Con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +38,7 @@ from lossgraph.graph import (
     OptimizerInfo,
     training_schedule,
 )
-from lossgraph.inputs import dropout_feeds
+from lossgraph.inputs import dropout_feeds, mask_index
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import ParamMap, ParamPair
 from lossgraph.verify.compare import Tolerance, compare_arrays, on_side
@@ -46,6 +46,9 @@ from lossgraph.verify.results import ConventionDiff, GradDiff, LossDiff, StepRes
 
 #: How each framework's ``zero_grad()``/``clear_grad()`` leaves a gradient buffer by default.
 CLEARED_TO_NONE = {"torch": True, "paddle": False}
+
+#: ``inputs(step, micro)``: the feeds of one micro-batch (``lossgraph.inputs.Draws``)
+InputsFor = Callable[[int, int], Mapping[str, np.ndarray]]
 
 
 @dataclass
@@ -157,8 +160,11 @@ class Trainer:
             )
         return list(schedule["lrs"][step])
 
-    def step(self, index: int, inputs: Mapping[str, np.ndarray]) -> StepOutcome:
-        """Run training step ``index`` (its loss and optimizer come from the schedule)."""
+    def step(self, index: int, inputs: Mapping[str, np.ndarray] | InputsFor) -> StepOutcome:
+        """Run training step ``index`` (its loss and optimizer come from the schedule): the
+        forward and backward pass of each of its micro-batches (``meta.accumulate``; ``inputs``:
+        the same feeds for all, or ``inputs(step, micro)``), then the clipping and the update.
+        The step's losses and gradients are the sums over its micro-batches."""
         loss, optimizer = self.schedule[index % len(self.schedule)]
         if optimizer not in self._updates:
             raise VerificationError(
@@ -167,20 +173,25 @@ class Trainer:
             )
         runner, grad_names = self._runner(loss)
         meta = self.graph.meta
-        masks = dropout_feeds(meta.dropout, self.seed, index, np.dtype(self.dtype))
-        feeds = {**inputs, **masks, **self.params}
-        outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
-        values = runner.run(feeds, outputs=outputs)
-        for output, buffer in meta.state_outputs.items():
-            self.params[buffer] = _frozen(values[output])
-        gradients = {}
-        for param, grad_name in grad_names.items():
-            if grad_name is None:
-                continue  # the loss does not reach it: its buffer is left as it is
-            grad = values[grad_name]
-            gradients[param] = grad
-            buffer = self.grad_buffers.get(param)
-            self.grad_buffers[param] = grad.copy() if buffer is None else buffer + grad
+        inputs_for = inputs if callable(inputs) else (lambda step, micro: inputs)
+        losses: dict[str, float] = dict.fromkeys(meta.losses, 0.0)
+        gradients: dict[str, np.ndarray] = {}
+        for micro in range(meta.accumulate):
+            masks = dropout_feeds(meta.dropout, self.seed, mask_index(meta, index, micro), np.dtype(self.dtype))
+            feeds = {**inputs_for(index, micro), **masks, **self.params}
+            outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
+            values = runner.run(feeds, outputs=outputs)
+            for name in meta.losses:
+                losses[name] += float(values[name])
+            for output, buffer in meta.state_outputs.items():
+                self.params[buffer] = _frozen(values[output])
+            for param, grad_name in grad_names.items():
+                if grad_name is None:
+                    continue  # the loss does not reach it: its buffer is left as it is
+                grad = values[grad_name]
+                gradients[param] = grad if param not in gradients else gradients[param] + grad
+                buffer = self.grad_buffers.get(param)
+                self.grad_buffers[param] = grad.copy() if buffer is None else buffer + grad
         lr = self.lr(optimizer)
         update = self._updates[optimizer]
         own = self._params_of(optimizer)
@@ -197,7 +208,7 @@ class Trainer:
         new_state = {k: _frozen(v) for k, v in new_state.items()}
         self.opt_states[optimizer] = new_state
         self.opt_steps[optimizer] += 1
-        for param in own:
+        for param in own if meta.clear_grads else ():
             buffer = self.grad_buffers.get(param)
             self.grad_buffers[param] = (
                 None if self.cleared_to_none or buffer is None else np.zeros_like(buffer)
@@ -205,7 +216,7 @@ class Trainer:
         return StepOutcome(
             loss=loss,
             optimizer=optimizer,
-            losses={k: float(values[k]) for k in meta.losses},
+            losses=losses,
             gradients=gradients,
             params=dict(self.params),
             opt_state=dict(new_state),
@@ -246,7 +257,7 @@ def run_steps(
     ref: LossGraph,
     cand: LossGraph,
     param_map: ParamMap,
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray] | InputsFor,
     ref_params: Mapping[str, np.ndarray],
     cand_params: Mapping[str, np.ndarray],
     tol: Tolerance,
@@ -274,7 +285,8 @@ def run_steps(
             trajectory.outcomes.append(outcome)
             outcomes.append(outcome)
         if all(r.passed for r in results):  # after a divergence, whatever follows is reported
-            _check_not_both_non_finite(index, *outcomes, trainers[0], trajectories[0].before[-1], inputs)
+            first = inputs(index, 0) if callable(inputs) else inputs
+            _check_not_both_non_finite(index, *outcomes, trainers[0], trajectories[0].before[-1], first)
         results.append(
             compare_step(index, *outcomes, param_map, ref, cand, tol,
                          trajectories[0].before[-1], trajectories[1].before[-1])
@@ -291,7 +303,7 @@ def _check_not_both_non_finite(
     divergence, which the comparison measures as a difference of size inf."""
     from lossgraph.verify.localize import Side, check_not_both_non_finite
 
-    masks = dropout_feeds(ref.graph.meta.dropout, ref.seed, index, np.dtype(ref.dtype))
+    masks = dropout_feeds(ref.graph.meta.dropout, ref.seed, mask_index(ref.graph.meta, index), np.dtype(ref.dtype))
     check_not_both_non_finite(
         a.losses, b.losses, "loss", f" at step {index}",
         lambda: Side(ref.graph, {**inputs, **masks, **before}, ref.device),
@@ -303,6 +315,14 @@ def check_schedules(ref: Trainer, cand: Trainer) -> None:
         raise VerificationError(
             f"The graphs train on different schedules: reference {ref.schedule}, candidate "
             f"{cand.schedule}; give both specs the same optimizer names and schedule."
+        )
+    counts = (ref.graph.meta.accumulate, cand.graph.meta.accumulate)
+    if any(not isinstance(k, int) or k < 1 for k in counts):
+        raise VerificationError(f"The graphs' metadata give accumulate {counts}: each must be a positive integer.")
+    if counts[0] != counts[1]:
+        raise VerificationError(
+            f"The graphs accumulate different numbers of micro-batches per step: reference "
+            f"{counts[0]}, candidate {counts[1]} (Spec.accumulate); their steps see other data."
         )
 
 
