@@ -17,7 +17,7 @@ from lossgraph.errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from lossgraph.spec import ClipGradNorm, ClipGradValue, Input, LRSchedule, Spec, load_spec
+from lossgraph.spec import EMA, ClipGradNorm, ClipGradValue, Input, LRSchedule, Spec, load_spec
 
 if TYPE_CHECKING:
     from lossgraph.graph import LossGraph
@@ -43,6 +43,7 @@ def export(spec: Spec | str, output: Any = None, seed: int = 0) -> LossGraph:
 __all__ = [
     "ClipGradNorm",
     "ClipGradValue",
+    "EMA",
     "ExportError",
     "Input",
     "LRSchedule",

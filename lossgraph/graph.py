@@ -110,6 +110,9 @@ class OptimizerInfo:
     #: gradient clipping before the update, stage after stage (``lossgraph.optim.clip``):
     #: the training loop's clip call, then a Paddle optimizer's own ``grad_clip``
     clip: list[dict[str, Any]] = field(default_factory=list)
+    #: an exponential moving average of the parameters, updated after the optimizer's steps
+    #: (``lossgraph.EMA.to_dict``), or None
+    ema: dict[str, Any] | None = None
 
     @property
     def params(self) -> list[str]:

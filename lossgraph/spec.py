@@ -190,6 +190,43 @@ class ClipGradValue:
 
 CLIPS = (ClipGradNorm, ClipGradValue)
 
+#: how an EMA of the weights is written: torch's ``AveragedModel`` with
+#: ``get_ema_multi_avg_fn(decay)`` (its first update copies the weights, later ones
+#: ``lerp(ema, w, 1 - decay)``), or by hand (the average starts as the initial weights and every
+#: update is ``ema * decay + w * (1 - decay)``, as GAN, diffusion and detection code writes it)
+EMA_STYLES = ("AveragedModel", "manual")
+
+
+@dataclass(frozen=True)
+class EMA:
+    """An exponential moving average of an optimizer's parameters, updated after its steps:
+    after the ``n``-th step with ``n > start`` and ``(n - start) % every == 0``. ``style``: one
+    of :data:`EMA_STYLES`. The averaged weights are compared step by step like optimizer state
+    (``<param>:ema``); a side without an EMA is compared by its weights themselves."""
+
+    decay: float
+    every: int = 1
+    start: int = 0
+    style: str = "manual"
+
+    def __post_init__(self) -> None:
+        if not (_is_finite(self.decay) and 0 <= self.decay <= 1):
+            raise SpecError(f"EMA.decay must be a number in [0, 1], got {self.decay!r}.")
+        for name in ("every", "start"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "every" else 0)):
+                raise SpecError(f"EMA.{name} must be an integer >= {1 if name == 'every' else 0}, got {value!r}.")
+        if self.style not in EMA_STYLES:
+            raise SpecError(f"EMA.style must be one of {', '.join(EMA_STYLES)}; got {self.style!r}.")
+        object.__setattr__(self, "decay", float(self.decay))
+
+    def updates_after(self, count: int) -> bool:
+        """Whether the average is updated after the optimizer's ``count``-th step (1-based)."""
+        return count > self.start and (count - self.start) % self.every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "every": self.every, "start": self.start, "style": self.style}
+
 
 @dataclass
 class Spec:
@@ -219,7 +256,16 @@ class Spec:
     clip: Any = None
     accumulate: int = 1
     clear_grads: bool = True
+    ema: Any = None
     source: str = field(default="", compare=False)
+
+    def emas(self) -> dict[str, EMA]:
+        """The EMA of each optimizer's parameters, by optimizer name (a single one: every one)."""
+        if self.ema is None:
+            return {}
+        if isinstance(self.ema, EMA):
+            return dict.fromkeys(self.optimizers or {}, self.ema)
+        return dict(self.ema)
 
     def clips(self) -> dict[str, ClipGradNorm | ClipGradValue]:
         """The loop's clipping by optimizer name (a single one applies to every optimizer)."""
@@ -300,22 +346,29 @@ class Spec:
 
 
     def _check_clip(self, where: str, optimizers: Mapping[str, Any]) -> None:
-        if self.clip is None:
-            return
-        kinds = "lossgraph.ClipGradNorm or lossgraph.ClipGradValue"
-        if isinstance(self.clip, CLIPS):
-            if not optimizers:
-                raise SpecError(f"{where}Spec.clip needs the optimizers whose gradients it clips.")
-            return
-        if not isinstance(self.clip, Mapping):
-            raise SpecError(f"{where}Spec.clip must be a {kinds}, or a dict of them by optimizer name; "
-                            f"got {type(self.clip).__name__}.")
-        for name, value in self.clip.items():
-            if name not in optimizers:
-                raise SpecError(f"{where}Spec.clip names optimizer {name!r}, but the optimizers are: "
-                                f"{', '.join(optimizers) or 'none'}.")
-            if not isinstance(value, CLIPS):
-                raise SpecError(f"{where}Spec.clip[{name!r}] must be a {kinds}, got {type(value).__name__}.")
+        _check_by_optimizer(self.clip, "clip", CLIPS, "lossgraph.ClipGradNorm or lossgraph.ClipGradValue",
+                            where, optimizers)
+        _check_by_optimizer(self.ema, "ema", (EMA,), "lossgraph.EMA", where, optimizers)
+
+
+def _check_by_optimizer(value: Any, field_name: str, kinds: tuple[type, ...], names: str, where: str,
+                        optimizers: Mapping[str, Any]) -> None:
+    """A Spec field that takes one setting for every optimizer or a dict of them by name."""
+    if value is None:
+        return
+    if isinstance(value, kinds):
+        if not optimizers:
+            raise SpecError(f"{where}Spec.{field_name} needs the optimizers it applies to.")
+        return
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where}Spec.{field_name} must be a {names}, or a dict of them by optimizer name; "
+                        f"got {type(value).__name__}.")
+    for name, item in value.items():
+        if name not in optimizers:
+            raise SpecError(f"{where}Spec.{field_name} names optimizer {name!r}, but the optimizers are: "
+                            f"{', '.join(optimizers) or 'none'}.")
+        if not isinstance(item, kinds):
+            raise SpecError(f"{where}Spec.{field_name}[{name!r}] must be a {names}, got {type(item).__name__}.")
 
 
 def detect_framework(model: Any) -> str:

@@ -60,6 +60,24 @@ def write_spec_files(tmp_path_factory, folder: str, sources: dict[str, str]) -> 
     return out
 
 
+def variant_exporter(tmp_path_factory, folder: str, source_of):
+    """``export(variant)``: the graph of the spec ``source_of(variant)`` returns (its text),
+    written as ``<folder>_<variant>.py`` (never a name like ``torch.py``, which would hide the
+    framework) and exported once."""
+    base = tmp_path_factory.mktemp(folder)
+    cache: dict[str, Path] = {}
+
+    def export(variant: str) -> Path:
+        if variant not in cache:
+            path = base / f"{folder}_{variant}.py"
+            path.write_text(textwrap.dedent(source_of(variant)))
+            cache[variant] = path.with_suffix(".onnx")
+            lg.export(f"{path}:spec", cache[variant])
+        return cache[variant]
+
+    return export
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """Export ``FILE.py:NAME`` once per session; returns the .onnx path."""

@@ -5,10 +5,9 @@ step (``fresh_inputs`` / ``--fresh-inputs``). Ground truth is each framework's o
 ``zero_grad()``/``clear_grad()``); the planted mistakes are the two that break accumulation in
 ports: the loss not divided by K, the clear forgotten."""
 
-import textwrap
-
 import numpy as np
 import pytest
+from conftest import variant_exporter
 
 import lossgraph as lg
 from lossgraph.cli import native_runner
@@ -49,23 +48,14 @@ VARIANTS = {
 }
 
 
+def _source(variant: str) -> str:
+    framework, k, divided, clear = VARIANTS[variant]
+    return SOURCE.format(k=k, divide=f"/ {k}" if divided and k > 1 else "", clear=clear, **FRAMEWORKS[framework])
+
+
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("accumulation")
-    cache = {}
-
-    def export(variant: str):
-        if variant not in cache:
-            framework, k, divided, clear = VARIANTS[variant]
-            source = SOURCE.format(k=k, divide=f"/ {k}" if divided and k > 1 else "", clear=clear,
-                                   **FRAMEWORKS[framework])
-            path = folder / f"acc_{variant}.py"
-            path.write_text(textwrap.dedent(source))
-            cache[variant] = folder / f"acc_{variant}.onnx"
-            lg.export(f"{path}:spec", cache[variant])
-        return cache[variant]
-
-    return export
+    return variant_exporter(tmp_path_factory, "accumulation", _source)
 
 
 @pytest.mark.parametrize("fresh", [False, True])

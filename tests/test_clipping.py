@@ -4,9 +4,8 @@
 groups included) and ``paddle.nn.utils.clip_grad_norm_``. Ground truth is each framework's own
 eager training (``--native``); the gradients are large enough that every clip engages."""
 
-import textwrap
-
 import pytest
+from conftest import variant_exporter
 
 import lossgraph as lg
 from lossgraph.cli import native_runner
@@ -83,18 +82,7 @@ def _source(variant: str) -> str:
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clipping")
-    cache = {}
-
-    def export(variant: str):
-        if variant not in cache:
-            path = folder / f"{variant}.py"
-            path.write_text(textwrap.dedent(_source(variant)))
-            cache[variant] = folder / f"{variant}.onnx"
-            lg.export(f"{path}:spec", cache[variant])
-        return cache[variant]
-
-    return export
+    return variant_exporter(tmp_path_factory, "clipping", _source)
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "torch_none"])

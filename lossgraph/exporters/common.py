@@ -431,10 +431,14 @@ LOOP_CLIP_APIS = {
 }
 
 
-def loop_clip_stages(spec: Spec, infos: Mapping[str, OptimizerInfo], framework: str) -> None:
-    """Give each optimizer the clip stage of ``Spec.clip`` (``lossgraph.optim.clip``), over all of
-    its parameters, in front of the stages it has."""
+def loop_settings(spec: Spec, infos: Mapping[str, OptimizerInfo], framework: str) -> None:
+    """Give each optimizer what the training loop does around its step: the clip stage of
+    ``Spec.clip`` (``lossgraph.optim.clip``), over all of its parameters, in front of the stages
+    it has, and the EMA of ``Spec.ema``."""
     from lossgraph.spec import ClipGradNorm
+
+    for name, ema in spec.emas().items():
+        infos[name].ema = ema.to_dict()
 
     by_norm, by_value = LOOP_CLIP_APIS[framework]
     for name, clip in spec.clips().items():
@@ -463,7 +467,7 @@ def reached_only(info: OptimizerInfo, params: Mapping[str, ParamInfo]) -> Optimi
         groups.append(entry)
     unreached = [n for n in info.params if n not in params]
     clip = [{**stage, "params": [n for n in stage["params"] if n in params]} for stage in info.clip]
-    return OptimizerInfo(info.cls, info.framework, groups, [*info.unreached, *unreached], clip)
+    return OptimizerInfo(info.cls, info.framework, groups, [*info.unreached, *unreached], clip, info.ema)
 
 
 def optimizer_param_names(

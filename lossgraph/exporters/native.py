@@ -117,7 +117,7 @@ def _paddle_float64_clip_by_norm():
         clip.clip_by_norm = kernel
 
 
-def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers):
+def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state_dict, schedulers, averages):
     """The training loop both frameworks share; the callables do the framework's part."""
     schedule = training_schedule(meta.schedule, meta.losses, spec.optimizers)
     counts: dict[str, int] = {}
@@ -136,10 +136,41 @@ def _loop(spec, meta, steps, masks_for, forward, backward, step_optimizer, state
             backward(values[loss])
         step_optimizer(optimizer)
         counts[optimizer] = count + 1
+        averages.step(optimizer, count + 1)
         if planned and planned.when == "after" and (count + 1) % planned.every == 0:
             planned.scheduler.step()
-        out.append(NativeStep(losses, state_dict()))
+        out.append(NativeStep(losses, {**state_dict(), **averages.values()}))
     return out
+
+
+class _Averages:
+    """The spec's EMAs of its optimizers' parameters (``Spec.ema``), kept eagerly: ``params``
+    by optimizer (name, tensor) pairs; ``copy``, ``lerp`` (torch's ``_foreach_lerp_``) and
+    ``blend`` (``average * decay + weight * (1 - decay)``) are the framework's ops; ``numpy``
+    reads a tensor."""
+
+    def __init__(self, spec, params, copy, lerp, blend, numpy) -> None:
+        self.settings = spec.emas()
+        self.params = {name: params[name] for name in self.settings}
+        self.averages = {name: [(n, copy(p)) for n, p in self.params[name]] for name in self.settings}
+        self.updates = dict.fromkeys(self.settings, 0)
+        self.lerp, self.blend, self.numpy, self.copy = lerp, blend, numpy, copy
+
+    def step(self, optimizer: str, count: int) -> None:
+        ema = self.settings.get(optimizer)
+        if ema is None or not ema.updates_after(count):
+            return
+        pairs = zip(self.averages[optimizer], self.params[optimizer])
+        if ema.style == "AveragedModel" and self.updates[optimizer] == 0:  # its first update copies
+            self.averages[optimizer] = [(n, self.copy(p)) for (n, _), (_, p) in pairs]
+        elif ema.style == "AveragedModel":
+            self.lerp([a for _, a in self.averages[optimizer]], [p for _, p in self.params[optimizer]], ema.decay)
+        else:
+            self.averages[optimizer] = [(n, self.blend(a, p, ema.decay)) for (n, a), (_, p) in pairs]
+        self.updates[optimizer] += 1
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {f"{n}:ema": self.numpy(a) for averages in self.averages.values() for n, a in averages}
 
 
 def _as_schedule(value: Any) -> LRSchedule | None:
@@ -193,8 +224,21 @@ def _run_torch(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeStep
     def state_dict():
         return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
+    def lerp(averages, weights, decay):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        with torch.no_grad():
+            get_ema_multi_avg_fn(decay)(averages, weights, None)
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = {name: [(names[id(p)], p) for g in opt.param_groups for p in g["params"]]
+              for name, opt in optimizers.items()}
+    averages = _Averages(
+        spec, params, lambda p: p.detach().clone(), lerp,
+        lambda a, p, decay: (a * decay + p.detach() * (1 - decay)), lambda a: a.detach().numpy().copy(),
+    )
     return _loop(spec, meta, steps, masks_for, forward, lambda t: t.backward(),
-                 step_optimizer, state_dict, dict(spec.lr_schedulers or {}))
+                 step_optimizer, state_dict, dict(spec.lr_schedulers or {}), averages)
 
 
 def _recurrent_layers_differentiable(model: Any) -> None:
@@ -255,5 +299,20 @@ def _run_paddle(spec, meta, start, steps, inputs, seed, dtype) -> list[NativeSte
     def state_dict():
         return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
+    def lerp(averages, weights, decay):
+        for a, p in zip(averages, weights):
+            a.set_value(paddle.lerp(a, p.detach(), paddle.full([], 1 - decay, a.dtype)))
+
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def grouped(opt):
+        groups = opt._param_groups
+        return [p for g in groups for p in g["params"]] if groups and isinstance(groups[0], dict) else list(groups)
+
+    params = {name: [(names[id(p)], p) for p in grouped(opt)] for name, opt in optimizers.items()}
+    averages = _Averages(
+        spec, params, lambda p: p.detach().clone(), lerp,
+        lambda a, p, decay: (a * decay + p.detach() * (1 - decay)), lambda a: a.numpy().copy(),
+    )
     return _loop(spec, meta, steps, masks_for, forward, lambda t: t.backward(),
-                 step_optimizer, state_dict, paddle_schedulers(spec, optimizers))
+                 step_optimizer, state_dict, paddle_schedulers(spec, optimizers), averages)

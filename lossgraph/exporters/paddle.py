@@ -41,7 +41,7 @@ from lossgraph.exporters.common import (
     framework_base,
     innermost_user_frame,
     json_safe,
-    loop_clip_stages,
+    loop_settings,
     optimizer_param_names,
     package_versions,
     relative_to_cwd,
@@ -692,7 +692,7 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
             stages += [stage] if stage else []
         infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="paddle", groups=entries,
                                         clip=stages)
-    loop_clip_stages(spec, infos, "paddle")
+    loop_settings(spec, infos, "paddle")
     return infos
 
 

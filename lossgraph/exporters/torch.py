@@ -30,7 +30,7 @@ from lossgraph.exporters.common import (
     innermost_user_frame,
     is_library_file,
     json_safe_dict,
-    loop_clip_stages,
+    loop_settings,
     optimizer_param_names,
     package_versions,
     relative_to_cwd,
@@ -556,7 +556,7 @@ def _optimizer_infos(spec: Spec, model: Any) -> dict[str, OptimizerInfo]:
             entry["params"] = optimizer_param_names(spec, opt_name, group["params"], names)
             groups.append(entry)
         infos[opt_name] = OptimizerInfo(cls=type(optimizer).__name__, framework="torch", groups=groups)
-    loop_clip_stages(spec, infos, "torch")
+    loop_settings(spec, infos, "torch")
     return infos
 
 

@@ -1582,6 +1582,37 @@ def _clip_effect(text: str, value: float) -> str:
 
 
 @hint
+def ema_settings(ctx: HintContext) -> str | None:
+    """The averaged weights part (``<param>:ema``) and the sides' EMAs differ: one side keeps
+    none, ``decay`` against ``1 - decay``, another start, interval or style."""
+    if ctx.divergence.phase != "update" or not ctx.divergence.reference_node.endswith(":ema"):
+        return None
+    diffs = []
+    for name, info, other in _optimizer_pairs(ctx):
+        a, b = info.ema, other.ema
+        if a == b:
+            continue
+        if a is None or b is None:
+            side = "reference" if a is None else "candidate"
+            diffs.append(f"the {side} keeps no EMA of {name}'s parameters (its weights themselves are "
+                         f"compared with the other side's average)")
+            continue
+        if a["decay"] != b["decay"]:
+            swapped = abs(a["decay"] - (1 - b["decay"])) < 1e-9
+            diffs.append(f"{name} decay {a['decay']:g} vs {b['decay']:g}"
+                         + (": one side passes 1 - decay (the weight of the new value)" if swapped else ""))
+        for key, what in (("start", "updates start after optimizer step"), ("every", "updated every")):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{name} {what} {a.get(key)} vs {b.get(key)}")
+        if a.get("style") != b.get("style"):
+            diffs.append(f"{name}: {a.get('style')} vs {b.get('style')} (AveragedModel's first update copies "
+                         f"the weights; a hand-written average starts as the initial weights)")
+    if not diffs:
+        return None
+    return "The EMAs of the weights differ (reference vs candidate): " + "; ".join(diffs) + "."
+
+
+@hint
 def learning_rate_schedule(ctx: HintContext) -> str | None:
     if "ref_lr" not in ctx.values:
         return None

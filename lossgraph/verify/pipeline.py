@@ -602,10 +602,11 @@ def native_diffs(
             for name, value in eager.losses.items()
         }
         worst_name, worst, each = "", None, {}
+        mine = {**ours.params, **{k: v for k, v in ours.opt_state.items() if k.endswith(":ema")}}
         for name, value in eager.params.items():
-            if name not in ours.params or np.shape(ours.params[name]) != np.shape(value):
+            if name not in mine or np.shape(mine[name]) != np.shape(value):
                 continue
-            diff = compare_arrays(ours.params[name], value, tol)
+            diff = compare_arrays(mine[name], value, tol)
             each[name] = diff.max_abs_diff
             if worst is None or diff.max_abs_diff > worst.max_abs_diff:
                 worst_name, worst = name, diff

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +128,28 @@ class Trainer:
             for name, update in self._updates.items()
         }
         self.opt_steps = dict.fromkeys(self._updates, 0)
+        self.ema_updates = dict.fromkeys(self._updates, 0)
+        for name, info in self.optimizers.items():
+            if info.ema is not None:  # the average starts as the initial weights
+                self.opt_states[name].update({f"{p}:ema": self.params[p] for p in self._params_of(name)})
+
+    def _ema_step(self, optimizer: str) -> None:
+        """Update the optimizer's EMA of its parameters if its settings say so after this step
+        (:func:`ema_update`)."""
+        settings = self.optimizers[optimizer].ema
+        if settings is None:
+            return
+        every, start = int(settings.get("every", 1)), int(settings.get("start", 0))
+        count = self.opt_steps[optimizer]
+        if count <= start or (count - start) % every:
+            return
+        first = self.ema_updates[optimizer] == 0
+        state = dict(self.opt_states[optimizer])
+        for param in self._params_of(optimizer):
+            key = f"{param}:ema"
+            state[key] = _frozen(ema_update(state[key], self.params[param], settings, first, self.dtype))
+        self.opt_states[optimizer] = state
+        self.ema_updates[optimizer] += 1
 
     def _params_of(self, optimizer: str) -> list[str]:
         return [p for p in self.optimizers[optimizer].params if p in self.params]
@@ -208,6 +231,8 @@ class Trainer:
         new_state = {k: _frozen(v) for k, v in new_state.items()}
         self.opt_states[optimizer] = new_state
         self.opt_steps[optimizer] += 1
+        self._ema_step(optimizer)
+        new_state = self.opt_states[optimizer]
         for param in own if meta.clear_grads else ():
             buffer = self.grad_buffers.get(param)
             self.grad_buffers[param] = (
@@ -223,6 +248,31 @@ class Trainer:
             lr=lr,
             clip=clipped,
         )
+
+
+def ema_update(
+    average: np.ndarray, weight: np.ndarray, settings: Mapping[str, Any], first: bool, dtype: str
+) -> np.ndarray:
+    """One update of an exponential moving average of ``weight`` (``lossgraph.EMA``), in float32
+    as the frameworks compute it (``dtype="float64"``: the same with the settings rounded to
+    float32). ``AveragedModel``: the first update copies the weight, later ones are torch's
+    ``_foreach_lerp_(average, weight, 1 - decay)``, whose CPU kernel fuses the multiply-add
+    (``fma(w, weight - average, average)``; ``fma(w - 1, weight - average, weight)`` for
+    ``w >= 0.5``); ``manual``: ``average * decay + weight * (1 - decay)``, three roundings."""
+    kind = np.float32 if dtype == "float32" else np.float64
+    decay = kind(np.float32(settings["decay"]))
+    rest = kind(np.float32(1.0 - float(settings["decay"])))
+    average, weight = np.asarray(average, kind), np.asarray(weight, kind)
+    if settings.get("style") == "AveragedModel":
+        if first:
+            return weight.copy()
+        diff = (weight - average).astype(kind)
+        if rest < 0.5:
+            exact = rest.astype(np.float64) * diff + average.astype(np.float64)
+        else:
+            exact = (rest.astype(np.float64) - 1.0) * diff + weight.astype(np.float64)
+        return exact.astype(kind)
+    return ((average * decay).astype(kind) + (weight * rest).astype(kind)).astype(kind)
 
 
 #: Optimizer state slots that mean the same thing in torch and Paddle (reference slot names
@@ -375,10 +425,18 @@ def compare_step(
         if pair is not None:
             same = canonical_slot(slot)
             other = pair.gather({c: b_state[(c, same)] for c in pair.candidates if (c, same) in b_state})
+        if other is None and slot == "ema" and pair is not None and not _has_ema(b_state, pair.candidates):
+            other = pair.gather(b.params)  # a side without an EMA is evaluated with its weights
         if other is None:
             continue  # no counterpart in the candidate's optimizer (e.g. step vs beta powers)
         if other.shape == np.shape(value):
             state[key] = compare_arrays(np.asarray(value), other, tol)
+    for pair in param_map.pairs:  # the candidate's EMA, where the reference keeps none
+        key = f"{pair.reference}:ema"
+        if key not in a.opt_state and _has_ema(b_state, pair.candidates) and pair.reference in a.params:
+            other = pair.gather({c: b_state[(c, "ema")] for c in pair.candidates if (c, "ema") in b_state})
+            if other is not None and other.shape == np.shape(a.params[pair.reference]):
+                state[key] = compare_arrays(np.asarray(a.params[pair.reference]), other, tol)
     return StepResult(
         step=index,
         losses=losses,
@@ -390,6 +448,10 @@ def compare_step(
         lr=compare_arrays(np.asarray(a.lr), np.asarray(b.lr), tol),
         conventions=conventions,
     )
+
+
+def _has_ema(state: Mapping[tuple[str, str], np.ndarray], names: list[str]) -> bool:
+    return any((name, "ema") in state for name in names)
 
 
 #: Each framework's batch variance in its BatchNorm's running-variance update.
