@@ -105,7 +105,7 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance (see the rule below).")
 @click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the generated inputs.")
-@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones; an array with one more, leading axis gives each training step (each micro-batch of Spec.accumulate) its own value.")
 @click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")

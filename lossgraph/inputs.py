@@ -79,13 +79,20 @@ class Draws:
     fresh: bool = False
     loaded: bool = False
     dtype: str = "float32"
+    #: an inputs file's arrays with a leading draw axis (each step, each micro-batch its own)
+    stepped: Mapping[str, np.ndarray] | None = None
     _cache: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def index(self, step: int, micro: int = 0) -> int:
-        return step * self.accumulate + micro if self.fresh else micro
+        return step * self.accumulate + micro if self.fresh or self.stepped is not None else micro
 
     def __call__(self, step: int, micro: int = 0) -> Mapping[str, np.ndarray]:
         draw = self.index(step, micro)
+        if self.stepped is not None:
+            values = input_draw(self.stepped, self.specs, draw)
+            if self.dtype == "float64":
+                values = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in values.items()}
+            return values
         if draw == 0 or self.loaded:
             return self.base
         if draw not in self._cache:
@@ -99,7 +106,8 @@ class Draws:
 
     def widened(self, base: Mapping[str, np.ndarray]) -> Draws:
         """The same draws in float64, from the widened ``base``."""
-        return Draws(self.specs, self.seed, base, self.accumulate, self.fresh, self.loaded, "float64")
+        return Draws(self.specs, self.seed, base, self.accumulate, self.fresh, self.loaded, "float64",
+                     self.stepped)
 
 
 def check_fits(specs: Mapping[str, Input]) -> None:
@@ -136,7 +144,9 @@ def available_memory() -> int | None:
 
 
 def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.ndarray]:
-    """Read ``--inputs FILE.npz`` and check it holds every input with the right shape and dtype."""
+    """Read ``--inputs FILE.npz`` and check it holds every input with the right shape and dtype.
+    An array may have one more, leading axis: one value per draw (a training step, or each
+    micro-batch of each step), all such arrays the same length (:func:`input_draw`)."""
     path = Path(path)
     if not path.exists():
         raise VerificationError(f"Inputs file {path} does not exist.")
@@ -151,11 +161,15 @@ def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.nd
             f"{path} lacks input(s) {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}."
         )
     out = {}
+    lengths = set()
     for name, spec in specs.items():
         value = arrays[name]
-        if tuple(value.shape) != tuple(spec.shape):
+        if tuple(value.shape[1:]) == tuple(spec.shape) and value.ndim == len(spec.shape) + 1:
+            lengths.add(value.shape[0])
+        elif tuple(value.shape) != tuple(spec.shape):
             raise VerificationError(
-                f"Input {name!r} in {path} has shape {list(value.shape)}, expected {list(spec.shape)}."
+                f"Input {name!r} in {path} has shape {list(value.shape)}, expected {list(spec.shape)} "
+                f"(or [draws, {', '.join(map(str, spec.shape))}], one per training step)."
             )
         if value.dtype != np.dtype(spec.dtype):
             raise VerificationError(
@@ -165,7 +179,27 @@ def load_inputs(path: str | Path, specs: Mapping[str, Input]) -> dict[str, np.nd
         if outside is not None:
             raise VerificationError(f"Input {name!r} in {path} holds {outside}.")
         out[name] = value
+    if len(lengths) > 1 or 0 in lengths:
+        raise VerificationError(
+            f"The inputs in {path} with a leading draw axis must all have the same positive length; "
+            f"they have {', '.join(map(str, sorted(lengths)))}."
+        )
     return out
+
+
+def draws_in(arrays: Mapping[str, np.ndarray], specs: Mapping[str, Input]) -> int | None:
+    """How many draws an inputs file holds along its leading axis; None without one."""
+    for name, spec in specs.items():
+        if np.ndim(arrays[name]) == len(spec.shape) + 1:
+            return int(np.shape(arrays[name])[0])
+    return None
+
+
+def input_draw(arrays: Mapping[str, np.ndarray], specs: Mapping[str, Input], draw: int) -> dict[str, np.ndarray]:
+    """Draw ``draw`` of an inputs file: arrays with a leading draw axis give their ``draw``-th
+    value, the others the same one every time."""
+    return {name: arrays[name][draw] if np.ndim(arrays[name]) == len(spec.shape) + 1 else arrays[name]
+            for name, spec in specs.items()}
 
 
 def _outside_range(value: np.ndarray, spec: Input) -> str | None:

@@ -136,3 +136,22 @@ def test_fresh_inputs_without_steps_or_with_an_inputs_file_is_bad_usage(graph, e
     path = str(graph("torch"))
     result = CliRunner().invoke(main, ["verify", path, path, "--fresh-inputs", *extra])
     assert result.exit_code == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_inputs_file_with_a_leading_axis_feeds_each_micro_batch(graph, tmp_path):
+    """``--inputs`` arrays of shape [draws, *shape]: draw ``step * K + micro``; the eager loop
+    gets the same ones, and a file too short for the steps is one line."""
+    rng = np.random.default_rng(3)
+    path = graph("torch")  # 4 micro-batches per step
+    stepped = tmp_path / "stepped.npz"
+    np.savez(stepped, x=rng.standard_normal((8, 6, 4)).astype(np.float32),
+             y=rng.standard_normal((6, 2)).astype(np.float32))  # y: the same every draw
+    result = lg.verify(path, path, steps=2, inputs=str(stepped), native=True, native_runner=native_runner())
+    assert result.passed and not result.native_failures, result.native_failures
+    plain = tmp_path / "plain.npz"
+    with np.load(stepped) as data:
+        np.savez(plain, x=data["x"][0], y=data["y"])
+    fixed = lg.verify(path, path, steps=2, inputs=str(plain))
+    assert fixed.steps[0].losses["loss"].reference != result.steps[0].losses["loss"].reference
+    with pytest.raises(VerificationError, match="holds 8 draw"):
+        lg.verify(path, path, steps=3, inputs=str(stepped))

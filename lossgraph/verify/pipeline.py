@@ -22,7 +22,9 @@ from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, LossGraph, node_meta, shown_o
 from lossgraph.inputs import (
     Draws,
     describe_dropouts,
+    draws_in,
     dropout_feeds,
+    input_draw,
     load_inputs,
     make_inputs,
     mask_index,
@@ -164,8 +166,10 @@ def prepare(
     warnings = check_compatible(ref, cand)
     warnings += _same_source_warnings(ref, cand)
     if options.inputs:
-        inputs = load_inputs(options.inputs, ref.meta.inputs)
+        loaded = load_inputs(options.inputs, ref.meta.inputs)
+        inputs = input_draw(loaded, ref.meta.inputs, 0)
         inputs_source = str(options.inputs)
+        _check_draws(loaded, ref, options)
     else:
         inputs = make_inputs(ref.meta.inputs, options.seed)
         inputs_source = f"seeded (seed {options.seed})"
@@ -200,8 +204,7 @@ def prepare(
     own = cand.param_values()
     cand_params = {**own, **param_map.carry(ref_params, own)}
     dropout = _match_dropouts(ref, cand, param_map, warnings)
-    draws = Draws(ref.meta.inputs, options.seed, inputs, accumulate=ref.meta.accumulate,
-                  fresh=options.fresh_inputs, loaded=bool(options.inputs))
+    draws = _draws(ref, options, loaded if options.inputs else inputs)
     return Setup(
         ref, with_masks_of(cand, dropout), tol, inputs, inputs_source, param_map, ref_params, cand_params, warnings,
         dropout=dropout, draws=draws,
@@ -587,9 +590,7 @@ def native_diffs(
     """One side's ONNX Runtime trajectory (``run``, a Trajectory) against the framework's own
     eager training from the same values ``start``, with the same dropout masks; ``dtype``
     ``float64``: the framework trains in float64 (``run`` is then the float64 one)."""
-    base = _base_inputs(options, graph)
-    inputs = Draws(graph.meta.inputs, options.seed, base, accumulate=graph.meta.accumulate,
-                   fresh=options.fresh_inputs, loaded=bool(options.inputs))
+    inputs = _draws(graph, options, _base_inputs(options, graph))
     if dtype == "float32":
         native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed)
     else:
@@ -614,6 +615,29 @@ def native_diffs(
             worst = compare_arrays(np.zeros(1), np.zeros(1), tol)
         out.append(NativeDiff(index, losses, worst, worst_name, each=each))
     return out
+
+
+def _draws(graph: LossGraph, options: VerifyOptions, given: Mapping[str, np.ndarray]) -> Draws:
+    """The inputs of each micro-batch of each step: ``given`` (seeded inputs, or an inputs
+    file's arrays, with a leading draw axis or without)."""
+    specs = graph.meta.inputs
+    stepped = dict(given) if options.inputs and draws_in(given, specs) is not None else None
+    base = input_draw(given, specs, 0) if options.inputs else dict(given)
+    return Draws(specs, options.seed, base, accumulate=graph.meta.accumulate, fresh=options.fresh_inputs,
+                 loaded=bool(options.inputs), stepped=stepped)
+
+
+def _check_draws(loaded: Mapping[str, np.ndarray], graph: LossGraph, options: VerifyOptions) -> None:
+    """An inputs file with a leading draw axis must hold a draw for every micro-batch of every
+    step verified."""
+    count = draws_in(loaded, graph.meta.inputs)
+    needed = max(options.steps, 1) * graph.meta.accumulate
+    if count is not None and count < needed:
+        raise VerificationError(
+            f"{options.inputs} holds {count} draw(s) along its leading axis; --steps {options.steps}"
+            + (f" with Spec.accumulate={graph.meta.accumulate}" if graph.meta.accumulate > 1 else "")
+            + f" needs {needed}."
+        )
 
 
 def _base_inputs(options: VerifyOptions, graph: LossGraph) -> dict[str, np.ndarray]:
