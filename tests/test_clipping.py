@@ -163,3 +163,36 @@ def test_a_paddle_clip_lossgraph_cannot_reproduce_is_one_line(write_spec, tmp_pa
     with pytest.raises(SpecError) as info:
         lg.export(f"{path}:spec", tmp_path / "out.onnx")
     assert "clips gradients with Mine" in str(info.value) and "\n" not in str(info.value)
+
+
+TINY = '''
+    import {fw}
+    import lossgraph as lg
+
+    def spec():
+        {fw}.{seed}(0)
+        model = {fw}.nn.Linear(4, 2)
+        opt = {sgd}
+        return lg.Spec(model=model, loss=lambda m, x: 1e-4 * m(x).mean(), inputs={{"x": lg.Input([6, 4])}},
+                       optimizers={{"opt": opt}}, clip={clip})
+'''
+
+
+def test_torch_s_epsilon_is_named_only_where_it_matters(write_spec, tmp_path):
+    """At a global norm near 1e-4 torch's 1e-6 in the divisor moves the clip coefficient by
+    about 1%: under a tight tolerance that parts the ports, and the hint names the epsilon."""
+    graphs = []
+    for fw, seed, sgd, clip in (
+        ("torch", "manual_seed", "torch.optim.SGD(model.parameters(), lr=1.0)", "lg.ClipGradNorm(1e-5)"),
+        ("paddle", "seed", "paddle.optimizer.SGD(learning_rate=1.0, parameters=model.parameters(), "
+                           "grad_clip=paddle.nn.ClipGradByGlobalNorm(1e-5))", "None"),
+    ):
+        path = write_spec(TINY.format(fw=fw, seed=seed, sgd=sgd, clip=clip), f"tiny_{fw}.py")
+        graphs.append(tmp_path / f"tiny_{fw}.onnx")
+        lg.export(f"{path}:spec", graphs[-1])
+    result = lg.verify(*graphs, grads=True, steps=2, tol=1e-12)
+    divergence = result.first_divergence
+    assert not result.passed and (divergence.step, divergence.phase) == (0, "update"), divergence
+    assert "+1e-6 in the divisor) vs global 2-norm <= 1e-05 (paddle.nn.ClipGradByGlobalNorm, no epsilon)" in (
+        divergence.hint or ""), divergence.hint
+    assert lg.verify(*graphs, grads=True, steps=2).passed  # at the default tolerance it is nothing

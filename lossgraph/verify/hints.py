@@ -1491,6 +1491,46 @@ def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:
     }
 
 
+@hint
+def weight_decay_reach(ctx: HintContext) -> str | None:
+    """The parameter that parts in an update is decayed on one side and not on the other (a
+    no-decay list for biases and norm weights on one side only: torch's parameter group with
+    ``weight_decay=0``, Paddle's ``apply_decay_param_fun``), or with another coefficient."""
+    if ctx.divergence.phase != "update" or "param_map" not in ctx.values:
+        return None
+    param = ctx.divergence.reference_node.partition(":")[0]
+    pair = ctx.values["param_map"].by_reference().get(param)
+    if pair is None or pair.parts:
+        return None
+    for _, info, other in _optimizer_pairs(ctx):
+        if param not in info.params or pair.candidate not in other.params:
+            continue
+        a, b = _decay_of(info, param), _decay_of(other, pair.candidate)
+        if a == b:
+            continue
+        if a and b:
+            return f"The weight decay of {param} differs: {a:g} (reference) vs {b:g} (candidate)."
+        side, other_side = ("reference", "candidate") if a else ("candidate", "reference")
+        return (
+            f"Weight decay reaches {param} in the {side} ({a or b:g}) and not in the {other_side}: a "
+            f"no-decay list (biases, norm weights) on one side only (torch: a parameter group with "
+            f"weight_decay=0; Paddle: apply_decay_param_fun, or a group's weight_decay)."
+        )
+    return None
+
+
+def _decay_of(info: OptimizerInfo, param: str) -> float:
+    """The weight-decay coefficient an optimizer applies to ``param`` (0: none)."""
+    group = next((g for g in info.groups if param in g.get("params", [])), {})
+    if info.framework == "paddle" and info.cls == "AdamW":
+        decayed = "decay_params" not in group or param in group["decay_params"]
+        return float(group.get("coeff") or 0.0) if decayed else 0.0
+    decay = group.get("param_weight_decay", {}).get(param, group.get("weight_decay"))
+    if isinstance(decay, dict):
+        decay = next(iter(decay.values()), 0.0)
+    return float(decay or 0.0)
+
+
 def _optimizer_pairs(ctx: HintContext) -> list[tuple[str, OptimizerInfo, OptimizerInfo]]:
     """The optimizers both sides have, by name: (name, reference's, candidate's)."""
     cand = ctx.cand.meta.optimizers
@@ -1539,8 +1579,8 @@ def gradient_clipping(ctx: HintContext) -> str | None:
         (a, sem_a), (b, sem_b) = sides
         if sem_a == sem_b:
             continue
-        if [x[:-1] for x in sem_a] == [x[:-1] for x in sem_b] and not _coefficients_differ(*measured):
-            continue  # only the epsilon differs, and it changed nothing measurable
+        if [x[:-1] for x in sem_a] == [x[:-1] for x in sem_b] and not _epsilon_explains(*measured):
+            continue  # only the epsilon differs, and it does not make the difference measured
         shown = ["; ".join(describe_clip(s) for s in opt.clip) or f"the {side} does not clip"
                  for opt, side in ((a, "reference"), (b, "candidate"))]
         diffs.append(f"{name}: {shown[0]} vs {shown[1]}")
@@ -1560,17 +1600,35 @@ def _clip_semantics(info: OptimizerInfo, stage: Mapping[str, Any]) -> tuple[Any,
     """What a clip stage computes, comparable across frameworks; the epsilon last."""
     from lossgraph.optim.clip import describe_clip
 
-    share = (len(stage.get("params", [])), len(info.params))
-    return describe_clip(stage, api=False, epsilon=False), share, stage.get("kind") == "global_norm"
+    # whether it clips every parameter (counts are not comparable: packed and split projections)
+    every = set(info.params) <= set(stage.get("params", []))
+    return describe_clip(stage, api=False, epsilon=False), every, stage.get("kind") == "global_norm"
 
 
 def _clip_engaged(text: str, value: float) -> bool:
     return value > 0 if text.startswith("each element") else value < 1
 
 
-def _coefficients_differ(ref: Mapping[str, float], cand: Mapping[str, float]) -> bool:
+def _epsilon_explains(ref: Mapping[str, float], cand: Mapping[str, float]) -> bool:
+    """Whether torch's 1e-6 in the divisor accounts for clip coefficients that differ enough to
+    matter: by more than 1e-4 relative (a global norm below about 0.03), and by no more than
+    about 1e-6 / norm (the norm read back from the coefficient of the stage that clipped). At
+    the norms of most training the epsilon changes the coefficient by less than float32 noise
+    does, and is never named as a cause."""
+    from lossgraph.optim.clip import NORM_EPSILON
+
     a, b = list(ref.values()), list(cand.values())
-    return len(a) != len(b) or any(abs(x - y) > 1e-4 * max(abs(x), abs(y)) for x, y in zip(a, b))
+    if len(a) != len(b):
+        return False
+    for (text, x), y in zip(ref.items(), b):
+        limit = re.search(r"<= ([0-9.e+-]+)", text)
+        if not text.startswith("global") or limit is None or max(x, y) >= 1 or min(x, y) <= 0:
+            continue
+        relative = abs(x - y) / max(x, y)
+        norm = float(limit.group(1)) / min(x, y)
+        if 1e-4 < relative <= 3 * NORM_EPSILON / norm:
+            return True
+    return False
 
 
 def _clip_effect(text: str, value: float) -> str:

@@ -445,9 +445,25 @@ def compare_step(
         gradients=gradients,
         parameters=parameters,
         optimizer_state=state,
-        lr=compare_arrays(np.asarray(a.lr), np.asarray(b.lr), tol),
+        lr=compare_arrays(*_group_lrs(a.lr, b.lr), tol),
         conventions=conventions,
     )
+
+
+def _group_lrs(a: list[float], b: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides' learning rates, one per parameter group, made comparable where the ports
+    group the parameters otherwise (torch's no-decay group against Paddle's one group with
+    ``apply_decay_param_fun``): a single rate stands for every group of the other side; two
+    different groupings are compared by the rates they use."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape == y.shape:
+        return x, y
+    if x.size == 1 or y.size == 1:
+        return np.broadcast_arrays(x, y)
+    x, y = np.unique(x), np.unique(y)
+    if x.shape != y.shape:
+        x, y = np.array([x.min(), x.max()]), np.array([y.min(), y.max()])
+    return x, y
 
 
 def _has_ema(state: Mapping[tuple[str, str], np.ndarray], names: list[str]) -> bool:
