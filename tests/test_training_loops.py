@@ -49,3 +49,20 @@ def test_a_planted_loop_mistake_is_found(exported, reference, name):
     assert not result.passed and (divergence.step, divergence.phase) == (step, phase), divergence
     assert divergence.reference_node.startswith(node), divergence.reference_node
     assert said in (divergence.hint or ""), divergence.hint
+
+
+@pytest.mark.slow
+def test_the_gan_loop_of_discogan(exported):
+    """DiscoGAN as GANs train (training mode, both optimizers clipping, an EMA of the
+    generators): the port trains the same, and the EMA decay passed as 1 - decay is found at
+    the generator's first step (step 1: the schedule steps the discriminator first)."""
+    discogan = EXAMPLES / "discogan"
+    reference = exported(f"{discogan}/discogan_torch.py:spec_gan_loop")
+    result = lg.verify(reference, exported(f"{discogan}/discogan_paddle.py:spec_gan_loop"), grads=True, steps=2)
+    assert result.passed, result.first_divergence
+    result = lg.verify(reference, exported(f"{discogan}/discogan_paddle_planted.py:ema_decay_swapped"),
+                       grads=True, steps=2)
+    divergence = result.first_divergence
+    assert not result.passed and (divergence.step, divergence.phase) == (1, "update"), divergence
+    assert divergence.reference_node.endswith(":ema")
+    assert "gen decay 0.999 vs 0.001: one side passes 1 - decay" in (divergence.hint or "")

@@ -169,9 +169,13 @@ def build_model(hinge_margin: float = 1.0) -> DiscoGAN:
     return DiscoGAN(hinge_margin)
 
 
-def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False) -> lg.Spec:
+def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False, loop: bool = False,
+              ema_decay: float = 0.999) -> lg.Spec:
+    """``loop``: the GAN training loop of the seed, each optimizer clipping its gradients at a
+    global norm of 1.0 (``grad_clip``) and an EMA of the generators' weights."""
     gen_params = model.generator_A.parameters() + model.generator_B.parameters()
     dis_params = model.discriminator_A.parameters() + model.discriminator_B.parameters()
+    clip = paddle.nn.ClipGradByGlobalNorm(1.0) if loop else None
     return lg.Spec(
         model=model,
         loss=loss,
@@ -181,12 +185,13 @@ def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False) -> lg.Sp
         },
         optimizers={
             "dis": paddle.optimizer.Adam(2e-4, beta1=0.5, beta2=0.999, parameters=dis_params,
-                                         weight_decay=1e-5),
+                                         weight_decay=1e-5, grad_clip=clip),
             "gen": paddle.optimizer.Adam(2e-4, beta1=0.5, beta2=0.999, parameters=gen_params,
-                                         weight_decay=1e-5),
+                                         weight_decay=1e-5, grad_clip=clip),
         },
         schedule=[("dis_loss", "dis"), ("gen_loss", "gen")],
         train=train,
+        ema={"gen": lg.EMA(ema_decay)} if loop else None,
     )
 
 
@@ -198,3 +203,8 @@ def spec() -> lg.Spec:
 def spec_train() -> lg.Spec:
     """DiscoGAN in training mode (batch statistics; running statistics as graph outputs)."""
     return make_spec(build_model(), train=True)
+
+
+def spec_gan_loop() -> lg.Spec:
+    """DiscoGAN trained as GANs are: training mode, gradients clipped, an EMA of the generators."""
+    return make_spec(build_model(), train=True, loop=True)

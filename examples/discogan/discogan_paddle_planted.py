@@ -11,6 +11,8 @@ torch DiscoGAN must exit 1.
 - ``generators_swapped``: the port wires ``generator_A`` where the original uses
   ``generator_B``. At initialization both generators produce nearly the same images, so the
   forward losses agree within 6e-7: only gradients tell this one apart.
+- ``ema_decay_swapped``: the GAN training loop (``spec_gan_loop``) with its EMA decay passed as
+  ``1 - decay``.
 """
 
 from __future__ import annotations
@@ -69,3 +71,11 @@ def swapped_loss(model, A, B):
 def generators_swapped():
     paddle.seed(0)
     return make_spec(DiscoGAN(), loss=swapped_loss)
+
+
+def ema_decay_swapped():
+    """The GAN loop (``spec_gan_loop``) with the EMA's decay passed as the weight of the new
+    value: 0.001 where the original keeps 0.999 of the average."""
+    from discogan_paddle import build_model
+
+    return make_spec(build_model(), train=True, loop=True, ema_decay=0.001)

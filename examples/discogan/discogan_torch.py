@@ -155,8 +155,10 @@ def build_model(hinge_margin: float = HINGE_MARGIN) -> DiscoGAN:
     return DiscoGAN(hinge_margin)
 
 
-def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False) -> lg.Spec:
-    """The DiscoGAN spec around a given model (the planted-bug variants reuse it)."""
+def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False, loop: bool = False) -> lg.Spec:
+    """The DiscoGAN spec around a given model (the planted-bug variants reuse it); ``loop``: the
+    GAN training loop of the seed, both optimizers' gradients clipped at a global norm of 1.0
+    (``clip_grad_norm_`` before each step) and an EMA of the generators' weights (decay 0.999)."""
     gen_params = itertools.chain(model.generator_A.parameters(), model.generator_B.parameters())
     dis_params = itertools.chain(
         model.discriminator_A.parameters(), model.discriminator_B.parameters()
@@ -174,6 +176,8 @@ def make_spec(model: DiscoGAN, loss=discogan_loss, train: bool = False) -> lg.Sp
         },
         schedule=[("dis_loss", "dis"), ("gen_loss", "gen")],
         train=train,
+        clip=lg.ClipGradNorm(1.0) if loop else None,
+        ema={"gen": lg.EMA(0.999)} if loop else None,
     )
 
 
@@ -187,3 +191,8 @@ def spec_train() -> lg.Spec:
     """DiscoGAN in training mode: BatchNorm normalizes with batch statistics and updates its
     running statistics (exported as graph outputs)."""
     return make_spec(build_model(), train=True)
+
+
+def spec_gan_loop() -> lg.Spec:
+    """DiscoGAN trained as GANs are: training mode, gradients clipped, an EMA of the generators."""
+    return make_spec(build_model(), train=True, loop=True)
