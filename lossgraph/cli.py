@@ -12,13 +12,29 @@ import click
 from rich.console import Console
 
 from lossgraph import __version__
-from lossgraph.errors import LossgraphError
+from lossgraph.errors import LossgraphError, one_line
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
 
 
 EXIT_INTERRUPTED = 130
+
+
+class FilePath(click.Path):
+    """A file path option or argument: an empty one is bad usage (``--inputs ''`` used to fall
+    back to seeded inputs silently, ``--name-map ''`` to read the working directory). An
+    ``output`` is made absolute when given, so a spec that changes directory cannot move it."""
+
+    def __init__(self, *args: Any, output: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.output = output
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: give a file name.", param, ctx)
+        value = super().convert(value, param, ctx)
+        return os.path.abspath(value) if self.output and isinstance(value, str) else value
 
 
 class LossgraphGroup(click.Group):
@@ -41,6 +57,9 @@ class LossgraphGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt,
+                SystemExit):
+            raise
         except LossgraphError as exc:
             if ctx.meta.get("lossgraph.debug"):
                 traceback.print_exc()
@@ -52,6 +71,12 @@ class LossgraphGroup(click.Group):
                 traceback.print_exc()
             click.echo("Error: out of memory: the graphs, inputs or --steps are too large for this "
                        "machine.", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except BaseException as exc:  # noqa: BLE001 - what nothing else caught: one line, never a traceback
+            if ctx.meta.get("lossgraph.debug"):
+                traceback.print_exc()
+            click.echo(f"Error: lossgraph stopped on an error it does not handle: {type(exc).__name__}: "
+                       f"{one_line(exc)} (rerun with --debug for the traceback).", err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
 
@@ -80,7 +105,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command()
 @click.argument("target", metavar="FILE.py[:NAME]")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx graph.")
+@click.option("-o", "--output", required=True, type=FilePath(dir_okay=False, output=True), help="Where to write the .onnx graph.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the inputs used for the eager-vs-ONNX check.")
 def export(target: str, output: str, seed: int) -> None:
     """Export the Spec returned by NAME() (default: spec) in FILE.py to one ONNX graph.
@@ -100,13 +125,13 @@ def export(target: str, output: str, seed: int) -> None:
 
 
 @main.command()
-@click.argument("reference", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.argument("reference", type=FilePath(dir_okay=False))
+@click.argument("candidate", type=FilePath(dir_okay=False))
 @click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance (see the rule below).")
 @click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the generated inputs.")
-@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="An .npz file with every input, instead of seeded ones; an array with one more, leading axis gives each training step (each micro-batch of Spec.accumulate) its own value.")
-@click.option("--name-map", type=click.Path(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
+@click.option("--inputs", "inputs_file", type=FilePath(dir_okay=False), help="An .npz file with every input, instead of seeded ones; an array with one more, leading axis gives each training step (each micro-batch of Spec.accumulate) its own value.")
+@click.option("--name-map", type=FilePath(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
 @click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
@@ -116,8 +141,8 @@ def export(target: str, output: str, seed: int) -> None:
 @click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
 @click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
 @click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run).")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the JSON report here.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor).")
+@click.option("--json", "json_file", type=FilePath(dir_okay=False, output=True), help="Write the JSON report here.")
+@click.option("--html", "html_file", type=FilePath(dir_okay=False, output=True), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor).")
 def verify(
     reference: str,
     candidate: str,
@@ -195,8 +220,8 @@ def verify(
 
 
 @main.command()
-@click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False))
-@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+@click.argument("report_file", metavar="REPORT.json", type=FilePath(dir_okay=False))
+@click.option("--html", "html_file", required=True, type=FilePath(dir_okay=False, output=True), help="Where to write the HTML report.")
 def report(report_file: str, html_file: str) -> None:
     """Render a JSON report saved by `lossgraph verify --json` as one self-contained HTML file
     (opens offline: per-step difference plot, the divergence in the graph neighbourhood of both

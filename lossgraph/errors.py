@@ -28,11 +28,19 @@ class VerificationError(LossgraphError):
     """Two graphs cannot be compared (no shared parameters, NaN in outputs, bad inputs, ...)."""
 
 
+class GraphLoadError(VerificationError):
+    """ONNX Runtime could not load or run a graph (a broken or tampered file)."""
+
+
 class InternalError(Exception):
     """An invariant inside lossgraph does not hold: a bug, not bad input."""
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, shortened to ``limit`` characters."""
-    text = " ".join(str(exc).split())
+    """An exception's message on one line, shortened to ``limit`` characters (an exception whose
+    ``str()`` itself raises is named by its type)."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - user code's exception with a broken __str__
+        text = f"<{type(exc).__name__} whose message cannot be printed>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -40,7 +40,9 @@ def check_outputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | P
 
 
 def _check_output(path: Path, given: Any, sources: list[Path], seen: list[Path]) -> None:
-    """Raise OutputError when ``path`` cannot be written (see :func:`check_outputs`)."""
+    """Raise OutputError when ``path`` cannot be written (see :func:`check_outputs`); a symbolic
+    link is checked where it points (its target's folder must exist)."""
+    path = Path(os.path.realpath(path))
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise OutputError(f"Cannot write {given}: it is a folder.")

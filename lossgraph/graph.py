@@ -10,6 +10,7 @@ schedule. Nodes carry ``lossgraph.scope`` (module path), ``lossgraph.source`` (f
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -167,12 +168,69 @@ class GraphMeta:
         data["params"] = {k: ParamInfo(**v) for k, v in data["params"].items()}
         data["optimizers"] = {k: OptimizerInfo(**v) for k, v in data["optimizers"].items()}
         data["schedule"] = [tuple(e) for e in data["schedule"]]
-        return cls(**data)
+        meta = cls(**data)
+        check_training_values(meta)
+        return meta
 
 
 #: how JSON spells each Python type, for messages
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
                float: "a number", bool: "true or false", type(None): "null"}
+
+
+#: what a graph's tensor can be: trained (or frozen) parameter, or buffer
+PARAM_KINDS = ("parameter", "buffer")
+#: optimizer settings that are numbers wherever they appear (either framework's spelling)
+NUMERIC_HYPER = ("lr", "learning_rate", "eps", "epsilon", "momentum", "dampening", "beta1", "beta2",
+                 "coeff", "lr_ratio", "rescale_grad")
+
+
+def check_training_values(meta: GraphMeta) -> None:
+    """Raise ValueError naming the first training value the steps could not use: a parameter of
+    no known kind, an optimizer without parameter groups, a setting that is not a finite number
+    (an lr of NaN trains every parameter into NaN, and NaN equals NaN in a comparison), a
+    dropout rate or learning-rate schedule that is not numbers."""
+    for name, param in meta.params.items():
+        if param.kind not in PARAM_KINDS:
+            raise ValueError(f"params.{name}.kind must be one of {', '.join(PARAM_KINDS)}, got {param.kind!r}")
+    for name, info in meta.optimizers.items():
+        if not info.groups:
+            raise ValueError(f"optimizers.{name}.groups is empty: the optimizer trains nothing")
+        for index, group in enumerate(info.groups):
+            where = f"optimizers.{name}.groups[{index}]"
+            if not isinstance(group.get("params"), list):
+                raise ValueError(f"{where}.params must be a list of parameter names")
+            for key in NUMERIC_HYPER:
+                if key in group and group[key] is not None:
+                    _finite(group[key], f"{where}.{key}")
+            betas = group.get("betas")
+            if betas is not None:
+                if not isinstance(betas, list) or len(betas) != 2:
+                    raise ValueError(f"{where}.betas must be a list of 2 numbers, got {betas!r}")
+                for k, beta in enumerate(betas):
+                    _finite(beta, f"{where}.betas[{k}]")
+            decay = group.get("weight_decay")
+            if isinstance(decay, dict):
+                for kind, value in decay.items():
+                    _finite(value, f"{where}.weight_decay.{kind}")
+            elif decay is not None:
+                _finite(decay, f"{where}.weight_decay")
+    for name, schedule in meta.lr_schedulers.items():
+        lrs = schedule.get("lrs") if isinstance(schedule, dict) else None
+        if not isinstance(lrs, list) or not lrs:
+            raise ValueError(f"lr_schedulers.{name}.lrs must be a non-empty list of learning rates per step")
+        for step, rates in enumerate(lrs):
+            for k, rate in enumerate(rates if isinstance(rates, list) else [rates]):
+                _finite(rate, f"lr_schedulers.{name}.lrs[{step}][{k}]")
+    for index, call in enumerate(meta.dropout):
+        for key in ("p", "scale"):
+            if key in call:
+                _finite(call[key], f"dropout[{index}].{key}")
+
+
+def _finite(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
 
 
 def check_fields(cls: type, data: Any, where: str) -> None:
@@ -283,6 +341,8 @@ class LossGraph:
             meta = GraphMeta.from_json(props[META_KEY])
         except (KeyError, TypeError, ValueError, AttributeError, SpecError) as exc:
             raise VerificationError(f"{path} has broken lossgraph metadata ({exc}).") from None
+        except RecursionError:
+            raise VerificationError(f"{path} has broken lossgraph metadata (nested too deeply).") from None
         invalid = invalid_windows(model.graph)
         if invalid:
             raise VerificationError(

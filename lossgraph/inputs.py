@@ -208,11 +208,7 @@ def _outside_range(value: np.ndarray, spec: Input) -> str | None:
     if value.size == 0:
         return None
     if spec.choices is not None:
-        try:
-            allowed = np.asarray(spec.choices, dtype=value.dtype)
-        except (OverflowError, ValueError, TypeError):  # a choice the dtype cannot hold
-            allowed = np.asarray(spec.choices)
-        bad = value[~np.isin(value, allowed)]
+        bad = value[~np.isin(value, np.asarray(spec.choices, dtype=value.dtype))]  # choices fit (Input)
         return f"{bad.flat[0].item()!r}, not one of its choices {list(spec.choices)}" if bad.size else None
     if np.issubdtype(value.dtype, np.integer) and (spec.low is not None or spec.high is not None):
         low = spec.low if spec.low is not None else 0  # the declared range is [0, high)

@@ -23,6 +23,8 @@ from lossgraph.errors import SpecError, one_line
 INPUT_DTYPES = ("float32", "float64", "int32", "int64", "bool")
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")
+#: the values each integer dtype holds
+INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 #: Frameworks lossgraph can export, detected from the model's class hierarchy.
 FRAMEWORKS = {"torch": ("torch.nn", "Module"), "paddle": ("paddle.nn", "Layer")}
@@ -67,11 +69,18 @@ class Input:
                 raise SpecError(
                     f"Integer input needs integer low < high; got low={low!r}, high={self.high!r}."
                 )
+            smallest, largest = INT_RANGES[self.dtype]
+            if low < smallest or self.high - 1 > largest:
+                raise SpecError(
+                    f"Integer input [{low}, {self.high}) does not fit its dtype {self.dtype} "
+                    f"([{smallest}, {largest}]); the values would wrap around."
+                )
         elif self.dtype in FLOAT_DTYPES and (self.low is not None or self.high is not None):
             low, high = self.uniform_range
-            if not (_is_finite(low) and _is_finite(high) and low < high):
+            if not (_is_finite(low) and _is_finite(high) and low < high and math.isfinite(high - low)):
                 raise SpecError(
-                    f"Float input needs finite low < high; got low={self.low!r}, high={self.high!r}."
+                    f"Float input needs finite low < high (and a finite high - low); got low={self.low!r}, "
+                    f"high={self.high!r}."
                 )
         elif self.dtype == "bool" and (self.low is not None or self.high is not None):
             raise SpecError("A bool input takes no low/high.")
@@ -89,6 +98,11 @@ class Input:
             raise SpecError("An input takes either choices= or low=/high=, not both.")
         if self.dtype in INT_DTYPES and not all(_is_int(c) for c in choices):
             raise SpecError(f"Integer input choices must be integers, got {list(choices)!r}.")
+        if self.dtype in INT_DTYPES:
+            smallest, largest = INT_RANGES[self.dtype]
+            outside = [c for c in choices if not smallest <= c <= largest]
+            if outside:
+                raise SpecError(f"Input choice {outside[0]} does not fit its dtype {self.dtype}; it would wrap around.")
         object.__setattr__(self, "choices", tuple(choices))
 
     @property

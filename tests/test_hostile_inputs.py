@@ -43,6 +43,17 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+def export_refused(tmp_path, source: str) -> str:
+    """Export a spec written from ``source``: it must be refused (exit 2, nothing written);
+    returns the one error line."""
+    path = tmp_path / "refused.py"
+    path.write_text(__import__("textwrap").dedent(source))
+    out = tmp_path / "refused.onnx"
+    result = run("export", path, "-o", out)
+    assert result.exit_code == 2 and not out.exists()
+    return one_error_line(result)
+
+
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -157,6 +168,16 @@ def test_a_graph_compared_with_itself_is_said(graph):
     ("params", {"weight": {"shape": "3", "dtype": "float32", "trainable": True}}, "params.weight.shape"),
     ("schedule", [["loss"]], "schedule[0] must be a list of 2"),
     ("surprise", 1, "surprise is not a field"),
+    ("optimizers", {"opt": {"cls": "SGD", "framework": "torch", "groups": [{"params": ["weight"], "lr": "fast"}]}},
+     "optimizers.opt.groups[0].lr must be a finite number, got 'fast'"),
+    ("optimizers", {"opt": {"cls": "SGD", "framework": "torch", "groups": [{"params": ["weight"], "lr": float("nan")}]}},
+     "optimizers.opt.groups[0].lr must be a finite number, got nan"),
+    ("optimizers", {"opt": {"cls": "Adam", "framework": "torch", "groups": [{"params": ["weight"], "betas": "x"}]}},
+     "optimizers.opt.groups[0].betas must be a list of 2 numbers"),
+    ("optimizers", {"opt": {"cls": "SGD", "framework": "torch", "groups": []}}, "optimizers.opt.groups is empty"),
+    ("lr_schedulers", {"opt": {"lrs": [["x"]]}}, "lr_schedulers.opt.lrs[0][0] must be a finite number"),
+    ("lr_schedulers", {"opt": {}}, "lr_schedulers.opt.lrs must be a non-empty list"),
+    ("dropout", [{"p": "half", "scale": 2.0}], "dropout[0].p must be a finite number"),
 ])
 def test_tampered_metadata_names_the_field(graph, tmp_path, field, value, said):
     import json
@@ -229,17 +250,19 @@ def test_labels_out_of_range_in_an_inputs_file_are_named(tmp_path, label, said):
     assert result.exit_code == 2 and "'y'" in (line := one_error_line(result)) and said in line
 
 
-def test_choices_the_dtype_cannot_hold_are_still_checked():
-    """A declared choice outside the input's dtype (an int32 input, a choice of 2**40) is no
-    OverflowError: the values are checked against the choices as given."""
-    import numpy as np
-
-    from lossgraph.inputs import _outside_range
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"dtype": "int32", "high": 2**40}, "does not fit its dtype int32"),
+    ({"dtype": "int32", "choices": [1, 2, 2**40]}, "Input choice 1099511627776 does not fit its dtype int32"),
+    ({"low": -1e308, "high": 1e308}, "a finite high - low"),
+])
+def test_inputs_whose_values_would_wrap_or_overflow_are_refused(fields, said):
+    """An int32 input drawn from [0, 2**40) wrapped to negative values, choices beyond the dtype
+    to values that are no choice, a float range of 2e308 overflowed: each is refused at once."""
+    from lossgraph.errors import SpecError
     from lossgraph.spec import Input
 
-    spec = Input([3], dtype="int32", choices=[1, 2, 2**40])
-    assert _outside_range(np.array([1, 2, 1], np.int32), spec) is None
-    assert "7, not one of its choices" in _outside_range(np.array([1, 7, 2], np.int32), spec)
+    with pytest.raises(SpecError, match=said.replace("(", r"\(")):
+        Input([3], **fields)
 
 
 def test_the_memory_estimate_counts_the_64_bit_draw(monkeypatch):
@@ -257,11 +280,8 @@ def test_the_memory_estimate_counts_the_64_bit_draw(monkeypatch):
 
 
 def test_inputs_too_large_for_the_machine_are_refused_before_allocating(tmp_path):
-    spec = tmp_path / "huge.py"
-    spec.write_text(__import__("textwrap").dedent(SPEC.format(top="", body="pass").replace(
-        "lg.Input([4, 3])", "lg.Input([400000, 400000, 3])")))
-    result = run("export", spec, "-o", tmp_path / "huge.onnx")
-    assert result.exit_code == 2 and "GiB" in one_error_line(result)
+    assert "GiB" in export_refused(tmp_path, SPEC.format(top="", body="pass").replace(
+        "lg.Input([4, 3])", "lg.Input([400000, 400000, 3])"))
 
 
 def test_an_input_named_like_a_parameter_is_named_at_export(tmp_path):
@@ -363,9 +383,16 @@ def _graph_files(folder, graph):
     (["{graph}", "{graph}", "--name-map", "{not_json}"], "not valid JSON"),
     (["{graph}", "{graph}", "--name-map", "{list_map}"], "must be a JSON object"),
     (["{graph}", "{graph}", "--name-map", "{bad_entry}"], "entry 'weight' must be"),
+    (["{graph}", "{graph}", "--name-map", "{typo_entry}"], "entry 'weight' has key 'tranpose'"),
+    (["{graph}", "{graph}", "--name-map", "{deep_map}"], "nested too deeply"),
+    (["{graph}", "{graph}", "--name-map", ""], "is empty"),
+    (["{graph}", "{graph}", "--inputs", ""], "is empty"),
+    (["{graph}", "{graph}", "--json", ""], "is empty"),
+    (["{graph}", "{broken}"], "The candidate graph ("),
 ])
 def test_bad_verify_inputs_are_one_line(graph, tmp_path, args, said):
     import numpy as np
+    import onnx
 
     _graph_files(tmp_path, graph)
     np.savez(tmp_path / "wrong_dtype.npz", x=np.zeros((4, 3), np.float64))
@@ -374,6 +401,11 @@ def test_bad_verify_inputs_are_one_line(graph, tmp_path, args, said):
     (tmp_path / "not_json.json").write_text("{")
     (tmp_path / "list_map.json").write_text("[1, 2]")
     (tmp_path / "bad_entry.json").write_text('{"weight": 3}')
+    (tmp_path / "typo_entry.json").write_text('{"weight": {"name": "weight", "tranpose": true}}')
+    (tmp_path / "deep_map.json").write_text("[" * 100000 + "]" * 100000)
+    model = onnx.load(str(graph))
+    del model.graph.node[:]  # a tampered graph ONNX Runtime cannot load
+    onnx.save(model, str(tmp_path / "broken.onnx"))
     names = {p.stem: p for p in tmp_path.iterdir()} | {"graph": graph, "missing": tmp_path / "no.onnx"}
     result = run("verify", *[a.format(**names) for a in args])
     assert result.exit_code == 2 and said in one_error_line(result)
@@ -423,3 +455,86 @@ def test_two_runs_at_once_give_the_same_complete_reports(graph, tmp_path):
         assert process.returncode == 0, err
     assert digest(own) == digest(alone) == digest(shared)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.json", "own.json", "shared.json"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_report_with_a_non_finite_difference_renders(graph, tmp_path, value):
+    """One side's loss NaN or Inf is a divergence of size inf: its report renders (the point
+    drawn at the top of the plot), and so does a saved report whose tolerance is infinite."""
+    import json
+
+    report = tmp_path / "r.json"
+    assert run("verify", graph, graph, "--steps", "2", "--json", report).exit_code == 0
+    data = json.loads(report.read_text())
+    data["steps"][1]["losses"]["loss"].update(candidate=value, abs_diff=value)
+    data["steps"][1]["parameters"]["weight"]["max_abs_diff"] = value
+    data["tolerance"]["atol"] = float("inf")
+    report.write_text(json.dumps(data))
+    out = tmp_path / "r.html"
+    result = run("report", report, "--html", out)
+    assert result.exit_code == 0, result.output
+    assert "<svg" in out.read_text()
+
+
+def test_deeply_nested_metadata_is_one_line(graph, tmp_path):
+    import onnx
+
+    from lossgraph.graph import META_KEY
+
+    model = onnx.load(str(graph))
+    entry = next(p for p in model.metadata_props if p.key == META_KEY)
+    entry.value = "[" * 100000 + "]" * 100000
+    onnx.save(model, str(tmp_path / "deep.onnx"))
+    result = run("verify", tmp_path / "deep.onnx", graph)
+    assert result.exit_code == 2 and "nested too deeply" in one_error_line(result)
+
+
+@pytest.mark.parametrize(("top", "body", "said"), [
+    ("class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError('no')", "raise Odd()",
+     "Odd whose message cannot be printed"),
+    ("", "raise GeneratorExit('ge')", "GeneratorExit: ge"),
+])
+def test_whatever_a_spec_raises_is_one_line(tmp_path, top, body, said):
+    path = tmp_path / "odd.py"
+    path.write_text(__import__("textwrap").dedent(SPEC.format(top=top.replace("\n", "\n    "), body=body)))
+    out = tmp_path / "odd.onnx"
+    result = run("export", path, "-o", out)
+    assert result.exit_code == 2 and said in one_error_line(result)
+    assert not out.exists()
+
+
+def test_a_loss_named_like_an_input_is_refused(tmp_path):
+    assert "loss 'x' has the name of an input" in export_refused(tmp_path, SPEC.format(top="", body="pass").replace(
+        "loss=lambda m, x: (m(x) ** 2).mean()", "loss=lambda m, x: {'x': (m(x) ** 2).mean()}"))
+
+
+NAN_LR = """
+    import torch
+    import lossgraph as lg
+
+    def spec():
+        m = torch.nn.Linear(3, 2)
+        return lg.Spec(model=m, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([4, 3])},
+                       optimizers={"sgd": torch.optim.SGD(m.parameters(), lr=float("nan"))})
+"""
+
+
+def test_an_nan_learning_rate_is_refused_at_export(tmp_path):
+    """lr=NaN trained every parameter into NaN, and NaN against NaN compared as no difference."""
+    assert "optimizers.sgd.groups[0].lr must be a finite number" in export_refused(tmp_path, NAN_LR)
+
+
+def test_an_output_stays_where_it_was_asked_for_when_the_spec_changes_directory(tmp_path):
+    """-o is resolved before the spec runs: a spec that calls os.chdir() does not move it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = tmp_path / "moving.py"
+    path.write_text(__import__("textwrap").dedent(SPEC.format(top="import os", body=f"os.chdir({str(elsewhere)!r})")))
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = run("export", path, "-o", "out.onnx")
+    finally:
+        os.chdir(here)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.onnx").exists() and not (elsewhere / "out.onnx").exists()

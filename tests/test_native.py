@@ -61,7 +61,7 @@ def linear(tmp_path_factory):
 
 
 def _fake_run(params: dict[str, np.ndarray], steps: int):
-    outcome = SimpleNamespace(losses={"loss": 1.0}, params=params)
+    outcome = SimpleNamespace(losses={"loss": 1.0}, params=params, opt_state={})
     return SimpleNamespace(outcomes=[outcome] * steps)
 
 
@@ -72,7 +72,7 @@ def test_failing_parameter_diffs_are_reported():
     native = [NativeStep({"loss": 1.0}, {"w": np.full((2, 2), 1e-3), "b": np.full(2, 2e-3)})]
     options = VerifyOptions(steps=1, native=True,
                             native_runner=lambda *args, **kwargs: native)
-    graph = SimpleNamespace(meta=SimpleNamespace(inputs={"x": lg.Input([1])}))
+    graph = SimpleNamespace(meta=SimpleNamespace(inputs={"x": lg.Input([1])}, accumulate=1))
     (diff,) = native_diffs(graph, ours, _fake_run(ours, 1), options, Tolerance(TOL))
     assert diff.parameters.max_abs_diff == pytest.approx(2e-3)
     assert not diff.parameters.passed and diff.worst_parameter == "b"

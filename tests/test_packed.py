@@ -80,7 +80,10 @@ def test_name_map_slices_pair_what_no_rule_finds(cli, graphs, tmp_path):
     ([{"name": "self_attn.q_proj.weight"}], "needs exactly one of 'rows' or 'cols'"),
     ([{"name": "self_attn.q_proj.weight", "rows": [8, 0]}], "must be \\[start, stop\\]"),
     ([{"name": "self_attn.q_proj.weight", "rows": [0, 8]},
-      {"name": "self_attn.k_proj.weight", "rows": [8, 16]}], "shape mismatch: self_attn.in_proj_weight"),
+      {"name": "self_attn.k_proj.weight", "rows": [8, 16]}], "slices of 'self_attn.in_proj_weight' \\(0-8, 8-16 "
+                                                           "along axis 0\\) must cover its 24 rows"),
+    ([{"name": "self_attn.q_proj.weight", "rows": [0, 8]},
+      {"name": "self_attn.k_proj.weight", "rows": [8, 99]}], "runs past the reference's 'self_attn.in_proj_weight'"),
 ])
 def test_bad_name_map_slices_are_one_line(cli, graphs, tmp_path, entry, message):
     path = tmp_path / "map.json"

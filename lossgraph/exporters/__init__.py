@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from lossgraph.errors import ExportError
+from lossgraph.errors import ExportError, LossgraphError, one_line
 from lossgraph.graph import LossGraph
 from lossgraph.spec import Spec, load_spec
 
@@ -25,14 +25,14 @@ def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAU
         spec = load_spec(spec)
     else:
         spec.validate()
-    clash = [name for name in spec.inputs if name in spec.model.state_dict()]
-    if clash:
-        raise ExportError(
-            f"{spec.source or 'the spec'}: input {clash[0]!r} has the name of a parameter or buffer "
-            f"of the model; the graph names its inputs and parameters alike, so rename the input "
-            f"(in Spec.inputs and the loss function's arguments)."
-        )
     try:
+        clash = [name for name in spec.inputs if name in spec.model.state_dict()]
+        if clash:
+            raise ExportError(
+                f"{spec.source or 'the spec'}: input {clash[0]!r} has the name of a parameter or buffer "
+                f"of the model; the graph names its inputs and parameters alike, so rename the input "
+                f"(in Spec.inputs and the loss function's arguments)."
+            )
         if spec.framework == "torch":
             from lossgraph.exporters.torch import export_torch
 
@@ -46,6 +46,12 @@ def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAU
         raise ExportError(
             f"{spec.source or 'the spec'}: the model or loss called sys.exit({exc.code!r}) while "
             f"it was run for the export."
+        ) from exc
+    except (LossgraphError, KeyboardInterrupt, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's model, loss or state_dict, run here
+        raise ExportError(
+            f"Exporting {spec.source or 'the spec'} failed: {type(exc).__name__}: {one_line(exc)}"
         ) from exc
     if output is not None:
         graph.save(output)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lossgraph.errors import ExportError, SpecError, one_line
-from lossgraph.graph import GraphMeta, LossGraph, OptimizerInfo, ParamInfo
+from lossgraph.graph import GraphMeta, LossGraph, OptimizerInfo, ParamInfo, check_training_values
 from lossgraph.spec import Spec, normalize_losses, parse_target
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
@@ -401,6 +401,12 @@ def finish_export(
     carry_custom_vjps(proto, custom_backward, feeds=inputs)
     proto = expand_grad_markers(proto, feeds=inputs)
     names = list(eager)
+    clash = [name for name in names if name in spec.inputs]
+    if clash:
+        raise ExportError(
+            f"{spec.source or 'the spec'}: loss {clash[0]!r} has the name of an input; the graph names "
+            f"its inputs and outputs alike, so rename the loss (the key of the loss function's dict)."
+        )
     meta = GraphMeta(
         framework=framework,
         losses=names,
@@ -418,6 +424,10 @@ def finish_export(
         dropout=[c.to_dict() for c in training.dropouts] if training else [],
         batch_norm=dict(training.batch_norm) if training else {},
     )
+    try:
+        check_training_values(meta)  # an lr of NaN, say: refused here, not at every verify
+    except ValueError as exc:
+        raise ExportError(f"{spec.source or 'the spec'}: {exc}.") from None
     graph = LossGraph(model=proto, meta=meta)
     eager_state = {**(training.state if training else {}), **(rewritten or {})}
     record_eager_check(graph, eager, inputs, seed, eager_state, eager_taps)

@@ -307,6 +307,8 @@ def _run_exporter(spec: Spec, wrapper: Any, args: tuple[Any, ...], input_names: 
             )
     except Exception as exc:
         refused = _innermost(exc)
+        if isinstance(refused, KeyboardInterrupt):  # Ctrl-C, wrapped by the exporter
+            raise KeyboardInterrupt from None
         if isinstance(refused, ExportError):  # one of lossgraph's stand-ins refused: its own message
             raise ExportError(f"{spec.source or 'the spec'}: {one_line(refused)}") from exc
         raise ExportError(

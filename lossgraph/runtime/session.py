@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lossgraph.errors import UnsupportedOpError, VerificationError
+from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
 from lossgraph.graph import live_nodes
 from lossgraph.runtime.conv_transpose import lower_conv_transposes
 from lossgraph.runtime.nchwc import lower_convs
@@ -241,7 +241,7 @@ class OrtRunner:
         try:
             values = dict(zip(fetched, self.session.run(fetched, feed)))
         except Exception as exc:
-            raise VerificationError(f"ONNX Runtime failed: {_first_line(exc)}") from None
+            raise GraphLoadError(f"ONNX Runtime failed: {_first_line(exc)}") from None
         return {
             n: _as_view(values[self.views[n][0]], self.views[n][1]) if n in self.views else values[n]
             for n in names
@@ -284,7 +284,7 @@ def _session_error(exc: Exception) -> Exception:
             f"ONNX Runtime has no kernel for op {match.group(1)} (opset {match.group(2)}) at node "
             f"{match.group(3)!r} with these input types."
         )
-    return VerificationError(f"ONNX Runtime could not load the graph: {text}")
+    return GraphLoadError(f"ONNX Runtime could not load the graph: {text}")
 
 
 def _first_line(exc: Exception) -> str:

@@ -189,6 +189,10 @@ def load_name_map(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VerificationError(f"Name map {path} is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise VerificationError(f"Name map {path} is nested too deeply to be a name map.") from None
+    except OSError as exc:
+        raise VerificationError(f"Name map {path} cannot be read ({type(exc).__name__}).") from None
     return normalize_name_map(data, f"Name map {path}")
 
 
@@ -197,6 +201,10 @@ NAME_MAP_GRAMMAR = (
     '{"name": ..., "rows"|"cols": [start, stop]}, or a packed reference as a list of its slices '
     '[{"name": ..., "rows"|"cols": [start, stop]}, ...]'
 )
+
+
+#: what a name-map entry may say
+NAME_MAP_KEYS = ("name", "transpose", "rows", "cols")
 
 
 def normalize_name_map(data: Any, where: str = "Name map") -> dict[str, Any]:
@@ -221,6 +229,12 @@ def _name_map_entry(entry: Any, ref: str, where: str, sliced: bool) -> dict[str,
     if not (isinstance(entry, Mapping) and isinstance(entry.get("name"), str)):
         raise VerificationError(f"{where}: entry {ref!r} must be {NAME_MAP_GRAMMAR}; got {entry!r}.")
     entry = dict(entry)
+    unknown = [key for key in entry if key not in NAME_MAP_KEYS]
+    if unknown:  # a typo ("tranpose") must not be ignored silently
+        raise VerificationError(
+            f"{where}: entry {ref!r} has key {unknown[0]!r}, which a name map does not take "
+            f"(keys: {', '.join(NAME_MAP_KEYS)})."
+        )
     if not isinstance(entry.get("transpose", False), bool):
         raise VerificationError(f"{where}: 'transpose' of {ref!r} must be true or false.")
     ranges = [key for key in ("rows", "cols") if key in entry]
@@ -306,11 +320,41 @@ def _mapped_pair(
         else:
             transform = layouts.transform(ref_name, name)
         parts.append(Part(name, tuple(item.get("rows", (0, 0))), transform, item.get("axis", 0)))
+        if "rows" in item and not isinstance(entry, list):  # a slice of the packed candidate
+            _check_slice(name, cand_params[name].shape, item, "candidate")
     if isinstance(entry, list):
+        shape = ref_params[ref_name].shape
+        for item in entry:
+            _check_slice(ref_name, shape, item, "reference")
+        axis = entry[0]["axis"]
+        covered = sorted(item["rows"] for item in entry)
+        ends = [0] + [stop for _, stop in covered]
+        if any(item["axis"] != axis for item in entry) or [start for start, _ in covered] != ends[:-1] \
+                or ends[-1] != shape[axis]:
+            raise VerificationError(
+                f"Name map: the slices of {ref_name!r} ({', '.join(f'{a}-{b}' for a, b in covered)} along "
+                f"axis {axis}) must cover its {shape[axis]} {'rows' if axis == 0 else 'columns'} once each, "
+                f"without gaps or overlaps."
+            )
         return ParamPair.split(ref_name, parts, "map")
     if "rows" in entry:
         return ParamPair.slice_of(ref_name, parts[0], "map")
     return ParamPair(ref_name, parts[0].name, parts[0].transform, "map")
+
+
+def _check_slice(name: str, shape: list[int], item: Mapping[str, Any], side: str) -> None:
+    """A ``rows``/``cols`` slice lies inside the packed parameter it slices."""
+    axis, (start, stop) = item["axis"], item["rows"]
+    what = "rows" if axis == 0 else "cols"
+    if axis >= len(shape):
+        raise VerificationError(
+            f"Name map: {what!r} slices axis {axis} of the {side}'s {name!r}, which has shape {list(shape)}."
+        )
+    if stop > shape[axis]:
+        raise VerificationError(
+            f"Name map: {what!r} [{start}, {stop}] runs past the {side}'s {name!r}, which has "
+            f"{shape[axis]} along axis {axis} (shape {list(shape)})."
+        )
 
 
 #: Attribute spellings that mean the same thing in torch and Paddle.

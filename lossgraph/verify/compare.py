@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lossgraph.errors import UnsupportedOpError, VerificationError
+from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
 
 TOLERANCE_RULE = "|candidate - reference| <= tol + rtol * |reference|, element-wise"
 
@@ -134,6 +134,6 @@ def on_side(side: str, path: str) -> Iterator[None]:
     in every mode alike (``--grads``, ``--steps``, localization)."""
     try:
         yield
-    except UnsupportedOpError as error:
+    except (UnsupportedOpError, GraphLoadError) as error:
         where = f"The {side} graph ({path})" if path else f"The {side} graph"
-        raise UnsupportedOpError(f"{where}: {error}") from error
+        raise type(error)(f"{where}: {error}") from error

@@ -782,10 +782,11 @@ def _run_losses(
     options: VerifyOptions,
     side: str,
 ) -> dict[str, np.ndarray]:
-    runner = OrtRunner(graph.model, fed=params, device=options.device)
     dtype = "float64" if any(np.asarray(v).dtype == np.float64 for v in params.values()) else "float32"
     feeds = {**_with_masks(inputs, graph, options.seed, 0, dtype), **params}
-    return runner.run(feeds, outputs=graph.meta.losses)
+    with on_side(side, graph.path):
+        runner = OrtRunner(graph.model, fed=params, device=options.device)
+        return runner.run(feeds, outputs=graph.meta.losses)
 
 
 def _graph_info(graph: LossGraph) -> GraphInfo:

@@ -568,6 +568,8 @@ def read_report(path: str | Path) -> dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VerificationError(f"{str(path)!r} is not a JSON file: {exc}.") from None
+    except RecursionError:
+        raise VerificationError(f"{str(path)!r} is nested too deeply to be a lossgraph report.") from None
     missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or k not in report]
     if missing:
         raise VerificationError(
@@ -708,8 +710,10 @@ def step_series(steps: list[Mapping[str, Any]]) -> dict[str, list[float | None]]
 def _svg_step_plot(steps: list[Mapping[str, Any]], tol: float) -> str:
     """A logarithmic line plot of the largest difference per step, with the tolerance."""
     series = step_series(steps)
+    tol = tol if math.isfinite(tol) else 0.0
     width, height, left, right, top, bottom = 720, 300, 64, 150, 16, 40
-    every = [v for values in series.values() for v in values if v] + ([tol] if tol > 0 else [])
+    # NaN and Inf (one side's loss is not finite) are drawn at the top, their value in the title
+    every = [v for values in series.values() for v in values if v and math.isfinite(v)] + ([tol] if tol > 0 else [])
     lo = math.floor(math.log10(max(min(every, default=PLOT_FLOOR), PLOT_FLOOR)))
     hi = max(math.ceil(math.log10(max(every, default=1.0))), lo + 1)
     zeros = any(v == 0 for values in series.values() for v in values)
@@ -720,6 +724,8 @@ def _svg_step_plot(steps: list[Mapping[str, Any]], tol: float) -> str:
         return left + (i + 0.5) * (width - left - right) / count
 
     def y(v: float | None) -> float:
+        if v is not None and not math.isfinite(v):
+            return float(top)
         value = math.log10(v) if v else bottom_decade
         return top + (hi - value) * (height - top - bottom) / (hi - bottom_decade)
 

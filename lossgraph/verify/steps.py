@@ -158,12 +158,12 @@ class Trainer:
         if loss not in self._runners:
             with on_side(self.side, self.graph.path):
                 result = build_gradients(self.graph.model, loss, self.trainable)
-            # float64 graphs (noise floor) are several times larger: one session at a time
-            if self.dtype != "float32":
-                self._runners.clear()
-            runner = OrtRunner(
-                result.model, fed=self.params, device=self.device, arena=self.dtype == "float32"
-            )
+                # float64 graphs (noise floor) are several times larger: one session at a time
+                if self.dtype != "float32":
+                    self._runners.clear()
+                runner = OrtRunner(
+                    result.model, fed=self.params, device=self.device, arena=self.dtype == "float32"
+                )
             self._runners[loss] = (runner, result.grads)
         return self._runners[loss]
 
@@ -203,7 +203,8 @@ class Trainer:
             masks = dropout_feeds(meta.dropout, self.seed, mask_index(meta, index, micro), np.dtype(self.dtype))
             feeds = {**inputs_for(index, micro), **masks, **self.params}
             outputs = [*meta.losses, *meta.state_outputs, *[g for g in grad_names.values() if g]]
-            values = runner.run(feeds, outputs=outputs)
+            with on_side(self.side, self.graph.path):
+                values = runner.run(feeds, outputs=outputs)
             for name in meta.losses:
                 losses[name] += float(values[name])
             for output, buffer in meta.state_outputs.items():
