@@ -115,7 +115,7 @@ STEP_OVERHEAD_BYTES = 64 * 1024
 #: was measured), and how many runs keep them at once (float32; the float64 noise floor, at
 #: twice the size; --native's eager parameters)
 STEP_COPIES = 4
-RUNS_WEIGHT = {"float32": 1, "float64": 2, "native": 1}
+RUNS_WEIGHT = {"float32": 1, "native": 1}
 
 
 def check_steps_fit(setup: Setup, options: VerifyOptions) -> None:
@@ -128,8 +128,9 @@ def check_steps_fit(setup: Setup, options: VerifyOptions) -> None:
         return
     values = sum(v.nbytes for v in setup.ref_params.values()) + sum(
         v.nbytes for v in setup.cand_params.values())
-    weight = (RUNS_WEIGHT["float32"] + RUNS_WEIGHT["float64"] * options.noise_floor
-              + RUNS_WEIGHT["native"] * options.native)
+    # the float64 re-run is made only when something exceeds the tolerance, so it is not counted
+    # up front: counting it refused VGG11 --steps 3 (34.5 GiB estimated) on a machine that runs it
+    weight = RUNS_WEIGHT["float32"] + RUNS_WEIGHT["native"] * options.native
     per_step = weight * (STEP_COPIES * values + 2 * STEP_OVERHEAD_BYTES)
     available = available_memory()
     if available is None or options.steps * per_step <= available:
