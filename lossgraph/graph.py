@@ -138,6 +138,9 @@ class GraphMeta:
     accumulate: int = 1
     #: whether the loop clears gradients after each step (``Spec.clear_grads``)
     clear_grads: bool = True
+    #: mixed precision (``torch.autocast``): the low element types the model computes in, each
+    #: with the number of values rounded to it (``lossgraph.runtime.precision``); empty: float32
+    low_precision: dict[str, int] = field(default_factory=dict)
     eager: dict[str, Any] = field(default_factory=dict)
     #: training mode: graph output name -> buffer it updates (BatchNorm running statistics)
     state_outputs: dict[str, str] = field(default_factory=dict)

@@ -43,6 +43,10 @@ _DTYPE_ATTRS = {
     "HammingWindow": "output_datatype",
     "MelWeightMatrix": "output_datatype",
 }
+#: element types that become float64: float32, and the low types of emulated mixed precision
+#: (``lossgraph.runtime.precision``: a cast to bfloat16 or float16 is a rounding step, which a
+#: float64 run leaves out, so a difference that mixed precision makes shows as rounding)
+_TO_FLOAT64 = (_F32, TensorProto.BFLOAT16, TensorProto.FLOAT16)
 _FLOAT_BY_DEFAULT = {
     "RandomNormal", "RandomUniform", "SequenceEmpty", "BlackmanWindow", "HannWindow",
     "HammingWindow", "MelWeightMatrix",
@@ -266,7 +270,7 @@ class _Converter:
         dtype_attr = _DTYPE_ATTRS.get(node.op_type)
         if dtype_attr is not None:
             found = [a for a in node.attribute if a.name == dtype_attr]
-            if found and found[0].i == _F32:
+            if found and found[0].i in _TO_FLOAT64:
                 found[0].i = _F64
             elif not found and node.op_type in _FLOAT_BY_DEFAULT:
                 node.attribute.append(onnx.helper.make_attribute(dtype_attr, _F64))

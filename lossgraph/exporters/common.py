@@ -183,7 +183,8 @@ def record_eager_check(
             raise ExportError(
                 f"The exported graph updates buffer {buffer!r} differently from "
                 f"{graph.framework} eager (max |diff| {np.abs(got - expected).max():.3g})"
-                + "".join(f"; {t}" for t in _parting(graph, feeds, eager_taps, output) if t) + "."
+                + "".join(f"; {t}" for t in (_low_precision_cause(graph), *_parting(graph, feeds, eager_taps, output))
+                          if t) + "."
             )
     ort = {name: float(np.asarray(ort_values[name]).reshape(())) for name in graph.meta.losses}
     graph.meta.eager = {
@@ -200,7 +201,7 @@ def record_eager_check(
             )
         if not abs(expected - got) <= EAGER_MISMATCH * max(1.0, abs(expected)):
             where, quirk = _parting(graph, feeds, eager_taps, name)
-            cause = quirk or (
+            cause = quirk or _low_precision_cause(graph) or (
                 "the exporter mistranslated an op of this loss, or a kernel differs beyond "
                 "rounding on these inputs (e.g. a sigmoid saturated to exactly 1 in one runtime "
                 "only)"
@@ -210,6 +211,19 @@ def record_eager_check(
                 f"{graph.framework} eager gives {expected:.9g}: {cause}"
                 + (f"; {where}" if where else "") + "."
             )
+
+
+def _low_precision_cause(graph: LossGraph) -> str:
+    """Why a mixed-precision graph may part from eager: a kernel rounds fewer intermediates."""
+    if not graph.meta.low_precision:
+        return ""
+    return (
+        f"the model computes in {' and '.join(graph.meta.low_precision)} (torch.autocast), and a "
+        f"torch kernel here likely rounds fewer intermediate values than the ops it exports as (a fused "
+        f"kernel such as scaled_dot_product_attention keeps them in float32), so lossgraph's "
+        f"float32 emulation of the rounding is not faithful; export this side without autocast, "
+        f"or with autocast around the other layers only"
+    )
 
 
 def _parting(
@@ -396,6 +410,7 @@ def finish_export(
     from lossgraph.exporters.recurrent import unroll_recurrent
 
     optimizers = {name: reached_only(info, params) for name, info in optimizers.items()}
+    low_precision = mixed_precision(proto, framework, spec.source or "the spec")
     unroll_recurrent(proto)  # LSTM/GRU/RNN have no gradient rule; the ops they unroll into do
     lower_grid_sample(proto)  # nor has GridSample
     carry_custom_vjps(proto, custom_backward, feeds=inputs)
@@ -420,6 +435,7 @@ def finish_export(
         lr_schedulers=lr_schedulers,
         accumulate=spec.accumulate,
         clear_grads=spec.clear_grads,
+        low_precision=low_precision,
         state_outputs={f"state:{b}": b for b in [*(training.state if training else ()), *(rewritten or ())]},
         dropout=[c.to_dict() for c in training.dropouts] if training else [],
         batch_norm=dict(training.batch_norm) if training else {},
@@ -432,6 +448,27 @@ def finish_export(
     eager_state = {**(training.state if training else {}), **(rewritten or {})}
     record_eager_check(graph, eager, inputs, seed, eager_state, eager_taps)
     return graph
+
+
+def mixed_precision(proto: Any, framework: str, where: str) -> dict[str, int]:
+    """Emulate a torch graph's mixed precision in float32 (:mod:`lossgraph.runtime.precision`);
+    refuse a Paddle one. Paddle's ``auto_cast`` does nothing eagerly on a CPU (it warns so) while
+    the program it traces casts to the low type, so the graph could not be checked against the
+    eager training it stands for."""
+    from lossgraph.runtime.precision import emulate_low_precision, low_precision_types
+
+    if framework == "paddle":
+        low = low_precision_types(proto)
+        if low:
+            raise ExportError(
+                f"{where}: the traced program computes in {' and '.join(sorted(low))} "
+                f"(paddle.amp.auto_cast), which Paddle's eager mode ignores on a CPU, so the graph "
+                f"cannot be checked against eager training here; export the Paddle side without "
+                f"auto_cast (lossgraph then reports the difference to a mixed-precision torch side "
+                f"as rounding or real from its float64 re-run)."
+            )
+        return {}
+    return emulate_low_precision(proto, where)
 
 
 #: the training loop's clip functions, by framework

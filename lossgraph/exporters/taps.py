@@ -74,13 +74,15 @@ def torch_taps(
         if name is None:
             return tensor
         if record is not None:
-            record[name] = tensor.detach().cpu().numpy().copy()
+            record[name] = tensor.detach().cpu().float().numpy().copy()
             return tensor
         index = len(recorder.names)
         recorder.names.append(name)
-        head = torch.tensor([TAP_TAG, float(index)], dtype=tensor.dtype)
-        packed = torch.cat([head, tensor.reshape(-1)])
-        return packed[2:].reshape(tensor.shape).clone()  # not a view: in-place ops may follow
+        # a bfloat16 or float16 output (torch.autocast) is tapped as its exact float32 copy
+        wide = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+        head = torch.tensor([TAP_TAG, float(index)], dtype=wide.dtype)
+        packed = torch.cat([head, wide.reshape(-1)])
+        return packed[2:].reshape(tensor.shape).to(tensor.dtype).clone()  # not a view: in-place ops may follow
 
     def hook(module: Any, inputs: Any, output: Any) -> Any:
         result = _tap_outputs(output, lambda t, s: tap_one(module, t, s))

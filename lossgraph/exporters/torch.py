@@ -64,6 +64,7 @@ from lossgraph.graph import (
     set_node_meta,
 )
 from lossgraph.inputs import make_inputs
+from lossgraph.runtime.precision import WIDE_MARK
 from lossgraph.spec import Spec
 
 ROOT = "model"  # attribute under which the wrapper holds the user's model
@@ -375,12 +376,20 @@ def _strip_root_prefix(proto: Any) -> None:
     rename_values(proto.graph, renames)
 
 
+#: the stack trace of a node torch's exporter traced again from a generated module: the body of
+#: a ``torch.autocast`` block, whose module scopes are lost on the way (so the scope is unknown,
+#: not the top level; the module outputs tapped inside still name the module)
+_RETRACED = 'File "<eval_with_key>'
+
+
 def _annotate_nodes(proto: Any) -> None:
     for node in proto.graph.node:
         scopes = node_meta(node, "pkg.torch.onnx.name_scopes")
-        if scopes:  # "" is the top level (the model's own forward, the loss function)
+        trace = node_meta(node, "pkg.torch.onnx.stack_trace") or ""
+        if scopes and not trace.startswith(_RETRACED):
+            # "" is the top level (the model's own forward, the loss function)
             set_node_meta(node, SCOPE_KEY, _scope_from_name_scopes(scopes))
-        frame = innermost_user_frame(node_meta(node, "pkg.torch.onnx.stack_trace") or "")
+        frame = innermost_user_frame(trace)
         if frame is not None:
             set_node_meta(node, SOURCE_KEY, format_source(frame))
         fx_node = node_meta(node, "pkg.torch.onnx.fx_node") or ""
@@ -392,6 +401,9 @@ def _annotate_nodes(proto: Any) -> None:
         padding = embedding_padding_idx(node.op_type, fx_node)
         if padding is not None:
             set_node_meta(node, PADDING_IDX_KEY, str(padding))
+        if node.op_type == "Cast" and "aten.scalar_tensor.default" in fx_node:
+            # a Python scalar of a low-precision op (x * 0.1): torch's kernels use it at float32
+            set_node_meta(node, WIDE_MARK, "1")
 
 
 _EMBEDDING = re.compile(

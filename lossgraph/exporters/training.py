@@ -221,6 +221,9 @@ def _torch_batch_norm_train(module: Any, x: Any, recorder: StepRecorder) -> Any:
     variance in the running estimate, ``num_batches_tracked`` counted."""
     import torch
 
+    low = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else None
+    if low is not None:  # torch.autocast: torch's kernel computes in float32, rounds the output
+        x = x.float()
     axes = [0, *range(2, x.dim())]
     shape = [1, -1] + [1] * (x.dim() - 2)
     mean = x.mean(axes)
@@ -240,7 +243,7 @@ def _torch_batch_norm_train(module: Any, x: Any, recorder: StepRecorder) -> Any:
         recorder.state[f"{path}.running_var"] = factor * unbiased + (1 - factor) * running_var
         recorder.state[f"{path}.num_batches_tracked"] = tracked
         recorder.batch_norm_call(f"{path}.running_var", path, module.momentum, "unbiased", count)
-    return y
+    return y if low is None else y.to(low)
 
 
 # --- Paddle ---------------------------------------------------------------------------------

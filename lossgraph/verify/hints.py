@@ -558,6 +558,7 @@ def normalization_placement(ctx: HintContext) -> str | None:
         upstream.append({i for n in live_nodes(graph.model.graph.node, set(node.output)) for i in n.input})
     only: dict[str, list[str]] = {"reference": [], "candidate": []}
     scope = ctx.divergence.scope
+    norms: dict[str, list[bool]] = {}  # norm module -> [some weight upstream on ref, on cand]
     for pair in pmap.pairs:
         info = ctx.ref.meta.params.get(pair.reference)
         if pair.parts or pair.packed_in or info is None:
@@ -569,10 +570,13 @@ def normalization_placement(ctx: HintContext) -> str | None:
             continue
         if scope and (info.module == scope or info.module.startswith(scope + ".")):
             continue  # the diverging norm itself: one side reads its weights before the other
+        seen = norms.setdefault(info.module, [False, False])
+        seen[0], seen[1] = seen[0] or here, seen[1] or there
+    for module, (here, there) in norms.items():
+        # a norm whose scale one side has read and whose shift not yet is applied on both
+        # sides: a candidate node inside it (scale, then shift) is no placement difference
         if here != there:
-            where = only["reference" if here else "candidate"]
-            if info.module not in where:
-                where.append(info.module)
+            only["reference" if here else "candidate"].append(module)
     if not only["reference"] and not only["candidate"]:
         return None
     parts = [f"the {side} has already applied {', '.join(modules)}, the {other} not"

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
@@ -122,7 +123,11 @@ def translate_tap(name: str, modules: Mapping[str, str]) -> str:
 
 
 def run_values(side: Side, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The values of ``names`` in one run of the graph, exposed in chunks."""
+    """The values of ``names`` in one run of the graph, exposed in chunks. A bfloat16 value (a
+    rounding step of emulated mixed precision, :mod:`lossgraph.runtime.precision`) is left out:
+    numpy cannot hold one, and the float32 copy after it has the same number."""
+    types = value_types(side.graph)
+    names = [n for n in names if n not in types or types[n].elem_type != TensorProto.BFLOAT16]
     out: dict[str, np.ndarray] = {}
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
     for start in range(0, len(names), CHUNK):
@@ -239,7 +244,7 @@ def value_types(graph: LossGraph):
 
 def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
     types = value_types(graph)
-    return [n for n in names if n in types and types[n].is_float]
+    return [n for n in names if n in types and types[n].is_float and types[n].elem_type != TensorProto.BFLOAT16]
 
 
 def _ancestors(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
@@ -349,8 +354,8 @@ def boundary_taps(
         # (Sigmoid for Hardsigmoid, 3e-5 apart) must not pass for a boundary
         close = max(tol.atol, BOUNDARY_MATCH * _max_diff(ref_value, cand_value))
         if paired[tap][0] not in live or any(
-            _within(found[0][v], cand_value, close) for v in later[0][tap]
-        ) or any(_within(ref_value, found[1][v], close) for v in later[1][tap]):
+            _within(found[0][v], cand_value, close) for v in later[0][tap] if v in found[0]
+        ) or any(_within(ref_value, found[1][v], close) for v in later[1][tap] if v in found[1]):
             out.append(tap)
     return out
 

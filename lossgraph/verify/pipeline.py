@@ -797,6 +797,7 @@ def _graph_info(graph: LossGraph) -> GraphInfo:
         source=graph.meta.source,
         versions=dict(graph.meta.versions),
         eager=dict(graph.meta.eager),
+        low_precision=dict(graph.meta.low_precision),
     )
 
 

@@ -102,7 +102,28 @@ def _graph_dict(info: Any) -> dict[str, Any]:
         "source": info.source,
         "versions": info.versions,
         "eager": info.eager,
+        "low_precision": info.low_precision,
     }
+
+
+def precision_lines(result: VerifyResult) -> list[str]:
+    """One line per side that computes in a low precision (torch.autocast), emulated in float32:
+    its rounding is part of what the float64 re-run calls rounding noise."""
+    sides = (("reference", result.reference.low_precision), ("candidate", result.candidate.low_precision))
+    return [_precision_text(role, low) for role, low in sides if low]
+
+
+def _precision_text(role: str, low: Mapping[str, Any]) -> str:
+    kinds = ", ".join(f"{name} ({count} values rounded)" for name, count in low.items())
+    return (f"the {role} computes in mixed precision: {kinds}, emulated in float32 with the framework's "
+            f"rounding; the float64 re-run leaves the rounding out, so a difference mixed precision "
+            f"makes counts as rounding noise")
+
+
+def noise_words(result: VerifyResult) -> str:
+    """What the noise is: float32 rounding, and a low precision's where a side computes in one."""
+    low = sorted({name for info in (result.reference, result.candidate) for name in info.low_precision})
+    return f"rounding noise: float32 and {' and '.join(low)}" if low else "float32 rounding noise"
 
 
 def _loss_dict(diff: LossDiff) -> dict[str, Any]:
@@ -195,7 +216,7 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         headline = Text("PASSED", style="bold green")
     elif outcome == "noise":
         headline = Text("PASSED", style="bold green").append(
-            " (diffs above the tolerance are float32 rounding noise)", style="green"
+            f" (diffs above the tolerance are {noise_words(result)})", style="green"
         )
     else:
         headline = Text("DIVERGED", style="bold red")
@@ -223,6 +244,8 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     if unpaired:
         mapped += f", [yellow]{unpaired} unpaired[/yellow]"
     console.print(mapped)
+    for line in precision_lines(result):
+        console.print(escape(f"  precision  {line}"))
     for line in native_failure_lines(result):
         console.print(f"[red]{escape(line)}[/red]")
     if result.first_divergence is not None and not (result.noise_only and not result.strict):
@@ -590,6 +613,8 @@ def _html_header(report: Mapping[str, Any]) -> str:
         ("inputs", report.get("inputs", "")),
         ("parameters", f"{len((report.get('parameter_map') or {}).get('pairs', []))} paired"),
     ]
+    rows += [("precision", _precision_text(role, report[role]["low_precision"]))
+             for role in ("reference", "candidate") if report[role].get("low_precision")]
     body = "".join(f"<tr><th>{_esc(k)}</th><td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 

@@ -18,6 +18,8 @@ class GraphInfo:
     source: str
     versions: dict[str, str]
     eager: dict[str, Any]
+    #: mixed precision: low element type -> values the graph rounds to it (empty: float32)
+    low_precision: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from lossgraph.graph import (
 )
 from lossgraph.inputs import dropout_feeds, mask_index
 from lossgraph.runtime.session import OrtRunner
+from lossgraph.spec import EMA
 from lossgraph.verify.align import ParamMap, ParamPair
 from lossgraph.verify.compare import Tolerance, compare_arrays, on_side
 from lossgraph.verify.results import ConventionDiff, GradDiff, LossDiff, StepResult
@@ -139,9 +140,7 @@ class Trainer:
         settings = self.optimizers[optimizer].ema
         if settings is None:
             return
-        every, start = int(settings.get("every", 1)), int(settings.get("start", 0))
-        count = self.opt_steps[optimizer]
-        if count <= start or (count - start) % every:
+        if not EMA(**settings).updates_after(self.opt_steps[optimizer]):
             return
         first = self.ema_updates[optimizer] == 0
         state = dict(self.opt_states[optimizer])
