@@ -62,7 +62,7 @@ def linear(tmp_path_factory):
 
 def _fake_run(params: dict[str, np.ndarray], steps: int):
     outcome = SimpleNamespace(losses={"loss": 1.0}, params=params, opt_state={})
-    return SimpleNamespace(outcomes=[outcome] * steps)
+    return SimpleNamespace(records=lambda: [outcome] * steps)
 
 
 def test_failing_parameter_diffs_are_reported():

@@ -251,6 +251,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         steps, ref_run, cand_run = run_steps(
             setup.ref, setup.cand, setup.param_map, setup.draws or setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
+            slim_params=bool(options.native),
         )
         steps[0].taps = compare_taps(setup, options)
         return steps, ref_run, cand_run
@@ -598,7 +599,7 @@ def native_diffs(
         native = options.native_runner(graph.meta, start, options.steps, inputs, options.seed,
                                        dtype=dtype)
     out = []
-    for index, (eager, ours) in enumerate(zip(native, run.outcomes)):
+    for index, (eager, ours) in enumerate(zip(native, run.records())):
         losses = {
             name: compare_arrays(np.asarray(ours.losses[name]), np.asarray(value), tol)
             for name, value in eager.losses.items()

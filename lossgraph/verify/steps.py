@@ -40,7 +40,7 @@ from lossgraph.graph import (
     training_schedule,
 )
 from lossgraph.inputs import dropout_feeds, mask_index
-from lossgraph.runtime.session import OrtRunner
+from lossgraph.runtime.session import OrtRunner, prepare_model
 from lossgraph.spec import EMA
 from lossgraph.verify.align import ParamMap, ParamPair
 from lossgraph.verify.compare import Tolerance, compare_arrays, on_side
@@ -106,6 +106,8 @@ class Trainer:
         }
         self.schedule = training_schedule(meta.schedule, meta.losses, meta.optimizers)
         self._runners: dict[str, tuple[OrtRunner, dict[str, str | None]]] = {}
+        #: loss -> its gradient graph (``build_gradients``) and the gradient of each parameter
+        self._built: dict[str, tuple[Any, dict[str, str | None]]] = {}
         self._updates = {
             # the float64 re-run computes with the float32 hyper-parameters, the rest exact
             name: build_update(info, meta.params, dtype=self.dtype,
@@ -156,14 +158,16 @@ class Trainer:
     def _runner(self, loss: str) -> tuple[OrtRunner, dict[str, str | None]]:
         if loss not in self._runners:
             with on_side(self.side, self.graph.path):
-                result = build_gradients(self.graph.model, loss, self.trainable)
+                if loss not in self._built:  # built once: a schedule alternates its losses
+                    result = build_gradients(self.graph.model, loss, self.trainable)
+                    # kept without the weights, which every run feeds (half a float64 graph)
+                    self._built[loss] = (prepare_model(result.model, fed=self.params), result.grads)
+                model, grads = self._built[loss]
                 # float64 graphs (noise floor) are several times larger: one session at a time
                 if self.dtype != "float32":
                     self._runners.clear()
-                runner = OrtRunner(
-                    result.model, fed=self.params, device=self.device, arena=self.dtype == "float32"
-                )
-            self._runners[loss] = (runner, result.grads)
+                runner = OrtRunner(model, fed=self.params, device=self.device, arena=self.dtype == "float32")
+            self._runners[loss] = (runner, grads)
         return self._runners[loss]
 
     def lr(self, optimizer: str) -> list[float]:
@@ -295,12 +299,74 @@ def split_state_key(key: str) -> tuple[str, str]:
     return param, slot
 
 
-@dataclass
 class Trajectory:
-    """Everything one side did over the steps: the values before each step and the outcomes."""
+    """One side's training run in memory that does not grow with the number of steps.
 
-    before: list[dict[str, np.ndarray]] = field(default_factory=list)
-    outcomes: list[StepOutcome] = field(default_factory=list)
+    Kept whole (the values before the step and its :class:`StepOutcome`): the latest step and
+    the steps marked with :meth:`keep` (the first that fails, which the localization reads).
+    Every step also leaves a slim record (:meth:`records`: its losses, learning rates and
+    clipping, and with ``slim_params`` its parameters and averaged weights, which ``--native``
+    compares step by step). ``before[k]`` and ``outcomes[k]`` of a step not kept are made again
+    by ``replay(k)``, which trains the side from the start up to step ``k``; training is
+    deterministic, so the replayed values are the ones the run had. Keeping every step's
+    parameters, gradients and optimizer state grew a DiscoGAN verify by about 330 MB a step."""
+
+    def __init__(
+        self,
+        replay: Callable[[int], tuple[dict[str, np.ndarray], StepOutcome]] | None = None,
+        slim_params: bool = False,
+    ) -> None:
+        self.replay = replay
+        self.slim_params = slim_params
+        self._before: dict[int, dict[str, np.ndarray]] = {}
+        self._outcomes: dict[int, StepOutcome] = {}
+        self._kept: set[int] = set()
+        self._records: list[StepOutcome] = []
+        self.before = _StepLookup(self, 0)
+        self.outcomes = _StepLookup(self, 1)
+
+    def record(self, index: int, before: dict[str, np.ndarray], outcome: StepOutcome) -> None:
+        """Step ``index`` (the next one) finished; the step before it is let go unless kept."""
+        self._before[index], self._outcomes[index] = before, outcome
+        params = dict(outcome.params) if self.slim_params else {}
+        averages = {k: v for k, v in outcome.opt_state.items() if k.endswith(":ema")} if self.slim_params else {}
+        self._records.append(StepOutcome(outcome.loss, outcome.optimizer, dict(outcome.losses), {}, params,
+                                         averages, list(outcome.lr), dict(outcome.clip)))
+        if index - 1 not in self._kept:
+            self._before.pop(index - 1, None)
+            self._outcomes.pop(index - 1, None)
+
+    def keep(self, index: int) -> None:
+        """Keep step ``index`` whole (it must be the latest step recorded)."""
+        self._kept.add(index)
+
+    def records(self) -> list[StepOutcome]:
+        """Every step's slim record, in order (no gradients; parameters only with ``slim_params``)."""
+        return list(self._records)
+
+    def whole(self, index: int) -> tuple[dict[str, np.ndarray], StepOutcome]:
+        if index not in self._outcomes:
+            if self.replay is None or not 0 <= index < len(self._records):
+                raise IndexError(f"step {index} of this run is not kept")
+            return self.replay(index)
+        return self._before[index], self._outcomes[index]
+
+    def held(self) -> list[int]:
+        """The steps kept whole now (for the memory tests)."""
+        return sorted(self._outcomes)
+
+
+class _StepLookup:
+    """``trajectory.before[k]`` / ``trajectory.outcomes[k]``, replayed where not kept."""
+
+    def __init__(self, trajectory: Trajectory, part: int) -> None:
+        self._trajectory, self._part = trajectory, part
+
+    def __getitem__(self, index: int) -> Any:
+        return self._trajectory.whole(index)[self._part]
+
+    def __len__(self) -> int:
+        return len(self._trajectory._records)
 
 
 def run_steps(
@@ -315,33 +381,58 @@ def run_steps(
     device: str,
     seed: int,
     dtype: str = "float32",
+    slim_params: bool = False,
 ) -> tuple[list[StepResult], Trajectory, Trajectory]:
     """Train both graphs ``steps`` steps and compare every step (the candidate's dropout calls
-    name the masks they draw: :func:`~lossgraph.verify.dropouts.with_masks_of`)."""
-    trainers = (
-        Trainer(ref, device=device, dtype=dtype, seed=seed, side="reference"),
-        Trainer(cand, device=device, dtype=dtype, seed=seed, side="candidate"),
-    )
+    name the masks they draw: :func:`~lossgraph.verify.dropouts.with_masks_of`). The
+    trajectories keep the first failing step whole (``slim_params``: every step's parameters
+    too, for ``--native``)."""
+    sides = ((ref, "reference", ref_params), (cand, "candidate", cand_params))
+    trainers = tuple(_trainer(graph, side, start, device, dtype, seed) for graph, side, start in sides)
     check_schedules(*trainers)
-    trainers[0].start(ref_params)
-    trainers[1].start(cand_params)
-    trajectories = (Trajectory(), Trajectory())
-    results = []
+    trajectories = tuple(
+        Trajectory(_replayer(graph, side, start, device, dtype, seed, inputs), slim_params)
+        for graph, side, start in sides
+    )
+    results: list[StepResult] = []
     for index in range(steps):
-        outcomes = []
+        befores, outcomes = [], []
         for trainer, trajectory in zip(trainers, trajectories):
-            trajectory.before.append(dict(trainer.params))
-            outcome = trainer.step(index, inputs)
-            trajectory.outcomes.append(outcome)
-            outcomes.append(outcome)
-        if all(r.passed for r in results):  # after a divergence, whatever follows is reported
+            befores.append(dict(trainer.params))
+            outcomes.append(trainer.step(index, inputs))
+            trajectory.record(index, befores[-1], outcomes[-1])
+        passing = all(r.passed for r in results)
+        if passing:  # after a divergence, whatever follows is reported
             first = inputs(index, 0) if callable(inputs) else inputs
-            _check_not_both_non_finite(index, *outcomes, trainers[0], trajectories[0].before[-1], first)
-        results.append(
-            compare_step(index, *outcomes, param_map, ref, cand, tol,
-                         trajectories[0].before[-1], trajectories[1].before[-1])
-        )
+            _check_not_both_non_finite(index, *outcomes, trainers[0], befores[0], first)
+        results.append(compare_step(index, *outcomes, param_map, ref, cand, tol, *befores))
+        if passing and not results[-1].passed:
+            for trajectory in trajectories:  # the localization reads the first failing step
+                trajectory.keep(index)
     return results, *trajectories
+
+
+def _trainer(graph: LossGraph, side: str, start: Mapping[str, np.ndarray], device: str, dtype: str,
+             seed: int) -> Trainer:
+    trainer = Trainer(graph, device=device, dtype=dtype, seed=seed, side=side)
+    trainer.start(start)
+    return trainer
+
+
+def _replayer(
+    graph: LossGraph, side: str, start: Mapping[str, np.ndarray], device: str, dtype: str, seed: int,
+    inputs: Mapping[str, np.ndarray] | InputsFor,
+) -> Callable[[int], tuple[dict[str, np.ndarray], StepOutcome]]:
+    """Train one side again from ``start`` up to step ``k``: its values before and its outcome."""
+
+    def replay(k: int) -> tuple[dict[str, np.ndarray], StepOutcome]:
+        trainer = _trainer(graph, side, start, device, dtype, seed)
+        for index in range(k + 1):
+            before = dict(trainer.params)
+            outcome = trainer.step(index, inputs)
+        return before, outcome
+
+    return replay
 
 
 def _check_not_both_non_finite(
