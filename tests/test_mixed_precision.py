@@ -145,10 +145,13 @@ def test_wrong_autocast_port_diverges_at_the_activation(torch_graph):
 
 
 def test_float32_activation_swap_names_no_normalization(torch_graph):
-    """The same swap in float32: the candidate node the localization pairs lies inside the
-    BatchNorm (its scale read, its shift not yet), which is no placement difference."""
+    """The same swap in float32 names the GELU as the candidate's node (the BatchNorm's scale of
+    ones and shift of zeros at initialization leave its input as it is, so the values matched the
+    norm's inside by coincidence: the pairing once named its scale multiply, and a hint then
+    blamed the norm's placement)."""
     result = lg.verify(torch_graph("fp32"), torch_graph("fp32_gelu"), grads=True, steps=1)
     assert not result.passed
+    assert "gelu" in result.first_divergence.candidate_node.lower(), result.first_divergence
     assert "Normalization placement" not in (result.first_divergence.hint or "")
 
 

@@ -247,6 +247,15 @@ def _float_values(graph: LossGraph, names: Iterable[str]) -> list[str]:
     return [n for n in names if n in types and types[n].is_float and types[n].elem_type != TensorProto.BFLOAT16]
 
 
+def _keeps_an_input(node: onnx.NodeProto, values: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``node``'s output equals one of its inputs exactly (``values`` has both)."""
+    out = values.get(node.output[0]) if node.output else None
+    return out is not None and any(
+        i in values and np.shape(values[i]) == np.shape(out) and np.array_equal(values[i], out)
+        for i in node.input
+    )
+
+
 def _ancestors(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
     producers = {o: n for n in graph.node for o in n.output}
     seen, stack, out = set(), [value], []
@@ -668,7 +677,11 @@ def _origin_in_region(
         cand_node, closest = computing, cand_vals[cand_target]
         diff = _max_diff(ref_vals[target], closest)
     elif cand_node is None:
-        cand_node = next((n for n in cand_between if n.op_type not in PASS_THROUGH), None)
+        # the first node that computes something new: not one that leaves an input as it is at
+        # these values (a BatchNorm's scale of ones and shift of zeros at initialization, where
+        # the values matched the source by coincidence)
+        working = [n for n in cand_between if n.op_type not in PASS_THROUGH]
+        cand_node = next((n for n in working if not _keeps_an_input(n, cand_vals)), None) or next(iter(working), None)
     params = ref.graph.meta.params
     transposed = tuple(
         (i, n.input[0], tuple(_perm(n)))
