@@ -32,11 +32,16 @@ _DTYPE_ATTRS = {"dtype", "output_datatype"}
 WIDE_MARK = "lossgraph.wide"
 
 
-def low_precision_types(model: onnx.ModelProto) -> dict[str, int]:
-    """The low-precision element types the graph computes in: type name -> how many values of
-    that type its nodes produce (by ONNX shape inference; empty: a float32 graph)."""
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Value name -> element type, by ONNX shape inference."""
     inferred = inferred_shapes(model)
-    typed = {i.name: i.type.tensor_type.elem_type for i in (*inferred.graph.value_info, *inferred.graph.output)}
+    return {i.name: i.type.tensor_type.elem_type for i in (*inferred.graph.value_info, *inferred.graph.output)}
+
+
+def low_precision_types(model: onnx.ModelProto, typed: dict[str, int] | None = None) -> dict[str, int]:
+    """The low-precision element types the graph computes in: type name -> how many values of
+    that type its nodes produce (by ONNX shape inference, or ``typed``; empty: a float32 graph)."""
+    typed = _elem_types(model) if typed is None else typed
     counts: dict[str, int] = {}
     for node in model.graph.node:
         for out in node.output:
@@ -59,11 +64,9 @@ def emulate_low_precision(model: onnx.ModelProto, where: str) -> dict[str, int]:
     ``where``, for what cannot be emulated faithfully: a low-precision graph input, or low
     precision inside a subgraph (If, Loop, Scan). A cast marked :data:`WIDE_MARK` is not rounded."""
     graph = model.graph
-    counts = low_precision_types(model)
-    if not counts:
+    typed = _elem_types(model)  # one shape inference: it copies the whole model, weights too
+    if not low_precision_types(model, typed):
         return {}
-    inferred = inferred_shapes(model)
-    typed = {i.name: i.type.tensor_type.elem_type for i in (*inferred.graph.value_info, *inferred.graph.output)}
     for value in graph.input:
         if value.type.tensor_type.elem_type in LOW_PRECISION:
             raise ExportError(f"{where}: graph input {value.name!r} is {_name(value.type.tensor_type.elem_type)}; "
