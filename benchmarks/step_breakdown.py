@@ -35,8 +35,9 @@ from profiling import kernel_times  # noqa: E402
 from step_time import MODELS, backward_step, torch_backward  # noqa: E402
 
 import lossgraph as lg  # noqa: E402
+from lossgraph.graph import weights_as_inputs  # noqa: E402
 from lossgraph.inputs import make_inputs  # noqa: E402
-from lossgraph.runtime.session import lower_for_cpu, prepare_model, reshapes_as_views  # noqa: E402
+from lossgraph.runtime.session import lower_for_cpu, reshapes_as_views  # noqa: E402
 from lossgraph.spec import load_spec  # noqa: E402
 
 #: torch's top-level forward ops and autograd functions, by the row (ONNX op) they export to
@@ -64,7 +65,7 @@ def ort_breakdown(model, outputs, feeds, repeat: int):
     over the session lossgraph runs (ConvTranspose rewrite, NCHWc lowering and reshaped outputs
     as views included); the warm-up run is left out."""
     row_of = {n.name: ROWS.get(n.op_type, n.op_type) for n in model.graph.node if "/grad/" not in n.name}
-    prepared, _, _ = lower_for_cpu(prepare_model(model, feeds))
+    prepared, _, _ = lower_for_cpu(weights_as_inputs(model, feeds))
     prepared, views = reshapes_as_views(prepared)
     fetched = list(dict.fromkeys(views[o][0] if o in views else o for o in outputs))
     runs, _ = kernel_times(prepared, feeds, fetched, repeat)

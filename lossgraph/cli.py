@@ -88,6 +88,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Check that a PyTorch <-> PaddlePaddle port trains the same, and find where it parts.
 
     \b
+    lossgraph check discogan_torch.py discogan_paddle.py --grads --steps 5
     lossgraph export discogan_torch.py:spec  -o torch.onnx
     lossgraph export discogan_paddle.py:spec -o paddle.onnx
     lossgraph verify torch.onnx paddle.onnx --tol 1e-6
@@ -124,45 +125,38 @@ def export(target: str, output: str, seed: int) -> None:
     render_export(graph, output, _console())
 
 
+def verify_options(command: Any) -> Any:
+    """The options of a comparison, shared by ``verify`` and ``check``."""
+    for option in reversed(_VERIFY_OPTIONS):
+        command = option(command)
+    return command
+
+
+_VERIFY_OPTIONS = [
+    click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance: a value passes when |candidate - reference| <= tol + rtol * |reference|."),
+    click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|."),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the generated inputs."),
+    click.option("--inputs", "inputs_file", type=FilePath(dir_okay=False), help="An .npz file with every input, instead of seeded ones; an array with one more, leading axis gives each training step (each micro-batch of Spec.accumulate) its own value."),
+    click.option("--name-map", type=FilePath(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).'),
+    click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it."),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu)."),
+    click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter."),
+    click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step."),
+    click.option("--fresh-inputs", is_flag=True, help="With --steps: each step draws its own inputs from the seed (each micro-batch of Spec.accumulate too), instead of every step training on the same ones."),
+    click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and compare ONNX Runtime with it per step (needs the spec files); a side that parts beyond the tolerance, in float64 too, fails the verdict."),
+    click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts."),
+    click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences."),
+    click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run)."),
+    click.option("--json", "json_file", type=FilePath(dir_okay=False, output=True), help="Write the JSON report here."),
+    click.option("--html", "html_file", type=FilePath(dir_okay=False, output=True), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor)."),
+]
+
+
 @main.command()
 @click.argument("reference", type=FilePath(dir_okay=False))
 @click.argument("candidate", type=FilePath(dir_okay=False))
-@click.option("--tol", default=1e-6, show_default=True, type=float, help="Absolute tolerance (see the rule below).")
-@click.option("--rtol", default=0.0, show_default=True, type=float, help="Relative tolerance, added to --tol times |reference|.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the generated inputs.")
-@click.option("--inputs", "inputs_file", type=FilePath(dir_okay=False), help="An .npz file with every input, instead of seeded ones; an array with one more, leading axis gives each training step (each micro-batch of Spec.accumulate) its own value.")
-@click.option("--name-map", type=FilePath(dir_okay=False), help='JSON {"ref.param": "cand.param" | {"name": ..., "transpose": true} | {"name": ..., "rows": [start, stop]} | [{"name": ..., "rows": [start, stop]}, ...]} overriding the parameter pairing: a slice of a packed candidate parameter, or a packed reference parameter split over several ("cols" slices axis 1).')
-@click.option("--allow-unmapped", is_flag=True, help="Compare even if some trainable parameters cannot be paired (they keep their own values); buffers without counterpart never need it.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")
-@click.option("--grads", is_flag=True, help="Also compare d(loss)/d(parameter) for every named loss and every paired trainable parameter.")
-@click.option("--steps", default=0, show_default=True, type=click.IntRange(min=0), help="Train both graphs this many steps on ONNX Runtime (the spec's optimizers and schedule; plain SGD lr 1e-3 without) and compare losses, gradients, parameters and optimizer state at every step.")
-@click.option("--fresh-inputs", is_flag=True, help="With --steps: each step draws its own inputs from the seed (each micro-batch of Spec.accumulate too), instead of every step training on the same ones.")
-@click.option("--native", is_flag=True, help="With --steps: also train each side in its own framework, eagerly, and compare ONNX Runtime with it per step (needs the spec files); a side that parts beyond the tolerance, in float64 too, fails the verdict.")
-@click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts.")
-@click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences.")
-@click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run).")
-@click.option("--json", "json_file", type=FilePath(dir_okay=False, output=True), help="Write the JSON report here.")
-@click.option("--html", "html_file", type=FilePath(dir_okay=False, output=True), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor).")
-def verify(
-    reference: str,
-    candidate: str,
-    tol: float,
-    rtol: float,
-    seed: int,
-    inputs_file: str | None,
-    name_map: str | None,
-    allow_unmapped: bool,
-    device: str,
-    grads: bool,
-    steps: int,
-    fresh_inputs: bool,
-    native: bool,
-    no_localize: bool,
-    no_noise_floor: bool,
-    strict: bool,
-    json_file: str | None,
-    html_file: str | None,
-) -> None:
+@verify_options
+def verify(reference: str, candidate: str, **options: Any) -> None:
     """Compare CANDIDATE against REFERENCE (two graphs from `lossgraph export`).
 
     The reference's parameter values are copied into the candidate, both graphs run on ONNX
@@ -180,36 +174,79 @@ def verify(
     tolerance (or only noise), 1 divergence, 2 bad usage or input.
     """
     from lossgraph.files import check_outputs
+
+    _check_verify_options(options)
+    check_outputs([options["json_file"], options["html_file"]],
+                  inputs=[reference, candidate, options["inputs_file"], options["name_map"]])
+    _verify_and_report(reference, candidate, options)
+
+
+@main.command()
+@click.argument("reference", metavar="REF.py[:NAME]")
+@click.argument("candidate", metavar="CAND.py[:NAME]")
+@verify_options
+@click.option("--keep", type=FilePath(file_okay=False, output=True), help="Also write the two graphs into this folder, as reference.onnx and candidate.onnx (for `lossgraph verify` later).")
+@click.option("--no-cache", is_flag=True, help="Export both sides again instead of reusing a graph cached from an earlier check of an unchanged spec.")
+def check(reference: str, candidate: str, keep: str | None, no_cache: bool, **options: Any) -> None:
+    """Export both specs and verify CANDIDATE against REFERENCE, in one command.
+
+    Each FILE.py[:NAME] is exported as by `lossgraph export` (the two exports run side by side),
+    then compared as by `lossgraph verify` with the options below. Exported graphs are cached
+    (in $LOSSGRAPH_CACHE_DIR, default ~/.cache/lossgraph): a spec whose files -- the spec, the
+    modules it imports from outside installed packages, the data files it reads -- are unchanged is
+    not exported again. Exit codes as for verify.
+    """
+    from lossgraph.exporters.cache import exported_pair
+    from lossgraph.files import check_outputs
+    from lossgraph.spec import parse_target
+    from lossgraph.verify.report import render_exported
+
+    _check_verify_options(options)
+    specs = [parse_target(reference)[0], parse_target(candidate)[0]]
+    check_outputs([options["json_file"], options["html_file"]],
+                  inputs=[*specs, options["inputs_file"], options["name_map"]])
+    if click.get_current_context().meta.get("lossgraph.debug"):
+        os.environ["LOSSGRAPH_DEBUG"] = "1"  # the export process beside this one prints tracebacks too
+    console = _console()
+    with exported_pair([reference, candidate], options["seed"], use_cache=not no_cache, keep=keep) as sides:
+        render_exported(sides, ("reference", "candidate"), keep, console)
+        _verify_and_report(str(sides[0].path), str(sides[1].path), options, console)
+
+
+def _check_verify_options(options: dict[str, Any]) -> None:
+    if options["native"] and not options["steps"]:
+        raise click.UsageError("--native compares training steps: give --steps N as well.")
+    if options["fresh_inputs"] and not options["steps"]:
+        raise click.UsageError("--fresh-inputs draws inputs per training step: give --steps N as well.")
+    if options["fresh_inputs"] and options["inputs_file"]:
+        raise click.UsageError("--fresh-inputs draws seeded inputs; --inputs gives fixed ones: use one of them.")
+
+
+def _verify_and_report(reference: str, candidate: str, options: dict[str, Any], console: Console | None = None) -> None:
+    """Run the comparison, print it, write the reports asked for and exit with the verdict."""
     from lossgraph.verify.pipeline import VerifyOptions, run_verify
     from lossgraph.verify.report import render_verify, report_dict, write_html, write_json
 
-    if native and not steps:
-        raise click.UsageError("--native compares training steps: give --steps N as well.")
-    if fresh_inputs and not steps:
-        raise click.UsageError("--fresh-inputs draws inputs per training step: give --steps N as well.")
-    if fresh_inputs and inputs_file:
-        raise click.UsageError("--fresh-inputs draws seeded inputs; --inputs gives fixed ones: use one of them.")
-    check_outputs([json_file, html_file], inputs=[reference, candidate, inputs_file, name_map])
-
-    options = VerifyOptions(
-        tol=tol,
-        rtol=rtol,
-        seed=seed,
-        inputs=inputs_file,
-        name_map=name_map,
-        allow_unmapped=allow_unmapped,
-        device=device,
-        grads=grads,
-        steps=steps,
-        fresh_inputs=fresh_inputs,
-        native=native,
-        native_runner=native_runner() if native else None,
-        localize=not no_localize,
-        noise_floor=not no_noise_floor,
-        strict=strict,
+    settings = VerifyOptions(
+        tol=options["tol"],
+        rtol=options["rtol"],
+        seed=options["seed"],
+        inputs=options["inputs_file"],
+        name_map=options["name_map"],
+        allow_unmapped=options["allow_unmapped"],
+        device=options["device"],
+        grads=options["grads"],
+        steps=options["steps"],
+        fresh_inputs=options["fresh_inputs"],
+        native=options["native"],
+        native_runner=native_runner() if options["native"] else None,
+        localize=not options["no_localize"],
+        noise_floor=not options["no_noise_floor"],
+        strict=options["strict"],
     )
-    result = run_verify(reference, candidate, options)
-    render_verify(result, _console())
+    result = run_verify(reference, candidate, settings)
+    render_verify(result, console or _console())
+    json_file, html_file = options["json_file"], options["html_file"]
     if json_file or html_file:
         data = report_dict(result)
         if json_file:

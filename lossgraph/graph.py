@@ -526,6 +526,46 @@ def invalid_windows(graph: onnx.GraphProto) -> list[str]:
     return found
 
 
+def weights_as_inputs(
+    model: onnx.ModelProto, names: Iterable[str] = (), extra_outputs: Sequence[str] = ()
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``names`` are typed graph inputs instead,
+    and whose outputs include ``extra_outputs``. Those initializers are never copied: a protobuf
+    message keeps the memory of what is deleted from it until it is freed itself, so a whole
+    copy emptied afterwards would hold the weights as long as it lives."""
+    names = set(names)
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    graph = out.graph
+    _copy_fields(model.graph, graph, skip="initializer")
+    graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
+    declared = {i.name for i in graph.input}
+    graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer
+        if t.name in names and t.name not in declared
+    )
+    existing = {o.name for o in graph.output}
+    for name in extra_outputs:
+        if name not in existing:
+            graph.output.add(name=name)
+            existing.add(name)
+    return out
+
+
+def _copy_fields(source: Any, target: Any, skip: str) -> None:
+    """Copy every set field of the protobuf message ``source`` into ``target``, except ``skip``."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if isinstance(value, (str, bytes, int, float)):
+            setattr(target, descriptor.name, value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:  # a repeated field
+            getattr(target, descriptor.name).extend(value)
+
+
 def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """``model`` with the value types ONNX shape inference finds; inference is best effort: on a
     graph it fails on (or would crash on, see :func:`invalid_windows`) ``model`` as it is."""

@@ -14,7 +14,7 @@ def test_readme_starts_with_exactly_two_setup_commands():
     assert text.split("\n\n", 1)[1].startswith("```bash\n")
     commands = setup_commands()
     assert len(commands) == 2
-    assert "lossgraph export examples/discogan/" in commands[0] and "lossgraph verify" in commands[0]
+    assert "lossgraph check examples/discogan/discogan_torch.py examples/discogan/discogan_paddle.py" in commands[0]
     assert commands[1].endswith("&& pytest")
 
 

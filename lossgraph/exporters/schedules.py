@@ -5,6 +5,7 @@ framework's values (any scheduler class, its own arithmetic)."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from lossgraph.errors import SpecError
@@ -42,7 +43,11 @@ def torch_schedule(schedule_value: Any, optimizer: Any, source: str) -> dict[str
         raise SpecError(f"{source}: the LR scheduler is bound to another optimizer.")
     memo = {id(p): torch.zeros(1) for g in optimizer.param_groups for p in g["params"]}
     twin = copy.deepcopy(scheduler, memo)
-    lrs = _simulate(schedule, lambda: [g["lr"] for g in twin.optimizer.param_groups], twin.step)
+    with warnings.catch_warnings():
+        # the copy's optimizer never steps: torch's "optimizer.step() has been overridden" and
+        # "lr_scheduler.step() before optimizer.step()" warnings are about lossgraph's copy
+        warnings.filterwarnings("ignore", message=r".*optimizer\.step\(\)", category=UserWarning)
+        lrs = _simulate(schedule, lambda: [g["lr"] for g in twin.optimizer.param_groups], twin.step)
     return _info(scheduler, "torch", schedule, lrs)
 
 

@@ -1,6 +1,6 @@
 """Running LossGraphs on ONNX Runtime.
 
-Parameters and buffers are fed, not baked in: :func:`prepare_model` turns the initializers named
+Parameters and buffers are fed, not baked in: :func:`~lossgraph.graph.weights_as_inputs` turns the initializers named
 by the caller into graph inputs, so the same session serves every training step and the
 candidate can receive the reference's weights. Extra outputs ("taps") expose intermediate values.
 """
@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
-from lossgraph.graph import live_nodes
+from lossgraph.graph import live_nodes, weights_as_inputs
 from lossgraph.runtime.conv_transpose import lower_conv_transposes
 from lossgraph.runtime.nchwc import lower_convs
 from lossgraph.runtime.types import ValueType, open_values, static_types
@@ -72,35 +72,6 @@ def _is_known_op(node: onnx.NodeProto) -> bool:
     if domain == "com.microsoft":
         return True  # ORT's contrib ops; a missing kernel surfaces when the session is built
     return onnx.defs.has(node.op_type, domain)
-
-
-def prepare_model(
-    model: onnx.ModelProto, fed: Iterable[str] = (), extra_outputs: Sequence[str] = ()
-) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``fed`` are graph inputs and whose outputs
-    include ``extra_outputs``."""
-    fed = set(fed)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    keep = []
-    moved = []
-    for tensor in graph.initializer:
-        if tensor.name in fed:
-            moved.append(
-                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-            )
-        else:
-            keep.append(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    graph.input.extend(moved)
-    existing = {o.name for o in graph.output}
-    for name in extra_outputs:
-        if name not in existing:
-            graph.output.add(name=name)
-            existing.add(name)
-    return out
 
 
 def lower_for_cpu(
@@ -200,7 +171,7 @@ class OrtRunner:
     ) -> None:
         providers = check_device(device)
         check_ops(model)
-        prepared = prepare_model(model, fed, extra_outputs)
+        prepared = weights_as_inputs(model, fed, extra_outputs)
         #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.runtime.conv_transpose) and
         #: how many Convs on ORT's blocked-layout kernels (see lossgraph.runtime.nchwc)
         self.col2im_conv_transposes = self.nchwc_convs = 0

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lossgraph.graph import inferred_shapes
+from lossgraph.graph import inferred_shapes, weights_as_inputs
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
@@ -131,23 +131,8 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     inference needs their types, not their data (only small ones can feed shapes), and
     serializing the weights to and from the inference took most of its time (DiscoGAN's 66 MB:
     0.34 s a call; lossgraph infers several times per verify)."""
-    graph = model.graph
-    large = [t for t in graph.initializer if _element_count(t) > FOLD_LIMIT]
-    if not large:
-        return model
-    declared = {i.name for i in graph.input}
-    light = onnx.helper.make_graph(
-        list(graph.node),
-        graph.name,
-        [*graph.input, *(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                         for t in large if t.name not in declared)],
-        list(graph.output),
-        initializer=[t for t in graph.initializer if _element_count(t) <= FOLD_LIMIT],
-        value_info=list(graph.value_info),
-    )
-    out = onnx.helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    out.functions.extend(model.functions)
-    return out
+    large = [t.name for t in model.graph.initializer if _element_count(t) > FOLD_LIMIT]
+    return weights_as_inputs(model, large) if large else model
 
 
 def _element_count(tensor: onnx.TensorProto) -> int:

@@ -107,38 +107,35 @@ class Setup:
         return {**inputs, **masks}
 
 
-#: what one training step keeps, per side, beside copies of the parameters: the comparison's
-#: numbers and the trainer's bookkeeping (measured: ~33 KB per step on a 10-parameter MLP)
+#: what one training step keeps, per side, in its slim record (losses, learning rates, clipping;
+#: measured: ~33 KB per step on a 10-parameter MLP); the whole values of a step (parameters,
+#: gradients, optimizer state) are kept only for the latest step and the first failing one, and
+#: replayed for any other (verify.steps.Trajectory), so they do not grow with the steps
 STEP_OVERHEAD_BYTES = 64 * 1024
-#: copies of the parameters' size one step keeps per side (the values before it, its gradients,
-#: two optimizer slots such as Adam's moments: 4 x 126 MiB on DiscoGAN, where ~600 MB per step
-#: was measured), and how many runs keep them at once (float32; the float64 noise floor, at
-#: twice the size; --native's eager parameters)
-STEP_COPIES = 4
-RUNS_WEIGHT = {"float32": 1, "native": 1}
+#: copies of both sides' parameters each step keeps with --native: the ONNX Runtime run's slim
+#: record holds its parameters, and the eager run its own, to be compared step by step
+NATIVE_STEP_COPIES = 2
 
 
 def check_steps_fit(setup: Setup, options: VerifyOptions) -> None:
     """Raise VerificationError when ``--steps N`` would keep more than this machine's free
-    memory: every step's values are kept for the report and the float64 re-runs (they grow with
-    N), so a large N is refused in one line before the run instead of ending out of memory."""
+    memory: each step leaves a slim record (with --native, its parameters too), so a large N is
+    refused in one line before the run instead of ending out of memory."""
     from lossgraph.inputs import available_memory
 
     if options.steps <= 1:
         return
     values = sum(v.nbytes for v in setup.ref_params.values()) + sum(
         v.nbytes for v in setup.cand_params.values())
-    # the float64 re-run is made only when something exceeds the tolerance, so it is not counted
-    # up front: counting it refused VGG11 --steps 3 (34.5 GiB estimated) on a machine that runs it
-    weight = RUNS_WEIGHT["float32"] + RUNS_WEIGHT["native"] * options.native
-    per_step = weight * (STEP_COPIES * values + 2 * STEP_OVERHEAD_BYTES)
+    per_step = 2 * STEP_OVERHEAD_BYTES + NATIVE_STEP_COPIES * values * options.native
     available = available_memory()
     if available is None or options.steps * per_step <= available:
         return
     fits = max(1, int(available // per_step))
+    kept = "its losses, and with --native its parameters" if options.native else "its losses"
     raise VerificationError(
-        f"--steps {options.steps} needs about {options.steps * per_step / 2**30:.1f} GiB (every step's "
-        f"values are kept), more than the {available / 2**30:.1f} GiB this machine has free; use "
+        f"--steps {options.steps} needs about {options.steps * per_step / 2**30:.1f} GiB (every step keeps "
+        f"{kept}), more than the {available / 2**30:.1f} GiB this machine has free; use "
         f"--steps {fits} or fewer."
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -494,6 +494,16 @@ def render_export(graph: LossGraph, path: str, console: Console) -> None:
     console.print(
         f"ops ({sum(c for _, c in histogram)} nodes): " + ", ".join(f"{op} {c}" for op, c in histogram)
     )
+
+
+def render_exported(sides: Sequence[Any], roles: Sequence[str], keep: str | None, console: Console) -> None:
+    """One line per side of ``lossgraph check``: its spec, and whether its graph was exported now
+    (how long it took) or reused from the cache; then where ``--keep`` wrote them."""
+    for role, side in zip(roles, sides):
+        how = "unchanged, graph from the cache" if side.cached else f"exported in {side.seconds:.1f} s"
+        console.print(f"[bold]lossgraph check[/bold]: {role} {escape(_short(side.target))}: {how}")
+    if keep:
+        console.print(f"graphs written to {escape(_short(keep))}: " + ", ".join(f"{r}.onnx" for r in roles))
 
 
 def _numel(shape: list[int]) -> int:

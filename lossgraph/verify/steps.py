@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 
 from lossgraph.autodiff import build_gradients
 from lossgraph.errors import VerificationError
@@ -39,6 +38,7 @@ from lossgraph.graph import (
     LossGraph,
     OptimizerInfo,
     training_schedule,
+    weights_as_inputs,
 )
 from lossgraph.inputs import dropout_feeds, mask_index
 from lossgraph.runtime.session import OrtRunner
@@ -162,7 +162,7 @@ class Trainer:
                 if loss not in self._built:  # built once: a schedule alternates its losses
                     result = build_gradients(self.graph.model, loss, self.trainable)
                     # kept without the weights, which every run feeds (half a float64 graph)
-                    self._built[loss] = (_without_weights(result.model, self.params), result.grads)
+                    self._built[loss] = (weights_as_inputs(result.model, self.params), result.grads)
                 model, grads = self._built[loss]
                 # float64 graphs (noise floor) are several times larger: one session at a time
                 if self.dtype != "float32":
@@ -292,28 +292,6 @@ SLOT_ALIASES = {
 
 def canonical_slot(slot: str) -> str:
     return SLOT_ALIASES.get(slot, slot)
-
-
-def _without_weights(model: onnx.ModelProto, fed: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """``model`` (which it empties of the initializers named in ``fed``) copied without them: they
-    are graph inputs instead. The copy is made after the removal, so it does not carry them: a
-    protobuf message keeps the memory of what was deleted from it until it is freed itself."""
-    graph = model.graph
-    kept = []
-    moved = []
-    for tensor in graph.initializer:
-        if tensor.name in fed:
-            moved.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(tensor)
-            kept.append(copy)
-    del graph.initializer[:]
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.initializer.extend(kept)
-    out.graph.input.extend(moved)
-    return out
 
 
 def split_state_key(key: str) -> tuple[str, str]:
