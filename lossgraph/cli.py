@@ -245,7 +245,8 @@ def _verify_and_report(reference: str, candidate: str, options: dict[str, Any], 
         strict=options["strict"],
     )
     result = run_verify(reference, candidate, settings)
-    render_verify(result, console or _console())
+    console = console or _console()
+    render_verify(result, console)
     json_file, html_file = options["json_file"], options["html_file"]
     if json_file or html_file:
         data = report_dict(result)
@@ -253,6 +254,8 @@ def _verify_and_report(reference: str, candidate: str, options: dict[str, Any], 
             write_json(data, json_file)
         if html_file:
             write_html(data, html_file)
+        written = [f"{path} ({kind})" for path, kind in ((json_file, "JSON"), (html_file, "HTML")) if path]
+        console.print("report written to " + ", ".join(written), markup=False, highlight=False, soft_wrap=True)
     click.get_current_context().exit(0 if result.passed else EXIT_DIVERGED)
 
 

@@ -66,17 +66,20 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed over it; raise OutputError
-    (one line) when the write fails, leaving any existing file as it was."""
+def write_atomic(path: str | Path, data: bytes | str | Iterable[bytes]) -> None:
+    """Write ``data`` (text, bytes, or chunks of bytes written in turn) to ``path`` through a
+    temporary file renamed over it; raise OutputError (one line) when the write fails, leaving
+    any existing file as it was."""
     path = Path(os.path.realpath(path))  # through a symlink: its target is what gets written
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    chunks = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
     folder = path.parent if str(path.parent) else Path(".")
     tmp = None
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=folder)
         with os.fdopen(handle, "wb") as out:
-            out.write(payload)
+            for chunk in chunks:
+                out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         if path.exists():

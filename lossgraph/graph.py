@@ -72,6 +72,13 @@ TIES = ("open", "first", "one", "positive")
 #: this name, with this learning rate, on every trainable parameter.
 DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LR = 1e-3
+#: Initializers up to this many elements can feed shapes (constant folding, shape inference);
+#: larger ones are weights.
+SHAPE_VALUE_LIMIT = 4096
+#: Protobuf serializes no message over 2 GiB: a graph larger than this (less headroom for what
+#: a run adds) is saved with its tensors in an external data file beside it, and a session
+#: feeds such a graph's initializers instead of serializing them.
+PROTOBUF_LIMIT = 2**31 - 2**27
 
 
 @dataclass
@@ -317,6 +324,72 @@ def _json_names(annotation: Any) -> str:
     return _JSON_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+def over_protobuf_limit(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is too large to be serialized as one protobuf message."""
+    return model.ByteSize() > PROTOBUF_LIMIT
+
+
+def data_file(path: Path) -> Path:
+    """Where a graph saved as ``path`` keeps its tensors when it is over 2 GB."""
+    return path.with_name(f"{path.name}.data")
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` as ``path`` with the data of its initializers over 1 KB in
+    :func:`data_file` (``path``'s name + ``.data``, beside it); ``model`` is left whole. Both files
+    are written atomically, the data first."""
+    data = data_file(path)
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    chunks = []
+    offset = 0
+    for tensor in model.graph.initializer:
+        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        if len(raw) <= 1024:
+            light.graph.initializer.add().CopyFrom(tensor)
+            continue
+        ref = light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+        for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
+            ref.external_data.add(key=key, value=value)
+        ref.data_location = onnx.TensorProto.EXTERNAL
+        chunks.append(raw)
+        offset += len(raw)
+    write_atomic(data, chunks)
+    write_atomic(path, light.SerializeToString())
+
+
+def copy_graph_file(source: Path, target: Path) -> None:
+    """Copy a saved graph to ``target`` (atomically), with its data file when it has one (renamed
+    after ``target``, which names it)."""
+    data = data_file(source)
+    if not data.is_file():
+        write_atomic(target, source.read_bytes())
+        return
+    light = onnx.load(str(source), load_external_data=False)
+    for tensor in light.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_file(target).name
+    with open(data, "rb") as f:
+        write_atomic(data_file(target), iter(lambda: f.read(1 << 24), b""))
+    write_atomic(target, light.SerializeToString())
+
+
+def _missing_external_data(path: Path) -> str | None:
+    """The external data file a saved graph names and that is not beside it, if any."""
+    try:
+        light = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all: the caller says so
+        return None
+    for tensor in light.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and not (path.parent / entry.value).is_file():
+                return entry.value
+    return None
+
+
 @dataclass
 class LossGraph:
     """An ONNX model with named loss outputs and lossgraph metadata."""
@@ -334,6 +407,12 @@ class LossGraph:
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # protobuf raises a variety of errors
+            missing = _missing_external_data(path)
+            if missing:
+                raise VerificationError(
+                    f"{path} keeps its tensors in {missing}, which is missing: a graph over 2 GB is "
+                    f"written as two files; copy or move them together."
+                ) from None
             raise VerificationError(f"{path} is not a readable ONNX file ({type(exc).__name__}).") from None
         props = {p.key: p.value for p in model.metadata_props}
         if META_KEY not in props:
@@ -354,11 +433,15 @@ class LossGraph:
         return cls(model=model, meta=meta, path=str(path))
 
     def save(self, path: str | Path) -> None:
-        """Write the graph with its metadata (atomically: a failed write leaves the file as it was)."""
+        """Write the graph with its metadata (atomically: a failed write leaves the file as it was);
+        a graph over protobuf's 2 GB limit as ``PATH`` and its tensors' data in ``PATH.data``."""
         set_metadata(self.model, META_KEY, self.meta.to_json())
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.model.SerializeToString())
+        if over_protobuf_limit(self.model):
+            save_external(self.model, path)
+        else:
+            write_atomic(path, self.model.SerializeToString())
         self.path = str(path)
 
     @property
@@ -566,15 +649,27 @@ def _copy_fields(source: Any, target: Any, skip: str) -> None:
             getattr(target, descriptor.name).extend(value)
 
 
+def without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers of more than :data:`SHAPE_VALUE_LIMIT` elements are
+    typed graph inputs instead: what shape inference and constant folding need (types; only
+    small values can feed a shape), without serializing the weights (DiscoGAN's 66 MB took
+    0.34 s a call, and past 2 GB a model cannot be serialized at all)."""
+    large = [t.name for t in model.graph.initializer if int(np.prod(t.dims, dtype=np.int64)) > SHAPE_VALUE_LIMIT]
+    return weights_as_inputs(model, large)
+
+
 def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
-    """``model`` with the value types ONNX shape inference finds; inference is best effort: on a
-    graph it fails on (or would crash on, see :func:`invalid_windows`) ``model`` as it is."""
-    if invalid_windows(model.graph):
-        return model
+    """A copy of ``model`` (its large initializers as typed inputs, see
+    :func:`without_large_weights`) with the value types ONNX shape inference finds; inference is
+    best effort: on a graph it fails on (or would crash on, see :func:`invalid_windows`), the
+    copy as it is."""
+    light = without_large_weights(model)
+    if invalid_windows(light.graph):
+        return light
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+        return onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
     except Exception:  # onnx raises several kinds of errors
-        return model
+        return light
 
 
 def live_nodes(nodes: Sequence[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:

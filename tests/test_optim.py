@@ -385,3 +385,23 @@ def test_lr_per_group_must_match_the_groups():
     values = {n: p.detach().numpy() for n, p in spec.model.named_parameters()}
     with pytest.raises(lg.VerificationError, match="2 parameter groups but got 3 learning rates"):
         update.step(values, values, update.init_state(values), [1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize(
+    ("torch_group", "paddle_cls", "paddle_group", "same"),
+    [
+        ({"lr": 0.1, "momentum": 0.9}, "Momentum", {"learning_rate": 0.1, "momentum": 0.9}, True),
+        ({"lr": 0.1, "momentum": 0.0}, "SGD", {"learning_rate": 0.1}, True),
+        ({"lr": 0.1, "momentum": 0.0}, "Momentum", {"learning_rate": 0.1, "momentum": 0.9}, False),
+    ],
+)
+def test_the_optimizer_hint_names_sgd_with_momentum_alike_in_both_frameworks(
+    torch_group, paddle_cls, paddle_group, same
+):
+    """torch's SGD(momentum=0.9) is Paddle's Momentum(0.9): "class: SGD vs SGD+momentum" was a
+    false clause on every momentum port."""
+    from lossgraph.verify.hints import _semantic_hyper
+
+    ref = _semantic_hyper(OptimizerInfo("SGD", "torch", [{"params": ["w"], **torch_group}]))
+    cand = _semantic_hyper(OptimizerInfo(paddle_cls, "paddle", [{"params": ["w"], **paddle_group}]))
+    assert (ref["class"] == cand["class"]) is same

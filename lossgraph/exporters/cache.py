@@ -38,6 +38,7 @@ from typing import Any
 
 from lossgraph.errors import ExportError, LossgraphError, SpecError, one_line
 from lossgraph.files import OutputError, check_outputs, write_atomic
+from lossgraph.graph import copy_graph_file
 from lossgraph.spec import parse_target
 
 CACHE_ENV = "LOSSGRAPH_CACHE_DIR"
@@ -89,7 +90,7 @@ def exported_pair(
         if cache is not None:
             _prune(cache, keep={side.path.parent for side in done})
         for side, path in zip(done, keep_paths):
-            write_atomic(path, side.path.read_bytes())
+            copy_graph_file(side.path, path)
             side.path = path
         yield done
 
@@ -174,7 +175,7 @@ def _store(cache: Path, side: Exported, seed: int) -> Exported:
     deps = Path(f"{side.path}.deps.json")
     try:
         entry.mkdir(exist_ok=True)
-        write_atomic(entry / GRAPH_FILE, side.path.read_bytes())
+        copy_graph_file(side.path, entry / GRAPH_FILE)
         write_atomic(entry / DEPS_FILE, deps.read_bytes())  # last: an entry without it is a miss
     except (OSError, LossgraphError):
         return side  # a cache that cannot be written costs time, not the result

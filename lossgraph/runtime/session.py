@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
-from lossgraph.graph import live_nodes, weights_as_inputs
+from lossgraph.graph import SHAPE_VALUE_LIMIT, live_nodes, over_protobuf_limit, weights_as_inputs
 from lossgraph.runtime.conv_transpose import lower_conv_transposes
 from lossgraph.runtime.nchwc import lower_convs
 from lossgraph.runtime.types import ValueType, open_values, static_types
@@ -171,7 +172,15 @@ class OrtRunner:
     ) -> None:
         providers = check_device(device)
         check_ops(model)
-        prepared = weights_as_inputs(model, fed, extra_outputs)
+        fed = set(fed)
+        #: initializers this session feeds itself: those of a graph too large to serialize
+        self.constants: dict[str, np.ndarray] = {}
+        if over_protobuf_limit(model):
+            self.constants = {
+                t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                if t.name not in fed and int(np.prod(t.dims, dtype=np.int64)) > SHAPE_VALUE_LIMIT
+            }
+        prepared = weights_as_inputs(model, fed | set(self.constants), extra_outputs)
         #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.runtime.conv_transpose) and
         #: how many Convs on ORT's blocked-layout kernels (see lossgraph.runtime.nchwc)
         self.col2im_conv_transposes = self.nchwc_convs = 0
@@ -203,6 +212,7 @@ class OrtRunner:
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run with every graph input fed; return the requested outputs (all by default)."""
+        feeds = {**feeds, **self.constants} if self.constants else feeds
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise VerificationError(f"No value given for graph input(s): {', '.join(missing)}.")

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lossgraph.graph import inferred_shapes, weights_as_inputs
+from lossgraph.graph import SHAPE_VALUE_LIMIT, inferred_shapes, without_large_weights
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
@@ -58,7 +58,7 @@ def static_types(model: onnx.ModelProto) -> dict[str, ValueType]:
     types: dict[str, ValueType] = {}
     for tensor in model.graph.initializer:
         types[tensor.name] = ValueType(tensor.data_type, tuple(tensor.dims))
-    for name, value_type in _inferred(_without_weights(model)).items():
+    for name, value_type in _inferred(model).items():
         types.setdefault(name, value_type)
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute:
@@ -100,8 +100,7 @@ def _type_from_constants(
     }
     if not values:
         return missing
-    second = onnx.ModelProto()
-    second.CopyFrom(_without_weights(model))
+    second = without_large_weights(model)
     kept = [n for n in second.graph.node if not (set(n.output) & values)]
     del second.graph.node[:]
     second.graph.node.extend(kept)
@@ -126,21 +125,8 @@ def _inferred(model: onnx.ModelProto) -> dict[str, ValueType]:
     return types
 
 
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its large initializers declared as typed graph inputs instead: shape
-    inference needs their types, not their data (only small ones can feed shapes), and
-    serializing the weights to and from the inference took most of its time (DiscoGAN's 66 MB:
-    0.34 s a call; lossgraph infers several times per verify)."""
-    large = [t.name for t in model.graph.initializer if _element_count(t) > FOLD_LIMIT]
-    return weights_as_inputs(model, large) if large else model
-
-
-def _element_count(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64))
-
-
 #: Constant folding stops at values this large: it exists for shapes, axes and indices.
-FOLD_LIMIT = 4096
+FOLD_LIMIT = SHAPE_VALUE_LIMIT
 _UNFOLDABLE = ("RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike",
                "Bernoulli", "Multinomial", "Dropout")
 

@@ -1484,7 +1484,7 @@ def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:
     if info.cls == "AdamW" and info.framework == "paddle":
         decay = group.get("coeff", decay)
     return {
-        "class": info.cls.replace("Momentum", "SGD+momentum"),
+        "class": _optimizer_class(info, group),
         "lr": group.get("lr", group.get("learning_rate")),
         "betas": [float(b) for b in betas if b is not None] or None,
         "epsilon": group.get("eps", group.get("epsilon")),
@@ -1493,6 +1493,14 @@ def _semantic_hyper(info: OptimizerInfo) -> dict[str, Any]:
         "momentum": group.get("momentum"),
         "nesterov": group.get("nesterov", group.get("use_nesterov")),
     }
+
+
+def _optimizer_class(info: OptimizerInfo, group: dict[str, Any]) -> str:
+    """The update rule's name: torch's SGD with momentum and Paddle's Momentum are both
+    "SGD+momentum", either without momentum (0) plain "SGD"."""
+    if info.cls in ("SGD", "Momentum"):
+        return "SGD+momentum" if group.get("momentum") else "SGD"
+    return info.cls
 
 
 @hint
