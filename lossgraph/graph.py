@@ -325,8 +325,17 @@ def _json_names(annotation: Any) -> str:
 
 
 def over_protobuf_limit(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` is too large to be serialized as one protobuf message."""
-    return model.ByteSize() > PROTOBUF_LIMIT
+    """Whether ``model`` is too large to be serialized as one protobuf message, by the size of
+    its tensors (``ByteSize()`` itself serializes, and fails past 2 GB)."""
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    return sum(_tensor_bytes(t) for t in tensors) > PROTOBUF_LIMIT
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 0
 
 
 def data_file(path: Path) -> Path:
@@ -634,6 +643,12 @@ def weights_as_inputs(
             graph.output.add(name=name)
             existing.add(name)
     return out
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model``, made part by part: a message's ``CopyFrom`` serializes it whole, which
+    fails past protobuf's 2 GB (each tensor stays under it)."""
+    return weights_as_inputs(model)
 
 
 def _copy_fields(source: Any, target: Any, skip: str) -> None:

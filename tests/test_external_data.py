@@ -116,3 +116,12 @@ def test_a_graph_without_its_data_file_is_refused_in_one_line(large_pair, tmp_pa
     result = cli("verify", moved, large_pair[1])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "copy or move them together" in result.stderr
+
+
+def test_a_model_copied_part_by_part_is_the_same_model(large_pair) -> None:
+    """``copy_model`` (the copy that works past 2 GB, where ``CopyFrom`` serializes and fails)
+    leaves nothing out: metadata, opsets, nodes, initializers."""
+    from lossgraph.graph import copy_model
+
+    model = LossGraph.load(large_pair[1]).model
+    assert copy_model(model).SerializeToString() == model.SerializeToString()

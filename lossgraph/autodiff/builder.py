@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from lossgraph.autodiff.custom_vjp import CustomVjp, vjp_function
 from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, load_rules
 from lossgraph.errors import InternalError, UnsupportedOpError
-from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, node_meta
+from lossgraph.graph import SCOPE_KEY, SOURCE_KEY, STOP_GRADIENT_KEY, copy_model, node_meta
 from lossgraph.runtime import ValueType, constant_values, infer_types
 
 GRAD_OF_KEY = "lossgraph.grad_of"
@@ -54,8 +54,7 @@ class GradBuilder:
 
     def __init__(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None):
         load_rules()
-        self.model = onnx.ModelProto()
-        self.model.CopyFrom(model)
+        self.model = copy_model(model)
         self.graph = self.model.graph
         self.opset = next(
             (o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17

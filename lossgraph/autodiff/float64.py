@@ -20,7 +20,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from lossgraph.errors import InternalError, UnsupportedOpError
-from lossgraph.graph import derived_node, inferred_shapes
+from lossgraph.graph import copy_model, derived_node, inferred_shapes
 
 _F32, _F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -70,8 +70,7 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     unknown. Model metadata, opset imports and value names are kept.
     """
     types = _known_types(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     opset = next((o.version for o in out.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
     names: set[str] = set()
     _collect_names(out.graph, names)

@@ -58,6 +58,7 @@ from lossgraph.exporters.training import (
     paddle_training,
 )
 from lossgraph.graph import (
+    PROTOBUF_LIMIT,
     STOP_GRADIENT_KEY,
     TIE_KEY,
     LossGraph,
@@ -370,6 +371,15 @@ def _conversion_failure(
     for match in _P2O_ERROR.finditer(log):
         if match.group("op"):
             failures.setdefault(match.group("op"), match.group("msg").strip().rstrip("."))
+    params = program_json.with_suffix(".pdiparams")
+    size = params.stat().st_size if params.is_file() else 0
+    if not failures and size > PROTOBUF_LIMIT:
+        # its PIR exporter serializes the whole model as one message, with no external data
+        return (
+            f"paddle2onnx cannot write {spec.source or 'the spec'}: its parameters take "
+            f"{size / 2**30:.1f} GiB, and paddle2onnx's exporter of Paddle 3 programs writes no "
+            f"graph over protobuf's 2 GB limit (lossgraph's torch exporter does, with external data)."
+        )
     if not failures:
         clues = [
             line.strip()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from lossgraph.graph import copy_model
 from lossgraph.runtime.rewrite import NodeWriter
 
 #: the first default-domain opset with Col2Im
@@ -115,8 +116,7 @@ def lower_conv_transposes(
     ]
     if not any(chosen):
         return model, 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     rewrite = _Rewrite(out.graph)
     for node, lower in zip(model.graph.node, chosen):
         if lower:

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lossgraph.graph import live_nodes
+from lossgraph.graph import copy_model, live_nodes
 from lossgraph.runtime.rewrite import NodeWriter
 
 DOMAIN = "com.microsoft.nchwc"
@@ -269,8 +269,7 @@ def lower_convs(model: onnx.ModelProto, types=None) -> tuple[onnx.ModelProto, in
     count = sum(p is not None for p in plans)
     if not count:
         return model, 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     lowering = _Lowering(out.graph, block, types)
     for node, plan in zip(model.graph.node, plans):
         if plan is None:

@@ -16,7 +16,13 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
-from lossgraph.graph import SHAPE_VALUE_LIMIT, live_nodes, over_protobuf_limit, weights_as_inputs
+from lossgraph.graph import (
+    SHAPE_VALUE_LIMIT,
+    copy_model,
+    live_nodes,
+    over_protobuf_limit,
+    weights_as_inputs,
+)
 from lossgraph.runtime.conv_transpose import lower_conv_transposes
 from lossgraph.runtime.nchwc import lower_convs
 from lossgraph.runtime.types import ValueType, open_values, static_types
@@ -126,8 +132,7 @@ def reshapes_as_views(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
         views[output.name] = (node.input[0], onnx.numpy_helper.to_array(constants[node.input[1]]))
     if not views:
         return model, {}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     kept: dict[str, onnx.ValueInfoProto] = {}
     for output in out.graph.output:
         name = views[output.name][0] if output.name in views else output.name
