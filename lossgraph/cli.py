@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-import warnings
 from typing import Any
 
 import click
@@ -98,10 +97,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     Exit codes: 0 agree (or differ only by float32 rounding noise), 1 diverged,
     2 bad usage or bad input, 130 interrupted.
     """
+    from lossgraph.exporters import silence_framework_noise
+
     ctx.meta["lossgraph.debug"] = debug
-    # Paddle prints a ccache warning and glog lines at import; neither concerns lossgraph users.
-    warnings.filterwarnings("ignore", message="No ccache found")
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    silence_framework_noise()
 
 
 @main.command()

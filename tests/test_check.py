@@ -184,3 +184,18 @@ def test_cache_key_changes_with_what_the_export_depends_on(tmp_path: Path, monke
     assert cache._key(f"{spec}:spec", 1) != base
     monkeypatch.chdir(tmp_path)
     assert cache._key(f"{spec}:spec", 0) != base  # graphs name source lines relative to the cwd
+
+
+def test_framework_noise_stays_off_stderr(tmp_path: Path) -> None:
+    """Paddle's "When training, we now always track global mean and variance" (every BatchNorm
+    forward in training mode: --native trains the model eagerly) and its ccache warning concern
+    no lossgraph user."""
+    bugs = Path(__file__).resolve().parents[1] / "examples" / "bugs"
+    env = dict(os.environ, LOSSGRAPH_CACHE_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "lossgraph.cli", "check", f"{bugs / 'bugs_torch.py'}:bn_classifier",
+         f"{bugs / 'bugs_paddle.py'}:bn_classifier", "--steps", "1", "--native"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""

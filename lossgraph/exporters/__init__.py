@@ -5,6 +5,7 @@ The only place in lossgraph that imports torch or paddle, and only when an expor
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from lossgraph.graph import LossGraph
 from lossgraph.spec import Spec, load_spec
 
 DEFAULT_EXPORT_SEED = 0
+
+
+def silence_framework_noise() -> None:
+    """Hide what the frameworks print that does not concern a lossgraph user: Paddle's ccache
+    warning at import and glog lines, and its "When training, we now always track global mean
+    and variance" at every BatchNorm forward in training mode (lossgraph trains the model)."""
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
+    os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def export(spec: Spec | str, output: str | Path | None = None, seed: int = DEFAULT_EXPORT_SEED) -> LossGraph:

@@ -28,7 +28,6 @@ import sysconfig
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -334,8 +333,10 @@ def export_recorded(target: str, out: Path, seed: int) -> None:
 def main(argv: list[str]) -> int:
     """``python -m lossgraph.exporters.cache TARGET OUT SEED``: export one side; a failure is
     written, in one line, to ``OUT.error`` (exit code 2)."""
+    from lossgraph.exporters import silence_framework_noise
+
     target, out, seed = argv
-    warnings.filterwarnings("ignore", message="No ccache found")  # printed at paddle import
+    silence_framework_noise()
     try:
         export_recorded(target, Path(out), int(seed))
     except LossgraphError as exc:
