@@ -137,3 +137,11 @@ def test_module_outputs_are_tapped(exported, framework):
     taps = {node_meta(n, TAP_KEY) for n in graph.model.graph.node if node_meta(n, TAP_KEY)}
     assert {"generator_A#0", "generator_A#1", "generator_B.main.0#0", "discriminator_A.conv3#1",
             "discriminator_B#0.0", "discriminator_B#0.1.2"} <= taps
+
+
+def test_the_export_summary_counts_buffers_apart_from_frozen_parameters(write_spec, cli, tmp_path):
+    """BatchNorm's running statistics in training mode are buffers the training updates, not
+    "buffers, frozen" as the summary said."""
+    out = cli("export", f"{write_spec(PADDLE, 'train_paddle.py')}:spec", "-o", tmp_path / "p.onnx").stdout
+    line = next(line for line in out.splitlines() if line.startswith("parameters:"))
+    assert "2 buffer(s) (updated in training mode), 0 frozen parameter(s)" in line, line

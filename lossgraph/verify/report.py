@@ -475,9 +475,12 @@ def render_export(graph: LossGraph, path: str, console: Console) -> None:
     params = list(meta.params.values())
     trainable = [p for p in params if p.trainable]
     count = sum(_numel(p.shape) for p in trainable)
+    buffers = sum(p.kind == "buffer" for p in params)
+    frozen = len(params) - len(trainable) - buffers
+    updated = " (updated in training mode)" if meta.train and meta.state_outputs else ""
     console.print(
-        f"parameters: {len(trainable)} trainable tensors ({count:,} values), "
-        f"{len(params) - len(trainable)} other (buffers, frozen)"
+        f"parameters: {len(trainable)} trainable tensors ({count:,} values), {buffers} buffer(s){updated}, "
+        f"{frozen} frozen parameter(s)"
     )
     if meta.optimizers:
         opts = ", ".join(f"{n}={o.cls}({len(o.params)} params)" for n, o in meta.optimizers.items())
