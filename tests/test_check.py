@@ -199,3 +199,34 @@ def test_framework_noise_stays_off_stderr(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
+
+
+def test_assert_same_training_passes_a_port_and_explains_a_divergence(project: Path, monkeypatch) -> None:
+    """``lossgraph.testing.assert_same_training`` on spec paths (exported as by check, cached) and
+    on a Spec object built in the test."""
+    from lossgraph.spec import load_spec
+    from lossgraph.testing import assert_same_training
+
+    monkeypatch.setenv("LOSSGRAPH_CACHE_DIR", str(project / "cache"))
+    monkeypatch.chdir(project)
+    result = assert_same_training("ref.py", "port.py", steps=2)
+    assert result.passed and len(result.steps) == 2
+
+    _write(project / "paddlenet" / "model.py", PADDLE_MODEL.replace("{act}", "gelu"))
+    reference = load_spec(str(project / "ref.py"))  # a Spec object, exported in this process
+    with pytest.raises(AssertionError) as caught:
+        assert_same_training(reference, "port.py", steps=2)
+    message = str(caught.value)
+    assert message.startswith("lossgraph: diverged") and "First divergence (step 0, forward)" in message
+    assert "fc1" in message or "gelu" in message.lower(), message
+    assert caught.value.report["passed"] is False and caught.value.report["first_divergence"]
+
+
+@pytest.mark.slow
+def test_the_pytest_example_runs(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "testing" / "test_port.py"
+    env = dict(os.environ, LOSSGRAPH_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example),
+                             "-o", "addopts="], capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout

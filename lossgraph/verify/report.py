@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -266,6 +267,20 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         console.print(_native_table(side, diffs))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+
+
+def summary_text(result: VerifyResult) -> str:
+    """The report in a few plain lines: the verdict, the first divergence (where, source line,
+    likely cause) and the eager runs that part from their graph (``lossgraph.testing``'s
+    assertion message)."""
+    out = io.StringIO()
+    console = Console(file=out, width=110, color_system=None, highlight=False, soft_wrap=True)
+    console.print(f"lossgraph: {verdict(result)}", markup=False)
+    if result.first_divergence is not None:
+        _render_divergence(result.first_divergence, console)
+    for line in native_failure_lines(result):
+        console.print(line, markup=False)
+    return out.getvalue().rstrip()
 
 
 def native_failure_lines(result: VerifyResult) -> list[str]:
