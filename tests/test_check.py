@@ -217,7 +217,7 @@ def test_assert_same_training_passes_a_port_and_explains_a_divergence(project: P
     with pytest.raises(AssertionError) as caught:
         assert_same_training(reference, "port.py", steps=2)
     message = str(caught.value)
-    assert message.startswith("lossgraph: diverged") and "First divergence (step 0, forward)" in message
+    assert message.startswith("lossgraph: diverged") and "First divergence (step 0, forward pass)" in message
     assert "fc1" in message or "gelu" in message.lower(), message
     assert caught.value.report["passed"] is False and caught.value.report["first_divergence"]
 

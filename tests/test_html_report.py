@@ -98,3 +98,14 @@ def test_html_renders_in_headless_chromium(diverged, tmp_path):
          f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True,
     )
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_an_update_divergence_names_the_optimizer_and_the_parameter():
+    """"adam in scope fc: reference node fc.weight" read as if adam were an op of module fc."""
+    from lossgraph.verify.report import PHASE_WORDS, _where_parts
+
+    where = "".join(text for text, _ in _where_parts(
+        {"phase": "update", "op_type": "adam", "scope": "fc", "reference_node": "fc.weight:exp_avg",
+         "candidate_node": "fc.w:exp_avg"}))
+    assert where == "adam update of fc.weight:exp_avg (candidate fc.w:exp_avg) in module fc"
+    assert PHASE_WORDS["update"] == "optimizer update"

@@ -302,17 +302,32 @@ def native_failure_lines(result: VerifyResult) -> list[str]:
     return lines
 
 
+#: how a divergence's phase reads after "step N, "
+PHASE_WORDS = {"forward": "forward pass", "backward": "backward pass", "update": "optimizer update"}
+
+
+def _where_parts(div: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """Where a divergence is, as (text, is a name) parts: a node in a module's scope, or in an
+    update the parameter (or buffer) the optimizer (or the running statistics) wrote."""
+    scope = div.get("scope") or "(top level)"
+    ref, cand = div.get("reference_node") or "-", div.get("candidate_node") or "-"
+    if div.get("phase") == "update":
+        parts = [(div.get("op_type") or "optimizer", True), (" update of ", False), (ref, True)]
+        if cand != ref:
+            parts += [(" (candidate ", False), (cand, True), (")", False)]
+        return [*parts, (" in module ", False), (scope, True)]
+    return [(div.get("op_type") or "?", True), (" in scope ", False), (scope, True),
+            (": reference node ", False), (ref, True), (", candidate node ", False), (cand, True)]
+
+
 def _render_divergence(div: Divergence, console: Console) -> None:
-    where = f"step {div.step}, {div.phase}"
+    where = f"step {div.step}, {PHASE_WORDS.get(div.phase, div.phase)}"
     what = f"loss {div.loss!r}" if div.loss else "value"
     console.print(
         f"[bold red]First divergence[/bold red] ({escape(where)}): {escape(what)}, max |diff| "
         f"{_sci(div.max_abs_diff)}"
     )
-    console.print(escape(
-        f"  {div.op_type or '?'} in scope {div.scope or '(top level)'}: reference node "
-        f"{div.reference_node or '-'}, candidate node {div.candidate_node or '-'}"
-    ))
+    console.print(escape("  " + "".join(text for text, _ in _where_parts(asdict(div)))))
     if div.source:
         source = div.source
         console.print(escape(f"  source {_short(source['file'])}:{source['line']}  {source['code']}"))
@@ -654,12 +669,9 @@ def _html_divergence(div: Mapping[str, Any] | None, passed: bool) -> str:
     loss = f", loss <code>{_esc(div['loss'])}</code>" if div.get("loss") else ""
     lines = [
         f'<h2 id="divergence">{heading}</h2><div class="box divergence">',
-        f"<p>Step <b>{div['step']}</b>, <b>{_esc(div['phase'])}</b> pass{loss}: max |diff| "
-        f"<b>{_html_sci(div.get('max_abs_diff'))}</b></p>",
-        f"<p><code>{_esc(div.get('op_type') or '?')}</code> in scope "
-        f"<code>{_esc(div.get('scope') or '(top level)')}</code>; reference node "
-        f"<code>{_esc(div.get('reference_node') or '-')}</code>, candidate node "
-        f"<code>{_esc(div.get('candidate_node') or '-')}</code>"
+        f"<p>Step <b>{div['step']}</b>, <b>{_esc(PHASE_WORDS.get(div['phase'], div['phase']))}</b>{loss}: "
+        f"max |diff| <b>{_html_sci(div.get('max_abs_diff'))}</b></p>",
+        "<p>" + "".join(f"<code>{_esc(text)}</code>" if name else _esc(text) for text, name in _where_parts(div))
         + ("" if div.get("localized") else " (where the difference was observed, not localized)")
         + "</p>",
     ]
