@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from lossgraph import __version__
 from lossgraph.errors import LossgraphError, one_line
@@ -146,6 +149,7 @@ _VERIFY_OPTIONS = [
     click.option("--no-localize", is_flag=True, help="Do not search for the node where a divergence starts."),
     click.option("--no-noise-floor", is_flag=True, help="Do not re-run in float64 to tell float32 rounding noise from real differences."),
     click.option("--strict", is_flag=True, help="Count diffs above the tolerance as divergence even when they are float32 rounding noise (within the tolerance in the float64 re-run)."),
+    click.option("--quiet", is_flag=True, help="Show no progress on stderr (shown only when stderr is a terminal)."),
     click.option("--json", "json_file", type=FilePath(dir_okay=False, output=True), help="Write the JSON report here."),
     click.option("--html", "html_file", type=FilePath(dir_okay=False, output=True), help="Write a self-contained HTML report here (per-step plot, divergence in its graph neighbourhood, noise floor)."),
 ]
@@ -207,7 +211,9 @@ def check(reference: str, candidate: str, keep: str | None, no_cache: bool, **op
     if click.get_current_context().meta.get("lossgraph.debug"):
         os.environ["LOSSGRAPH_DEBUG"] = "1"  # the export process beside this one prints tracebacks too
     console = _console()
-    with exported_pair([reference, candidate], options["seed"], use_cache=not no_cache, keep=keep) as sides:
+    with _progress(options["quiet"]), exported_pair(
+        [reference, candidate], options["seed"], use_cache=not no_cache, keep=keep
+    ) as sides:
         render_exported(sides, ("reference", "candidate"), keep, console)
         _verify_and_report(str(sides[0].path), str(sides[1].path), options, console)
 
@@ -243,7 +249,8 @@ def _verify_and_report(reference: str, candidate: str, options: dict[str, Any], 
         noise_floor=not options["no_noise_floor"],
         strict=options["strict"],
     )
-    result = run_verify(reference, candidate, settings)
+    with _progress(options["quiet"]):
+        result = run_verify(reference, candidate, settings)
     console = console or _console()
     render_verify(result, console)
     json_file, html_file = options["json_file"], options["html_file"]
@@ -272,6 +279,19 @@ def report(report_file: str, html_file: str) -> None:
     data = read_report(report_file)
     write_html(data, html_file)
     click.echo(f"lossgraph report: {report_file} -> {html_file} ({'passed' if data['passed'] else 'diverged'})")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[None]:
+    """What a long run is doing, as one changing line on stderr, when stderr is a terminal."""
+    from lossgraph.progress import reporting
+
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status("starting", spinner="dots") as status, reporting(lambda text: status.update(escape(text))):
+        yield
 
 
 def _console() -> Console:

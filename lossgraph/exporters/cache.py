@@ -38,6 +38,7 @@ from typing import Any
 from lossgraph.errors import ExportError, LossgraphError, SpecError, one_line
 from lossgraph.files import OutputError, check_outputs, write_atomic
 from lossgraph.graph import copy_graph_file
+from lossgraph.progress import say
 from lossgraph.spec import parse_target
 
 CACHE_ENV = "LOSSGRAPH_CACHE_DIR"
@@ -83,6 +84,8 @@ def exported_pair(
             _lookup(cache, target, seed) if cache is not None else None for target in targets
         ]
         missing = [i for i, side in enumerate(sides) if side is None]
+        if missing:
+            say("exporting " + " and ".join(targets[i] for i in missing))
         for i, side in _export_missing([targets[i] for i in missing], seed, Path(tmp)):
             sides[missing[i]] = _store(cache, side, seed) if cache is not None else side
         done = [side for side in sides if side is not None]

@@ -29,6 +29,7 @@ from lossgraph.inputs import (
     make_inputs,
     mask_index,
 )
+from lossgraph.progress import say
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.verify.align import (
     ParamMap,
@@ -329,6 +330,7 @@ def run_verify(
         if not runs64:
             from lossgraph.verify.noise import float64_setup
 
+            say("float64 re-run (is a difference rounding noise?)")
             setups64.append(float64_setup(setup))
             runs64.extend(compare(setups64[0], options, dtype="float64"))
         return runs64
@@ -361,8 +363,10 @@ def run_verify(
     if failing is not None:
         noise = result.noise_only and not options.strict
         quick = replace(options, localize=options.localize and not noise)
+        say(f"localizing the first divergence (step {failing.step})")
         result.first_divergence = locate(setup, quick, failing, ref_run, cand_run)
     if options.native and options.native_runner is not None and options.steps:
+        say("training each side eagerly in its framework (--native)")
         result.native = {
             "reference": native_diffs(ref, setup.ref_params, ref_run, options, setup.tol),
             "candidate": native_diffs(cand, setup.cand_params, cand_run, options, setup.tol),

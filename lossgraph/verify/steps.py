@@ -41,6 +41,7 @@ from lossgraph.graph import (
     weights_as_inputs,
 )
 from lossgraph.inputs import dropout_feeds, mask_index
+from lossgraph.progress import say
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.spec import EMA
 from lossgraph.verify.align import ParamMap, ParamPair
@@ -396,7 +397,9 @@ def run_steps(
         for graph, side, start in sides
     )
     results: list[StepResult] = []
+    run = "float64 re-run, training step" if dtype == "float64" else "training step"
     for index in range(steps):
+        say(f"{run} {index + 1}/{steps}")
         befores, outcomes = [], []
         for trainer, trajectory in zip(trainers, trajectories):
             befores.append(dict(trainer.params))
