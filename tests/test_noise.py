@@ -169,6 +169,24 @@ def test_a_correct_momentum_port_is_not_called_semantic(tmp_path_factory, export
     assert floor["verdict"] == "noise", [i for i in floor["items"] if i["verdict"] != "noise"]
     assert floor["max_float64_diff"] <= 1e-6
     assert result.passed
+    # a passing run shows its noise as noise: in the JSON items, the terminal and the HTML
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lossgraph.verify.report import render_html, render_verify, report_dict
+
+    report = report_dict(result)
+    kinds = [v for step in report["steps"]
+             for group in ("losses", "gradients", "parameters", "optimizer_state")
+             for v in step[group].values()]
+    verdicts = {v["verdict"] for v in kinds}
+    assert "noise" in verdicts and verdicts <= {"pass", "noise"}, verdicts
+    out = StringIO()
+    render_verify(result, Console(file=out, width=150, color_system=None))
+    assert "FAIL" not in out.getvalue()
+    page = render_html(report)
+    assert 'class="fail"' not in page and 'class="box divergence"' not in page
 
 
 def test_a_localization_of_size_zero_is_not_reported(tmp_path_factory, exported, monkeypatch):

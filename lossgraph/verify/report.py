@@ -53,7 +53,7 @@ def report_dict(result: VerifyResult) -> dict[str, Any]:
         "seed": result.seed,
         "inputs": result.inputs_source,
         "parameter_map": result.param_map.to_dict(),
-        "steps": [_step_dict(step) for step in result.steps],
+        "steps": [_step_dict(step, item_verdicts(result.noise_floor)) for step in result.steps],
         "first_divergence": _divergence_dict(result.first_divergence),
         "noise_floor": result.noise_floor,
         "verdict": verdict(result),
@@ -138,37 +138,66 @@ def _loss_dict(diff: LossDiff) -> dict[str, Any]:
     }
 
 
-def _value_dict(diff: ValueDiff) -> dict[str, Any]:
-    return {
+def _value_dict(diff: ValueDiff, verdict: str | None = None) -> dict[str, Any]:
+    out = {
         "max_abs_diff": diff.max_abs_diff,
         "max_rel_diff": diff.max_rel_diff,
         "required_tol": diff.required_tol,
         "passed": diff.passed,
     }
+    if verdict is not None:
+        out["verdict"] = verdict
+    return out
 
 
-def _grad_dict(diff: GradDiff) -> dict[str, Any]:
+#: an item's verdict: within the tolerance, above it by float32 rounding noise (the float64
+#: re-run of the same comparison is within it), above it for real, or above it unclassified (no
+#: float64 re-run: --no-noise-floor); the worst of several is the one shown
+ITEM_VERDICTS = ("pass", "noise", "fail", "semantic")
+
+
+def item_verdicts(floor: Mapping[str, Any] | None) -> dict[tuple[int, str], str]:
+    """(step, what) -> the noise floor's verdict of each difference above the tolerance."""
+    return {(i["step"], i["what"]): i["verdict"] for i in (floor or {}).get("items", [])}
+
+
+def _verdict_of(passed: bool, step: int, what: str, verdicts: Mapping[tuple[int, str], str]) -> str:
+    return "pass" if passed else verdicts.get((step, what), "fail")
+
+
+def _grad_dict(name: str, diff: GradDiff, step: int, verdicts: Mapping[tuple[int, str], str]) -> dict[str, Any]:
+    losses = {loss: _value_dict(d, _verdict_of(d.passed, step, f"gradient {name} ({loss})", verdicts))
+              for loss, d in diff.losses.items()}
     return {
         "max_abs_diff": diff.max_abs_diff,
         "required_tol": diff.required_tol,
         "passed": diff.passed,
-        "losses": {loss: _value_dict(d) for loss, d in diff.losses.items()},
+        "verdict": max((d["verdict"] for d in losses.values()), key=ITEM_VERDICTS.index, default="pass"),
+        "losses": losses,
     }
 
 
-def _step_dict(step: StepResult) -> dict[str, Any]:
+def _step_dict(step: StepResult, verdicts: Mapping[tuple[int, str], str] | None = None) -> dict[str, Any]:
+    verdicts = verdicts or {}
+
+    def values(kind: str, diffs: Mapping[str, ValueDiff]) -> dict[str, Any]:
+        return {name: _value_dict(d, _verdict_of(d.passed, step.step, f"{kind} {name}", verdicts))
+                for name, d in diffs.items()}
+
     return {
         "step": step.step,
         "loss": step.loss,
         "optimizer": step.optimizer,
         "passed": step.passed,
         "phase_failed": step.phase_failed(),
-        "losses": {name: _loss_dict(d) for name, d in step.losses.items()},
-        "module_outputs": {name: _value_dict(d) for name, d in step.taps.items()},
-        "gradients": {name: _grad_dict(d) for name, d in step.gradients.items()},
-        "parameters": {name: _value_dict(d) for name, d in step.parameters.items()},
-        "optimizer_state": {name: _value_dict(d) for name, d in step.optimizer_state.items()},
-        "lr": _value_dict(step.lr) if step.lr is not None else None,
+        "losses": {name: {**_loss_dict(d), "verdict": _verdict_of(d.passed, step.step, f"loss {name}", verdicts)}
+                   for name, d in step.losses.items()},
+        "module_outputs": values("module output", step.taps),
+        "gradients": {name: _grad_dict(name, d, step.step, verdicts) for name, d in step.gradients.items()},
+        "parameters": values("parameter", step.parameters),
+        "optimizer_state": values("optimizer state", step.optimizer_state),
+        "lr": (_value_dict(step.lr, _verdict_of(step.lr.passed, step.step, "learning rate", verdicts))
+               if step.lr is not None else None),
         "conventions": [_convention_dict(c) for c in step.conventions],
     }
 
@@ -253,16 +282,17 @@ def render_verify(result: VerifyResult, console: Console) -> None:
         _render_divergence(result.first_divergence, console)
     if result.noise_floor:
         _render_noise_floor(result.noise_floor, console)
+    verdicts = item_verdicts(result.noise_floor)
     if len(result.steps) > 1 or result.steps[0].loss is not None:
         console.print(_steps_table(result.steps, noise_steps(result.noise_floor)))
         _render_conventions(result, console)
         failing = next((s for s in result.steps if not s.passed), None)
         if failing is not None:
-            console.print(_losses_table(failing))
+            console.print(_losses_table(failing, verdicts))
     else:
-        console.print(_losses_table(result.steps[0]))
+        console.print(_losses_table(result.steps[0], verdicts))
         if result.steps[0].gradients:
-            console.print(_gradients_table(result.steps[0]))
+            console.print(_gradients_table(result.steps[0], verdicts))
     for side, diffs in result.native.items():
         console.print(_native_table(side, diffs))
     for warning in result.warnings:
@@ -446,7 +476,11 @@ def _native_table(side: str, diffs: list[NativeDiff]) -> Table:
     return table
 
 
-def _losses_table(step: StepResult) -> Table:
+#: an item's verdict in a terminal table
+STATUS = {"pass": PASS, "noise": "[green]noise[/green]", "fail": FAIL, "semantic": FAIL}
+
+
+def _losses_table(step: StepResult, verdicts: Mapping[tuple[int, str], str]) -> Table:
     title = "Forward losses" if step.loss is None else f"Step {step.step} losses ({step.loss} / {step.optimizer})"
     table = Table(title=title, title_justify="left")
     for column in ("loss", "reference", "candidate", "|diff|", "rel diff", "min tol", ""):
@@ -459,7 +493,7 @@ def _losses_table(step: StepResult) -> Table:
             _sci(diff.abs_diff),
             _sci(diff.diff.max_rel_diff),
             _sci(diff.diff.required_tol),
-            PASS if diff.passed else FAIL,
+            STATUS[_verdict_of(diff.passed, step.step, f"loss {name}", verdicts)],
         )
     return table
 
@@ -468,7 +502,7 @@ def _losses_table(step: StepResult) -> Table:
 GRADIENT_ROWS = 12
 
 
-def _gradients_table(step: StepResult) -> Table:
+def _gradients_table(step: StepResult, verdicts: Mapping[tuple[int, str], str]) -> Table:
     """The parameters whose gradients differ most (all of them in the JSON report)."""
     rows = sorted(step.gradients.items(), key=lambda item: -item[1].max_abs_diff)
     failed = sum(not d.passed for _, d in rows)
@@ -481,7 +515,7 @@ def _gradients_table(step: StepResult) -> Table:
     for name, diff in rows[:GRADIENT_ROWS]:
         loss = max(diff.losses, key=lambda k: diff.losses[k].max_abs_diff)
         table.add_row(name, loss, _sci(diff.max_abs_diff), _sci(diff.required_tol),
-                      PASS if diff.passed else FAIL)
+                      STATUS[_grad_dict(name, diff, step.step, verdicts)["verdict"]])
     return table
 
 
@@ -567,7 +601,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .7em;border-bottom:1px solid #eee;
 text-align:right}td:first-child,th:first-child{text-align:left}
 .box{border:1px solid #ccc;border-radius:6px;padding:.8em 1em;background:#fafafa}
-.divergence{border-color:#c62828;background:#fff6f6}.hint{font-weight:600}
+.divergence{border-color:#c62828;background:#fff6f6}.rounding{border-color:#1a7f37;background:#f6fff8}.hint{font-weight:600}
 code{background:#f0f0f0;padding:0 .2em}.graphs{display:flex;gap:1em;flex-wrap:wrap}
 .graphs figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}
 """
@@ -668,7 +702,7 @@ def _html_divergence(div: Mapping[str, Any] | None, passed: bool) -> str:
     heading = "First divergence" if not passed else "Largest difference (float32 rounding noise)"
     loss = f", loss <code>{_esc(div['loss'])}</code>" if div.get("loss") else ""
     lines = [
-        f'<h2 id="divergence">{heading}</h2><div class="box divergence">',
+        f'<h2 id="divergence">{heading}</h2><div class="box {"divergence" if not passed else "rounding"}">',
         f"<p>Step <b>{div['step']}</b>, <b>{_esc(PHASE_WORDS.get(div['phase'], div['phase']))}</b>{loss}: "
         f"max |diff| <b>{_html_sci(div.get('max_abs_diff'))}</b></p>",
         "<p>" + "".join(f"<code>{_esc(text)}</code>" if name else _esc(text) for text, name in _where_parts(div))
@@ -846,7 +880,7 @@ def _html_steps_table(steps: list[Mapping[str, Any]], noise: set[int] = frozense
                 f"<tr><td>{step['step']}</td><td style='text-align:left'>{_esc(name)}</td>"
                 f"<td>{_fmt(d['reference'])}</td><td>{_fmt(d['candidate'])}</td>"
                 f"<td>{_html_sci(d['abs_diff'])}</td><td>{_html_sci(d.get('required_tol'))}</td>"
-                f"<td class=\"{'pass' if d['passed'] else 'fail'}\">{'pass' if d['passed'] else 'FAIL'}</td></tr>"
+                f"{_html_item(d)}</tr>"
             )
     return (
         f"<table id='steps'><tr><th>step</th><th>loss / optimizer</th>{head}<th></th></tr>"
@@ -854,6 +888,13 @@ def _html_steps_table(steps: list[Mapping[str, Any]], noise: set[int] = frozense
         f"<th>reference</th><th>candidate</th><th>|diff|</th><th>min tol</th><th></th></tr>"
         f"{''.join(losses)}</table>"
     )
+
+
+def _html_item(value: Mapping[str, Any]) -> str:
+    """The verdict cell of one compared value: pass, noise (green) or FAIL."""
+    verdict = value.get("verdict") or ("pass" if value["passed"] else "fail")
+    shown = {"pass": "pass", "noise": "noise"}.get(verdict, "FAIL")
+    return f'<td class="{verdict if verdict in ("pass", "noise") else "fail"}">{shown}</td>'
 
 
 def _html_native(native: Mapping[str, Any]) -> str:

@@ -32,10 +32,11 @@ def _maybe(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 #: one compared value: a module output, gradient, parameter or optimizer state
+_VERDICT = {"enum": ["pass", "noise", "fail", "semantic"]}
 _VALUE = _object({}, {"max_abs_diff": _MAYBE_NUMBER, "max_rel_diff": _MAYBE_NUMBER,
-                      "required_tol": _MAYBE_NUMBER})
+                      "required_tol": _MAYBE_NUMBER, "verdict": _VERDICT})
 _LOSS = _object({"reference": _NUMBER, "candidate": _NUMBER, "abs_diff": _MAYBE_NUMBER, "passed": {}},
-                {"required_tol": _MAYBE_NUMBER, "rel_diff": _MAYBE_NUMBER})
+                {"required_tol": _MAYBE_NUMBER, "rel_diff": _MAYBE_NUMBER, "verdict": _VERDICT})
 _STEP = _object(
     {"step": {"type": "integer"}},
     {
