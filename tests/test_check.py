@@ -186,6 +186,7 @@ def test_cache_key_changes_with_what_the_export_depends_on(tmp_path: Path, monke
     assert cache._key(f"{spec}:spec", 0) != base  # graphs name source lines relative to the cwd
 
 
+@pytest.mark.slow
 def test_framework_noise_stays_off_stderr(tmp_path: Path) -> None:
     """Paddle's "When training, we now always track global mean and variance" (every BatchNorm
     forward in training mode: --native trains the model eagerly) and its ccache warning concern
