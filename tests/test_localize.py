@@ -224,3 +224,63 @@ def test_a_module_output_that_ends_elsewhere_is_a_boundary_not_a_divergence():
         for tap, (r, c) in pairs.items():
             values[tap] = (run_values(ref, [r])[r], run_values(cand, [c])[c])
         assert boundary_taps(ref, cand, pairs, values, ["a#0", "c#0"], tol) == expected
+
+
+TWO_LAYERS_TORCH = """
+import torch
+from torch import nn
+import lossgraph as lg
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def spec():
+    torch.manual_seed(0)
+    return lg.Spec(model=Net(), loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([4, 4])})
+"""
+TWO_LAYERS_PADDLE = """
+import paddle
+from paddle import nn
+import lossgraph as lg
+
+
+class Net(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(paddle.nn.functional.ACT(self.a(x)))
+
+
+def spec():
+    paddle.seed(0)
+    return lg.Spec(model=Net(), loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([4, 4])})
+"""
+
+
+def test_an_op_only_one_side_applies_is_named_and_a_swapped_one_is_not(tmp_path_factory, exported):
+    """An extra ReLU in the port (or one it lost) was reported at the next layer with no likely
+    cause; an activation swapped for another must not be called an extra one."""
+    from conftest import write_spec_files
+
+    files = write_spec_files(tmp_path_factory, "extra_op", {
+        "plain": TWO_LAYERS_TORCH, "relu": TWO_LAYERS_PADDLE.replace("ACT", "relu"),
+        "gelu": TWO_LAYERS_PADDLE.replace("ACT", "gelu"),
+    })
+    plain, relu, gelu = (exported(str(files[k])) for k in ("plain", "relu", "gelu"))
+    extra = lg.verify(plain, relu).first_divergence
+    assert extra.hint and extra.hint.startswith("The candidate applies Relu to a value the reference passes on"), extra
+    lost = lg.verify(relu, plain).first_divergence
+    assert lost.hint and lost.hint.startswith("The reference applies Relu to a value the candidate passes on"), lost
+    swapped = lg.verify(relu, gelu).first_divergence
+    assert swapped is not None and "passes on as it is" not in (swapped.hint or "")

@@ -874,6 +874,59 @@ def dropout_downscale_in_infer(ctx: HintContext) -> str | None:
     return None
 
 
+#: Elementwise ops one side may apply where the other has none (an extra or a lost activation).
+ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
+               "HardSigmoid", "HardSwish", "Gelu", "Mish", "Abs", "Neg", "Exp", "Log", "Sqrt", "Erf"}
+#: Ops that take an activation with weights: where one side feeds a value the other transforms.
+CONSUMERS = {"Gemm", "MatMul", "Conv", "ConvTranspose"}
+
+
+@hint
+def op_on_one_side(ctx: HintContext) -> str | None:
+    """An elementwise op only one side applies: the values agree up to a value one side feeds
+    to its next layer (Gemm, MatMul, Conv) as it is, where the other applies the op first (an
+    extra ReLU in the port, or one it lost). An activation swapped for another is not this:
+    there the reference's origin is an activation itself, not a layer."""
+    if ctx.divergence.phase != "forward":
+        return None
+    ref, cand = ctx.node("ref"), ctx.node("cand")
+    sources = set(ctx.values.get("cand_sources") or ())
+    if ref is None or cand is None or ref.op_type == cand.op_type:
+        return None
+    if cand.op_type in ELEMENTWISE and ref.op_type in CONSUMERS and cand.input and _moved_from(ctx.cand, cand.input[0]) & sources:
+        extra, side, other, graph = cand, "candidate", "reference", ctx.cand
+    elif (ref.op_type in ELEMENTWISE and cand.op_type in CONSUMERS and ref.input
+          and any(_moved_from(ctx.cand, i) & sources for i in cand.input)
+          and not any(n.op_type == ref.op_type for n in _after(ctx, cand))):
+        extra, side, other, graph = ref, "reference", "candidate", ctx.ref
+    else:
+        return None
+    if side == "candidate" and not any(n.op_type in CONSUMERS for n in ctx.consumers(graph).get(extra.output[0], [])):
+        return None
+    source = node_meta(extra, SOURCE_KEY)
+    where = f" ({source})" if source else ""
+    return (f"The {side} applies {extra.op_type}{where} to a value the {other} passes on as it is: an op only "
+            f"the {side} has (an extra activation, or one the {other} lost).")
+
+
+def _moved_from(graph: LossGraph, value: str) -> set[str]:
+    """``value`` and the values it is a copy of (through Identity, Reshape and the like)."""
+    from lossgraph.verify.localize import RESHAPES
+
+    producers = {o: n for n in graph.model.graph.node for o in n.output}
+    out = {value}
+    while (node := producers.get(value)) is not None and node.op_type in RESHAPES and node.input:
+        value = node.input[0]
+        out.add(value)
+    return out
+
+
+def _after(ctx: HintContext, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The candidate nodes reading ``node``'s outputs."""
+    readers = ctx.consumers(ctx.cand)
+    return [n for o in node.output for n in readers.get(o, [])]
+
+
 def _ratio(a: float, b: float) -> float | None:
     if not a or not b or not np.isfinite(a) or not np.isfinite(b):
         return None

@@ -554,6 +554,8 @@ class Origin:
     ref_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     #: the reference only copies agreeing values there; the candidate computes something
     copies: bool = False
+    #: the candidate's values that agree with the origin's inputs
+    cand_sources: tuple[str, ...] = ()
 
     def hint_values(self) -> dict[str, object]:
         """Everything but the nodes and the diff, by field name (shallow: arrays not copied)."""
@@ -707,6 +709,7 @@ def _origin_in_region(
         ref_transposed_params=ref_transposed,
         ref_inputs={i: ref_vals[i] for i in node.input if i in ref_vals},
         copies=copies,
+        cand_sources=tuple(cand_sources),
         ref_status={v: "agrees" if v in counterpart else "differs" for v in ref_vals},
         cand_status={
             **{o: "differs" for n in cand_between for o in n.output if o in cand_vals},
