@@ -339,7 +339,8 @@ def test_batchnorm_train_port_passes_in_the_candidates_convention(cli, exported,
         assert note["counts"] == [4 * 4 * 4]
         assert note["raw"]["max_abs_diff"] > 1e-4 and not note["raw"]["passed"]
         assert note["converted"]["max_abs_diff"] <= TOL
-        assert step["parameters"]["bn.running_var"] == note["converted"]
+        compared = {k: v for k, v in step["parameters"]["bn.running_var"].items() if k != "verdict"}
+    assert compared == note["converted"]
     assert "Conventions: 1 running variance(s)" in result.stdout
     assert "not a porting bug" in result.stdout
 

@@ -13,10 +13,10 @@ import lossgraph
 
 PACKAGE = Path(lossgraph.__file__).parent
 
-#: lowest first: graph, errors and safe file writing, then the ONNX Runtime floor and seeded inputs, then the
-#: autodiff and the optimizers, then the verifier, then the exporters, the CLI and the package
+#: lowest first: graph, errors, safe file writing and progress messages, then the ONNX Runtime floor and seeded
+#: inputs, then the autodiff and the optimizers, then the verifier, then the exporters, the CLI and the package
 FLOORS = [
-    ("lossgraph.errors", "lossgraph.spec", "lossgraph.graph", "lossgraph.files"),
+    ("lossgraph.errors", "lossgraph.spec", "lossgraph.graph", "lossgraph.files", "lossgraph.progress"),
     ("lossgraph.runtime", "lossgraph.inputs"),
     ("lossgraph.autodiff", "lossgraph.optim"),
     ("lossgraph.verify",),
