@@ -211,9 +211,11 @@ def check(reference: str, candidate: str, keep: str | None, no_cache: bool, **op
     if click.get_current_context().meta.get("lossgraph.debug"):
         os.environ["LOSSGRAPH_DEBUG"] = "1"  # the export process beside this one prints tracebacks too
     console = _console()
-    with _progress(options["quiet"]), exported_pair(
-        [reference, candidate], options["seed"], use_cache=not no_cache, keep=keep
-    ) as sides:
+    with contextlib.ExitStack() as graphs:
+        with _progress(options["quiet"]):  # the exports; the verify shows its own progress
+            sides = graphs.enter_context(
+                exported_pair([reference, candidate], options["seed"], use_cache=not no_cache, keep=keep)
+            )
         render_exported(sides, ("reference", "candidate"), keep, console)
         _verify_and_report(str(sides[0].path), str(sides[1].path), options, console)
 

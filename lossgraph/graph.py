@@ -348,9 +348,7 @@ def save_external(model: onnx.ModelProto, path: Path) -> None:
     :func:`data_file` (``path``'s name + ``.data``, beside it); ``model`` is left whole. Both files
     are written atomically, the data first."""
     data = data_file(path)
-    light = onnx.ModelProto()
-    _copy_fields(model, light, skip="graph")
-    _copy_fields(model.graph, light.graph, skip="initializer")
+    light = _without_initializers(model)
     chunks = []
     offset = 0
     for tensor in model.graph.initializer:
@@ -626,10 +624,8 @@ def weights_as_inputs(
     message keeps the memory of what is deleted from it until it is freed itself, so a whole
     copy emptied afterwards would hold the weights as long as it lives."""
     names = set(names)
-    out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
+    out = _without_initializers(model)
     graph = out.graph
-    _copy_fields(model.graph, graph, skip="initializer")
     graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     declared = {i.name for i in graph.input}
     graph.input.extend(
@@ -651,6 +647,14 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return weights_as_inputs(model)
 
 
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its initializers, made without ever copying them."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    return out
+
+
 def _copy_fields(source: Any, target: Any, skip: str) -> None:
     """Copy every set field of the protobuf message ``source`` into ``target``, except ``skip``."""
     for descriptor, value in source.ListFields():
@@ -669,8 +673,12 @@ def without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     typed graph inputs instead: what shape inference and constant folding need (types; only
     small values can feed a shape), without serializing the weights (DiscoGAN's 66 MB took
     0.34 s a call, and past 2 GB a model cannot be serialized at all)."""
-    large = [t.name for t in model.graph.initializer if int(np.prod(t.dims, dtype=np.int64)) > SHAPE_VALUE_LIMIT]
-    return weights_as_inputs(model, large)
+    return weights_as_inputs(model, [t.name for t in large_initializers(model)])
+
+
+def large_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The initializers of more than :data:`SHAPE_VALUE_LIMIT` elements: weights, not shapes."""
+    return [t for t in model.graph.initializer if int(np.prod(t.dims, dtype=np.int64)) > SHAPE_VALUE_LIMIT]
 
 
 def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:

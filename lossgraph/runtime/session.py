@@ -17,8 +17,8 @@ from onnx import numpy_helper
 
 from lossgraph.errors import GraphLoadError, UnsupportedOpError, VerificationError
 from lossgraph.graph import (
-    SHAPE_VALUE_LIMIT,
     copy_model,
+    large_initializers,
     live_nodes,
     over_protobuf_limit,
     weights_as_inputs,
@@ -182,8 +182,7 @@ class OrtRunner:
         self.constants: dict[str, np.ndarray] = {}
         if over_protobuf_limit(model):
             self.constants = {
-                t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-                if t.name not in fed and int(np.prod(t.dims, dtype=np.int64)) > SHAPE_VALUE_LIMIT
+                t.name: numpy_helper.to_array(t) for t in large_initializers(model) if t.name not in fed
             }
         prepared = weights_as_inputs(model, fed | set(self.constants), extra_outputs)
         #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.runtime.conv_transpose) and
