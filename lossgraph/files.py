@@ -105,3 +105,11 @@ def _read_umask() -> int:
 
 #: the process's umask, read once at import (reading it sets it for a moment)
 _UMASK = _read_umask()
+
+
+def relative_to_cwd(path: str) -> str:
+    """A path relative to the working directory when it lies below it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from lossgraph.errors import LossgraphError, SpecError, VerificationError
-from lossgraph.files import write_atomic
+from lossgraph.files import relative_to_cwd, write_atomic
 from lossgraph.spec import Input
 
 META_KEY = "lossgraph"
@@ -490,6 +490,16 @@ def node_meta(node: onnx.NodeProto, key: str) -> str | None:
         if prop.key == key:
             return prop.value
     return None
+
+
+def source_line(node: onnx.NodeProto | None) -> str | None:
+    """Where a node was written, as ``file:line: code`` (the file relative to the working
+    directory), or None when the exporter recorded no source line."""
+    text = node_meta(node, SOURCE_KEY) if node is not None else None
+    if not text:
+        return None
+    source = json.loads(text)
+    return f"{relative_to_cwd(source['file'])}:{source['line']}: {source.get('code', '')}".rstrip(": ")
 
 
 def set_node_meta(node: onnx.NodeProto, key: str, value: str) -> None:

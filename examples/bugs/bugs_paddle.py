@@ -222,3 +222,77 @@ def bce_pos_weight():
 def bce_no_pos_weight():
     """The port that forgets the criterion's ``pos_weight``."""
     return _weighted_head(None)
+
+
+class ActorCritic(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D, 16)
+        self.policy = nn.Linear(16, C)
+        self.value = nn.Linear(16, 1)
+
+    def forward(self, obs):
+        h = paddle.tanh(self.body(obs))
+        return self.policy(h), self.value(h).squeeze(-1)
+
+
+def _actor_critic(detach):
+    def loss(model, obs, action, ret):
+        logits, value = model(obs)
+        logp = paddle.take_along_axis(F.log_softmax(logits, -1), action.unsqueeze(1), 1).squeeze(1)
+        advantage = ret - value
+        actor = -(logp * (advantage.detach() if detach else advantage)).mean()
+        critic = advantage.pow(2).mean()
+        return actor + 0.5 * critic
+
+    paddle.seed(0)
+    model = ActorCritic()
+    return lg.Spec(model=model, loss=loss,
+                   inputs={"obs": X, "action": lg.Input([N], dtype="int64", high=C),
+                           "ret": lg.Input([N], low=-1.0, high=1.0)},
+                   optimizers={"adam": paddle.optimizer.Adam(parameters=model.parameters(), learning_rate=0.01)})
+
+
+def actor_critic():
+    """The correct port: the actor's term reads a detached advantage."""
+    return _actor_critic(True)
+
+
+def actor_critic_no_detach():
+    """The port that forgets the detach: the policy gradient also trains the critic (and the
+    shared body through it)."""
+    return _actor_critic(False)
+
+
+class Clipped(nn.Layer):
+    def __init__(self, straight_through):
+        super().__init__()
+        self.fc1 = nn.Linear(D, 8)
+        self.fc2 = nn.Linear(8, C)
+        self.straight_through = straight_through
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.straight_through:
+            h = h + (paddle.clip(h, -0.5, 0.5) - h).detach()
+        else:
+            h = paddle.clip(h, -0.5, 0.5)
+        return self.fc2(h)
+
+
+def _clipped(straight_through):
+    paddle.seed(0)
+    model = Clipped(straight_through)
+    return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([N, D], low=-2.0, high=2.0)},
+                   optimizers={"sgd": paddle.optimizer.SGD(parameters=model.parameters(), learning_rate=0.1)})
+
+
+def clipped():
+    """The correct port of ``clipped``: clip, differentiated as it is."""
+    return _clipped(False)
+
+
+def clipped_straight_through():
+    """The correct port of ``clipped_straight_through``; against ``clipped`` it is the bug:
+    the same forward values, the gradient passed straight through the clip."""
+    return _clipped(True)

@@ -161,3 +161,89 @@ def bce_pos_weight():
 
     return lg.Spec(model=WeightedHead(), loss=loss,
                    inputs={"x": X, "target": lg.Input([N, D], low=0.0, high=1.0)})
+
+
+class ActorCritic(nn.Module):
+    """A policy and a value head on a shared body (A2C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(D, 16)
+        self.policy = nn.Linear(16, C)
+        self.value = nn.Linear(16, 1)
+
+    def forward(self, obs):
+        h = torch.tanh(self.body(obs))
+        return self.policy(h), self.value(h).squeeze(-1)
+
+
+ACTOR_CRITIC_INPUTS = {"obs": X, "action": lg.Input([N], dtype="int64", high=C),
+                       "ret": lg.Input([N], low=-1.0, high=1.0)}
+
+
+def _actor_critic(loss):
+    torch.manual_seed(0)
+    model = ActorCritic()
+    return lg.Spec(model=model, loss=loss, inputs=ACTOR_CRITIC_INPUTS,
+                   optimizers={"adam": torch.optim.Adam(model.parameters(), lr=0.01)})
+
+
+def actor_critic_loss(model, obs, action, ret):
+    logits, value = model(obs)
+    logp = F.log_softmax(logits, -1).gather(1, action.unsqueeze(1)).squeeze(1)
+    advantage = ret - value
+    actor = -(logp * advantage.detach()).mean()  # the policy gradient must not move the critic
+    critic = advantage.pow(2).mean()
+    return actor + 0.5 * critic
+
+
+def actor_critic():
+    """A2C: the advantage feeds both terms, detached in the actor's."""
+    return _actor_critic(actor_critic_loss)
+
+
+def actor_critic_value_detached():
+    """The same training written the other common way: the advantage from a detached value,
+    the critic's error from the value itself."""
+
+    def loss(model, obs, action, ret):
+        logits, value = model(obs)
+        logp = F.log_softmax(logits, -1).gather(1, action.unsqueeze(1)).squeeze(1)
+        advantage = ret - value.detach()
+        return -(logp * advantage).mean() + 0.5 * (ret - value).pow(2).mean()
+
+    return _actor_critic(loss)
+
+
+class Clipped(nn.Module):
+    """A hidden layer clipped to [-0.5, 0.5]: by clamp, or by a straight-through estimate
+    (the clipped values forward, the gradient passed as if unclipped)."""
+
+    def __init__(self, straight_through):
+        super().__init__()
+        self.fc1 = nn.Linear(D, 8)
+        self.fc2 = nn.Linear(8, C)
+        self.straight_through = straight_through
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.straight_through:
+            h = h + (h.clamp(-0.5, 0.5) - h).detach()
+        else:
+            h = h.clamp(-0.5, 0.5)
+        return self.fc2(h)
+
+
+def _clipped(straight_through):
+    torch.manual_seed(0)
+    model = Clipped(straight_through)
+    return lg.Spec(model=model, loss=lambda m, x: (m(x) ** 2).mean(), inputs={"x": lg.Input([N, D], low=-2.0, high=2.0)},
+                   optimizers={"sgd": torch.optim.SGD(model.parameters(), lr=0.1)})
+
+
+def clipped():
+    return _clipped(False)
+
+
+def clipped_straight_through():
+    return _clipped(True)

@@ -93,6 +93,21 @@ BUGS = [
     Bug("bce_pos_weight_added", "bugs/bugs_paddle.py:bce_no_pos_weight", "bugs/bugs_torch.py:bce_pos_weight",
         (), 0, "forward", "criterion", "in the candidate criterion.pos_weight (buffer [4], all 3)",
         "the other direction: an unweighted Paddle original ported with a pos_weight"),
+    # the advantage feeds the critic's term too: its gradient differs without being zero
+    Bug("actor_critic_no_detach", "bugs/bugs_torch.py:actor_critic", "bugs/bugs_paddle.py:actor_critic_no_detach",
+        ("--steps", "2"), 0, "backward", "value", "reference stops the gradient at",
+        "A2C's advantage not detached in the actor's term (it also feeds the critic's)"),
+    Bug("actor_critic_detach_added", "bugs/bugs_paddle.py:actor_critic_no_detach",
+        "bugs/bugs_torch.py:actor_critic_value_detached", ("--steps", "2"), 0, "backward", "value",
+        "candidate stops the gradient at", "the other direction, the torch port written with a detached "
+        "value: the policy gradient no longer reaches the critic"),
+    Bug("clamp_ported_straight_through", "bugs/bugs_torch.py:clipped", "bugs/bugs_paddle.py:clipped_straight_through",
+        ("--steps", "2"), 0, "backward", "fc1", "candidate passes the gradient straight through",
+        "clamp ported as a straight-through estimate x + (clip(x) - x).detach(): same values, gradient 1"),
+    Bug("straight_through_ported_as_clamp", "bugs/bugs_paddle.py:clipped_straight_through",
+        "bugs/bugs_torch.py:clipped", ("--steps", "2"), 0, "backward", "fc1",
+        "reference passes the gradient straight through", "the other direction: a straight-through "
+        "clip ported as a plain clamp (gradient 0 where it clips)"),
 ]
 
 #: Correct ports: must pass (or differ only by float32 noise, or by the documented running-
@@ -102,6 +117,9 @@ CORRECT = [
     ("bugs/bugs_torch.py:gan_train", "bugs/bugs_paddle.py:gan_train", ("--steps", "2")),
     # torch's pos_weight is a buffer of the loss module, Paddle's a constant: unpaired, equal
     ("bugs/bugs_torch.py:bce_pos_weight", "bugs/bugs_paddle.py:bce_pos_weight", ("--steps", "2")),
+    ("bugs/bugs_torch.py:actor_critic", "bugs/bugs_paddle.py:actor_critic", ("--steps", "2")),
+    ("bugs/bugs_torch.py:actor_critic_value_detached", "bugs/bugs_paddle.py:actor_critic", ("--steps", "2")),    ("bugs/bugs_torch.py:clipped", "bugs/bugs_paddle.py:clipped", ("--steps", "2")),
+    ("bugs/bugs_torch.py:clipped_straight_through", "bugs/bugs_paddle.py:clipped_straight_through", ("--steps", "2")),
 ]
 
 

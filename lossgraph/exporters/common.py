@@ -247,13 +247,6 @@ def absolute_source(source: str) -> str:
     return f"{path.resolve()}:{name}"
 
 
-def relative_to_cwd(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
 def eager_losses(
     spec: Spec,
     model: Any,

@@ -44,7 +44,6 @@ from lossgraph.exporters.common import (
     loop_settings,
     optimizer_param_names,
     package_versions,
-    relative_to_cwd,
 )
 from lossgraph.exporters.custom_backward import carrying, watching
 from lossgraph.exporters.grad_marker import exporting
@@ -57,6 +56,7 @@ from lossgraph.exporters.training import (
     draw_call_mask,
     paddle_training,
 )
+from lossgraph.files import relative_to_cwd
 from lossgraph.graph import (
     PROTOBUF_LIMIT,
     STOP_GRADIENT_KEY,

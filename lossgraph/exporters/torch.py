@@ -33,7 +33,6 @@ from lossgraph.exporters.common import (
     loop_settings,
     optimizer_param_names,
     package_versions,
-    relative_to_cwd,
     spec_code_objects,
 )
 from lossgraph.exporters.custom_backward import carrying, watching
@@ -48,6 +47,7 @@ from lossgraph.exporters.training import (
     draw_call_mask,
     torch_training,
 )
+from lossgraph.files import relative_to_cwd
 from lossgraph.graph import (
     NO_GRAD_REWRITE_KEY,
     PADDING_IDX_KEY,

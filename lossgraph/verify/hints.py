@@ -30,11 +30,13 @@ from lossgraph.graph import (
     SCOPE_KEY,
     SOURCE_KEY,
     STOP_GRADIENT_KEY,
+    TAP_KEY,
     LossGraph,
     OptimizerInfo,
     live_nodes,
     lowered_from,
     node_meta,
+    source_line,
 )
 from lossgraph.verify.conventions import BY_KEY, for_attribute, in_code
 from lossgraph.verify.results import Divergence
@@ -903,7 +905,7 @@ def op_on_one_side(ctx: HintContext) -> str | None:
         return None
     if side == "candidate" and not any(n.op_type in CONSUMERS for n in ctx.consumers(graph).get(extra.output[0], [])):
         return None
-    source = node_meta(extra, SOURCE_KEY)
+    source = source_line(extra)
     where = f" ({source})" if source else ""
     return (f"The {side} applies {extra.op_type}{where} to a value the {other} passes on as it is: an op only "
             f"the {side} has (an extra activation, or one the {other} lost).")
@@ -1040,32 +1042,99 @@ def _source_lines_feeding(
 def one_sided_stop_gradient(ctx: HintContext) -> str | None:
     """Between the diverging node (the values it reads included) and the losses, one side stops
     the gradient of float values and the other nowhere: a ``.detach()``, ``torch.no_grad()`` /
-    ``paddle.no_grad()`` block or ``stop_gradient`` dropped or added in the port. Two sides that
-    both stop it are not compared by count: one block becomes one marker or several, depending on
-    how each exporter cuts it."""
+    ``paddle.no_grad()`` block or ``stop_gradient`` dropped or added in the port. Where neither
+    side stops it after the node, the same is asked from the diverging tap's value: a value
+    that feeds two loss terms (an actor-critic's advantage, detached in the actor's term and
+    not in the critic's) is paired by its forward value with the other term's, so the node
+    named may be past the stop. Two sides that both stop it are not compared by count: one
+    block becomes one marker or several, depending on how each exporter cuts it."""
     if ctx.divergence.phase != "backward":
         return None
-    counts = []
-    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
-        node = ctx.node(side)
-        if node is None:
-            return None
-        counts.append(len(_float_stops_downstream(ctx, graph, node)))
-    if min(counts) != 0 or max(counts) == 0:
+    ref, cand = ctx.node("ref"), ctx.node("cand")
+    if ref is None or cand is None:
         return None
-    stops, other = ("reference", "candidate") if counts[0] else ("candidate", "reference")
+    found = [_float_stops_downstream(ctx, ctx.ref, [ref]), _float_stops_downstream(ctx, ctx.cand, [cand])]
+    if not any(found) and "ref_tap" in ctx.values:
+        found = [
+            _float_stops_downstream(ctx, graph, _tap_readers(graph, str(ctx.values[key])))
+            for graph, key in ((ctx.ref, "ref_tap"), (ctx.cand, "cand_tap"))
+        ]
+    # a straight-through estimator's stop is its own hint's (straight_through)
+    found = [[n for n in stops if id(n) not in _straight_through_stops(graph)]
+             for stops, graph in zip(found, (ctx.ref, ctx.cand), strict=True)]
+    if all(found) or not any(found):
+        return None
+    stops, other = ("reference", "candidate") if found[0] else ("candidate", "reference")
+    lines = sorted({line for n in found[0] or found[1] if (line := source_line(n))})
+    where = f" at {'; '.join(lines)}," if lines else ""
     return (
-        f"Between here and the loss the {stops} stops the gradient (a .detach(), a no_grad block "
-        f"or stop_gradient) and the {other} does not: a detach or no_grad block dropped or added "
-        f"in the port."
+        f"Between here and the loss the {stops} stops the gradient{where} and the {other} does not: "
+        f"a .detach(), no_grad block or stop_gradient dropped or added in the port."
     )
 
 
+def _straight_throughs(graph: LossGraph) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """Each straight-through estimate ``x + (f(x) - x).detach()`` in ``graph`` (f's values
+    forward, gradient 1 backward: quantization, clipping): (the Add, the stop-gradient
+    Identity)."""
+    nodes = graph.model.graph.node
+    producers = {o: n for n in nodes for o in n.output}
+    out = []
+    for add in nodes:
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        for x, stopped in (add.input, reversed(add.input)):
+            stop = producers.get(stopped)
+            if stop is None or stop.op_type != "Identity" or node_meta(stop, STOP_GRADIENT_KEY) != "1":
+                continue
+            sub = producers.get(stop.input[0])
+            if sub is not None and sub.op_type == "Sub" and sub.input[1] == x:
+                out.append((add, stop))
+    return out
+
+
+def _straight_through_stops(graph: LossGraph) -> set[int]:
+    return {id(stop) for _, stop in _straight_throughs(graph)}
+
+
+@hint
+def straight_through(ctx: HintContext) -> str | None:
+    """Near the divergence one side passes the gradient straight through an op
+    (``x + (clip(x) - x).detach()``, a straight-through estimator) and the other has no such
+    estimate: the forward values agree (the divergence is in the backward), so the other side
+    applies the op itself and differentiates it (0 where a clip clips or a rounding rounds)."""
+    if ctx.divergence.phase != "backward":
+        return None
+    found = {}
+    for side, graph in (("ref", ctx.ref), ("cand", ctx.cand)):
+        found[side] = [add for add, _ in _straight_throughs(graph) if _near(ctx, side, lambda n, a=add: n is a)]
+    if bool(found["ref"]) == bool(found["cand"]):
+        return None
+    side, other = ("reference", "candidate") if found["ref"] else ("candidate", "reference")
+    add = (found["ref"] or found["cand"])[0]
+    source = source_line(add)
+    where = f" ({source})" if source else ""
+    return (
+        f"The {side} passes the gradient straight through an op{where}: x + (f(x) - x).detach(), a "
+        f"straight-through estimator (f's values, gradient 1); the {other} computes the same values "
+        f"without it, so its gradient is f's own (0 where a clip clips or a rounding rounds). Write "
+        f"both sides the same way."
+    )
+
+
+def _tap_readers(graph: LossGraph, value: str) -> list[onnx.NodeProto]:
+    """The nodes reading ``value`` or the value it taps (a module output's tap is an Identity
+    that the exporter may leave some readers of the output itself beside)."""
+    tapped = {n.output[0]: n.input[0] for n in graph.model.graph.node if node_meta(n, TAP_KEY)}
+    values = {value, tapped.get(value, value)}
+    return [n for n in graph.model.graph.node if values & set(n.input)]
+
+
 def _float_stops_downstream(
-    ctx: HintContext, graph: LossGraph, node: onnx.NodeProto
+    ctx: HintContext, graph: LossGraph, nodes: list[onnx.NodeProto]
 ) -> list[onnx.NodeProto]:
-    """The stop-gradient markers of float values that ``node`` reads, or that it (and the values
-    it reads) reach on the way to the losses."""
+    """The stop-gradient markers of float values that ``nodes`` read, or that they (and the
+    values they read) reach on the way to the losses."""
     losses = set(graph.meta.losses)
     on_path = {id(n) for n in live_nodes(graph.model.graph.node, losses)}
     consumers, types = ctx.consumers(graph), ctx.types(graph)
@@ -1076,10 +1145,10 @@ def _float_stops_downstream(
         value = types.get(current.output[0])
         return value is not None and value.is_float
 
-    read = set(node.input)
+    read = {i for n in nodes for i in n.input}
     found = [n for n in graph.model.graph.node if float_stop(n) and n.output[0] in read]
     seen: set[int] = {id(n) for n in found}
-    todo = [node]
+    todo = list(nodes)
     while todo:
         current = todo.pop()
         if id(current) in seen or id(current) not in on_path:

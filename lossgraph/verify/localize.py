@@ -846,7 +846,7 @@ def localize_backward(
     """Walk the taps from the loss: the first whose gradient diverges, every later one agreeing;
     then, between that tap and the loss, the node where the gradients part (see
     :func:`_backward_origin`). Also returns both gradients at the tap (``ref_grad``,
-    ``cand_grad``) for the hints."""
+    ``cand_grad``) and the tap's value on each side (``ref_tap``, ``cand_tap``) for the hints."""
     modules = module_map(param_map, ref.graph, cand.graph)
     ref_taps, cand_taps = taps(ref.graph), taps(cand.graph)
     names = [t for t in ref_taps if translate_tap(t, modules) in cand_taps]
@@ -858,7 +858,7 @@ def localize_backward(
         a, b = ref_grads[value], cand_grads[cand_value]
         if _agree(a, b, tol):
             continue
-        values: dict[str, object] = {"ref_grad": a, "cand_grad": b}
+        values: dict[str, object] = {"ref_grad": a, "cand_grad": b, "ref_tap": value, "cand_tap": cand_value}
         later = {ref_taps[t]: cand_taps[translate_tap(t, modules)] for t in names[index + 1:]}
         origin = _backward_origin(ref, cand, loss, value, cand_value, later, tol)
         if origin is not None:

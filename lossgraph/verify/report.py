@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lossgraph.errors import VerificationError, one_line
-from lossgraph.files import write_atomic
+from lossgraph.files import relative_to_cwd, write_atomic
 from lossgraph.graph import LossGraph
 from lossgraph.verify.align import shown_names
 from lossgraph.verify.compare import ValueDiff
@@ -222,14 +222,6 @@ def _divergence_dict(div: Divergence | None) -> dict[str, Any] | None:
 # --- terminal ------------------------------------------------------------------------------------
 
 
-def _short(path: str) -> str:
-    """A source path relative to the working directory when it lies below it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
 def _fmt(value: float) -> str:
     return f"{value:.9g}"
 
@@ -360,7 +352,7 @@ def _render_divergence(div: Divergence, console: Console) -> None:
     console.print(escape("  " + "".join(text for text, _ in _where_parts(asdict(div)))))
     if div.source:
         source = div.source
-        console.print(escape(f"  source {_short(source['file'])}:{source['line']}  {source['code']}"))
+        console.print(escape(f"  source {relative_to_cwd(source['file'])}:{source['line']}  {source['code']}"))
     stats = div.statistics
     if stats and stats.get("shapes_differ"):
         console.print(escape(
@@ -522,7 +514,7 @@ def _gradients_table(step: StepResult, verdicts: Mapping[tuple[int, str], str]) 
 def render_export(graph: LossGraph, path: str, console: Console) -> None:
     """Print the summary of an export: losses (eager vs ORT), inputs, parameters, op histogram."""
     meta = graph.meta
-    source = _short(meta.source.rpartition(":")[0]) + ":" + meta.source.rpartition(":")[2]
+    source = relative_to_cwd(meta.source.rpartition(":")[0]) + ":" + meta.source.rpartition(":")[2]
     console.print(f"[bold]lossgraph export[/bold]: {escape(source)} ({meta.framework}) -> {escape(str(path))}")
     eager: Mapping[str, Any] = meta.eager
     table = Table(title="Losses", title_justify="left")
@@ -568,9 +560,9 @@ def render_exported(sides: Sequence[Any], roles: Sequence[str], keep: str | None
     (how long it took) or reused from the cache; then where ``--keep`` wrote them."""
     for role, side in zip(roles, sides):
         how = "unchanged, graph from the cache" if side.cached else f"exported in {side.seconds:.1f} s"
-        console.print(f"[bold]lossgraph check[/bold]: {role} {escape(_short(side.target))}: {how}")
+        console.print(f"[bold]lossgraph check[/bold]: {role} {escape(relative_to_cwd(side.target))}: {how}")
     if keep:
-        console.print(f"graphs written to {escape(_short(keep))}: " + ", ".join(f"{r}.onnx" for r in roles))
+        console.print(f"graphs written to {escape(relative_to_cwd(keep))}: " + ", ".join(f"{r}.onnx" for r in roles))
 
 
 def _numel(shape: list[int]) -> int:
