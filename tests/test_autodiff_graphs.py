@@ -110,6 +110,7 @@ def test_detach_stops_gradients(framework):
         assert np.any(grads[loss]["generator.weight"]), loss
 
 
+@pytest.mark.slow  # DiscoGAN's gradients through the CLI (28 s); the README's check runs its forward
 def test_cli_grads_discogan_torch_vs_paddle(cli, exported, tmp_path):
     import json
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import LOSSES, one_line_error
+from conftest import EXAMPLES, LOSSES, one_line_error
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -84,14 +84,45 @@ def test_report_bad_input(cli, tmp_path, content, message):
     assert message in one_line_error(cli("report", path, "--html", tmp_path / "out.html"))
 
 
+def _report(exported, folder, reference: str, candidate: str, *args: str) -> tuple[int, object]:
+    """verify's exit code and the HTML report it writes into ``folder``."""
+    from click.testing import CliRunner
+
+    from lossgraph.cli import main
+
+    page = folder / "report.html"
+    result = CliRunner().invoke(main, ["verify", str(exported(str(EXAMPLES / reference))),
+                                       str(exported(str(EXAMPLES / candidate))), *args, "--html", str(page)])
+    return result.exit_code, page
+
+
+#: the three reports a reader meets: a pass whose differences above the tolerance are all float32
+#: noise, a forward divergence (with the graph neighbourhood) and an optimizer-update divergence
+RENDERED = {
+    "passing_with_noise": (("bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier",
+                            "--steps", "3", "--tol", "1e-9"), 0,
+                           ["PASSED", "float32 rounding noise", "First difference above the tolerance"], ["FAIL", "DIVERGED"]),
+    "forward": (("losses/losses_torch.py:hinge_embedding", "losses/losses_paddle_planted.py:hinge_margin"), 1,
+                ["DIVERGED", "forward pass", "likely cause", "Graph neighbourhood"], ["PASSED"]),
+    "update": (("bugs/bugs_torch.py:classifier", "bugs/bugs_paddle.py:classifier_adam_epsilon", "--steps", "3"), 1,
+               ["DIVERGED", "optimizer update", "likely cause: Optimizer settings differ"], ["PASSED"]),
+}
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (.ci/run installs it)")
-def test_html_renders_in_headless_chromium(diverged, tmp_path):
-    page = diverged / "report.html"
+@pytest.mark.parametrize("case", list(RENDERED))
+def test_html_renders_in_headless_chromium(exported, tmp_path, case):
+    """Each kind of report renders in a real browser: the DOM Chromium builds says what the
+    report says (noise as noise, no FAIL under a PASSED) and the screenshot is a drawn page."""
+    args, code, present, absent = RENDERED[case]
+    exit_code, page = _report(exported, tmp_path, *args)
+    assert exit_code == code
     dom = subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
          page.as_uri()], capture_output=True, text=True, timeout=120,
     ).stdout
-    assert dom.count("<svg") == 3 and "likely cause" in dom
+    assert dom.count("<svg") >= 1 and all(text in dom for text in present), dom[:2000]
+    assert not any(text in dom for text in absent), [text for text in absent if text in dom]
     shot = tmp_path / "report.png"
     subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",

@@ -96,6 +96,20 @@ def write_json(result: VerifyResult | Mapping[str, Any], path: str | Path) -> No
     write_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
+def _spec_text(source: str) -> str:
+    """``FILE.py:NAME`` with the file relative to the working directory."""
+    file, _, name = source.rpartition(":")
+    return f"{relative_to_cwd(file)}:{name}" if file else source
+
+
+def side_text(graph: Mapping[str, Any]) -> str:
+    """One compared side: the spec it was exported from, its framework and the graph file
+    (``lossgraph check`` graphs live in the cache: the spec is what the user knows)."""
+    source = graph.get("source")
+    spec = f"{_spec_text(source)} " if source else ""
+    return f"{spec}({graph['framework']}), graph {relative_to_cwd(str(graph['path']))}"
+
+
 def _graph_dict(info: Any) -> dict[str, Any]:
     return {
         "path": info.path,
@@ -243,8 +257,8 @@ def render_verify(result: VerifyResult, console: Console) -> None:
     else:
         headline = Text("DIVERGED", style="bold red")
     console.print(Text("lossgraph verify: ").append(headline))
-    console.print(escape(f"  reference  {ref.path}  ({ref.framework})"))
-    console.print(escape(f"  candidate  {cand.path}  ({cand.framework})"))
+    console.print(escape(f"  reference  {side_text(_graph_dict(ref))}"))
+    console.print(escape(f"  candidate  {side_text(_graph_dict(cand))}"))
     tol = result.tolerance
     console.print(
         f"  tolerance  |diff| <= {tol.atol:g} + {tol.rtol:g}*|ref|   inputs: {result.inputs_source}"
@@ -514,7 +528,7 @@ def _gradients_table(step: StepResult, verdicts: Mapping[tuple[int, str], str]) 
 def render_export(graph: LossGraph, path: str, console: Console) -> None:
     """Print the summary of an export: losses (eager vs ORT), inputs, parameters, op histogram."""
     meta = graph.meta
-    source = relative_to_cwd(meta.source.rpartition(":")[0]) + ":" + meta.source.rpartition(":")[2]
+    source = _spec_text(meta.source)
     console.print(f"[bold]lossgraph export[/bold]: {escape(source)} ({meta.framework}) -> {escape(str(path))}")
     eager: Mapping[str, Any] = meta.eager
     table = Table(title="Losses", title_justify="left")
@@ -676,8 +690,8 @@ def read_report(path: str | Path) -> dict[str, Any]:
 def _html_header(report: Mapping[str, Any]) -> str:
     tol = report["tolerance"]
     rows = [
-        ("reference", f"{report['reference']['path']} ({report['reference']['framework']})"),
-        ("candidate", f"{report['candidate']['path']} ({report['candidate']['framework']})"),
+        ("reference", side_text(report["reference"])),
+        ("candidate", side_text(report["candidate"])),
         ("tolerance", f"{tol.get('rule', '')} with tol={tol['atol']:g}, rtol={tol['rtol']:g}"),
         ("inputs", report.get("inputs", "")),
         ("parameters", f"{len((report.get('parameter_map') or {}).get('pairs', []))} paired"),
@@ -691,7 +705,7 @@ def _html_header(report: Mapping[str, Any]) -> str:
 def _html_divergence(div: Mapping[str, Any] | None, passed: bool) -> str:
     if div is None:
         return "" if passed else '<p class="fail">Diverged (no divergence point recorded).</p>'
-    heading = "First divergence" if not passed else "Largest difference (float32 rounding noise)"
+    heading = "First divergence" if not passed else "First difference above the tolerance (float32 rounding noise)"
     loss = f", loss <code>{_esc(div['loss'])}</code>" if div.get("loss") else ""
     lines = [
         f'<h2 id="divergence">{heading}</h2><div class="box {"divergence" if not passed else "rounding"}">',
