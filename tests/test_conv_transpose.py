@@ -91,7 +91,7 @@ def test_strided_conv_gradients_unchanged():
     """A strided Conv's dX is a ConvTranspose of the forward weight (the autodiff's rule); with
     the rewrite the whole gradient is what ORT's ConvTranspose gives, and agrees with float64."""
     from lossgraph.autodiff import build_gradients
-    from lossgraph.autodiff.float64 import to_float64
+    from lossgraph.runtime.float64 import to_float64
 
     x_shape, w_shape = (4, 96, 8, 8), (48, 96, 4, 4)  # dX's ConvTranspose reads [4, 48, 4, 4]
     out_shape = [4, 48, 4, 4]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from lossgraph.autodiff.float64 import _DECOMPOSITIONS, to_float64
+from lossgraph.runtime.float64 import _DECOMPOSITIONS, to_float64
 from lossgraph.errors import UnsupportedOpError
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE

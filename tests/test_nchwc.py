@@ -38,7 +38,7 @@ def conv_model(x_shape, w_shape, bias=False, dtype=TensorProto.FLOAT, **attrs) -
 
 
 def float64_conv(model: onnx.ModelProto, feeds) -> np.ndarray:
-    from lossgraph.autodiff.float64 import to_float64
+    from lossgraph.runtime.float64 import to_float64
 
     wide = {k: v.astype(np.float64) for k, v in feeds.items()}
     return OrtRunner(to_float64(model), nchwc=False).run(wide)["y"]

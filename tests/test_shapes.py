@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lossgraph.runtime.session as session
 import lossgraph.runtime.types as shapes
-from lossgraph.autodiff.float64 import to_float64
+from lossgraph.runtime.float64 import to_float64
 from lossgraph.runtime import infer_types
 
 

@@ -633,9 +633,10 @@ def test_parameters_no_loss_reaches_are_left_alone_as_the_frameworks_do(cli, tmp
 
 
 def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, exported):
-    """A run of 8 steps keeps at most the latest step and the first failing one whole (memory
-    does not grow with --steps); any other step is trained again on request and gives exactly
-    the values the run had (ORT training is deterministic)."""
+    """A run of 8 steps keeps at most the first failing step whole when it ends (during the run,
+    the latest too: memory does not grow with --steps); any other step is trained again on
+    request and gives exactly the values the run had (ORT training is deterministic). The
+    float64 re-run (``whole=False``) keeps none."""
     from lossgraph.verify.align import build_param_map
     from lossgraph.verify.compare import Tolerance
     from lossgraph.verify.steps import run_steps
@@ -648,7 +649,7 @@ def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, 
     results, ref_run, _ = run_steps(graph, graph, build_param_map(graph, graph, None, False), inputs,
                                     start, start, tol, 8, "cpu", 0, slim_params=True)
     assert all(r.passed for r in results)
-    assert ref_run.held() == [7]  # nothing failed: only the latest
+    assert ref_run.held() == []  # nothing failed
     _, outcomes = _ort_steps(path, 8)[1:]
     for k in (0, 3, 6):
         before, outcome = ref_run.before[k], ref_run.outcomes[k]
@@ -661,13 +662,17 @@ def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, 
     records = ref_run.records()
     assert len(records) == 8 and all(not r.gradients for r in records)
     np.testing.assert_array_equal(records[4].params["G.weight"], outcomes[4].params["G.weight"])
-    # a candidate that parts at step 2 keeps that step whole (and the latest)
+    # a candidate that parts at step 2 keeps that step whole
     bumped = {k: (v * (1 + 1e-3) if k == "D.bias" else v) for k, v in start.items()}
     results, ref_run, cand_run = run_steps(graph, graph, build_param_map(graph, graph, None, False), inputs,
                                            start, bumped, tol, 8, "cpu", 0)
     first = next(r.step for r in results if not r.passed)
-    assert ref_run.held() == cand_run.held() == sorted({first, 7})
+    assert ref_run.held() == cand_run.held() == [first]
     assert not ref_run.records()[0].params  # without --native, records keep no parameters
+    results64, ref_run, cand_run = run_steps(graph, graph, build_param_map(graph, graph, None, False), inputs,
+                                             start, bumped, tol, 3, "cpu", 0, whole=False)
+    assert not all(r.passed for r in results64) and ref_run.held() == cand_run.held() == []
+    np.testing.assert_array_equal(ref_run.outcomes[1].params["G.weight"], outcomes[1].params["G.weight"])
 
 
 @pytest.mark.slow

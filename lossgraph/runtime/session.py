@@ -24,6 +24,7 @@ from lossgraph.graph import (
     weights_as_inputs,
 )
 from lossgraph.runtime.conv_transpose import lower_conv_transposes
+from lossgraph.runtime.float64 import lower_float64
 from lossgraph.runtime.nchwc import lower_convs
 from lossgraph.runtime.types import ValueType, open_values, static_types
 
@@ -185,6 +186,8 @@ class OrtRunner:
                 t.name: numpy_helper.to_array(t) for t in large_initializers(model) if t.name not in fed
             }
         prepared = weights_as_inputs(model, fed | set(self.constants), extra_outputs)
+        # float64 convolutions a noise-floor graph kept whole for its gradients (to_float64's defer)
+        prepared = lower_float64(prepared)
         #: how many ConvTransposes run as Gemm + Col2Im (see lossgraph.runtime.conv_transpose) and
         #: how many Convs on ORT's blocked-layout kernels (see lossgraph.runtime.nchwc)
         self.col2im_conv_transposes = self.nchwc_convs = 0
@@ -200,6 +203,7 @@ class OrtRunner:
         # without the arena, memory goes back after each run (idle sessions do not each hold
         # their peak); the arena is ~20% faster, so it is the default
         options.enable_cpu_mem_arena = arena
+        self.arena = arena
         try:
             self.session = ort.InferenceSession(
                 prepared.SerializeToString(), options, providers=providers,
@@ -227,6 +231,11 @@ class OrtRunner:
             values = dict(zip(fetched, self.session.run(fetched, feed)))
         except Exception as exc:
             raise GraphLoadError(f"ONNX Runtime failed: {_first_line(exc)}") from None
+        if self.arena:
+            # an output is a view of the session's memory: from the arena, one kept after the
+            # session is gone held the whole arena (a DiscoGAN step kept for the localization,
+            # 330 MB of values, held 1.7 GB); a copy lets the arena go with the session
+            values = {name: np.array(value) for name, value in values.items()}
         return {
             n: _as_view(values[self.views[n][0]], self.views[n][1]) if n in self.views else values[n]
             for n in names

@@ -1,6 +1,6 @@
 """The float64 noise floor: is a float32 difference rounding noise or a real difference?
 
-Both graphs are converted to float64 (``lossgraph.autodiff.float64``) and everything that was
+Both graphs are converted to float64 (``lossgraph.runtime.float64``) and everything that was
 compared — the forward check, gradients, training steps — is run again from the same values
 (the float32 inputs and weights, widened), with every hyper-parameter at the value the float32
 program computes with (a framework that rounds 0.9 to float32 is re-run with that float32 0.9)
@@ -22,13 +22,13 @@ reference cannot reproduce itself more closely than that.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from lossgraph.graph import LossGraph
+from lossgraph.graph import LossGraph, weights_as_inputs
 from lossgraph.verify.compare import ValueDiff
 from lossgraph.verify.results import GradDiff, StepResult
 
@@ -53,10 +53,14 @@ def widen(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def float64_graph(graph: LossGraph) -> LossGraph:
-    from lossgraph.autodiff.float64 import to_float64
+def float64_graph(graph: LossGraph, fed: Iterable[str] = ()) -> LossGraph:
+    """``graph`` in float64; the values named in ``fed`` (parameters and buffers, which every
+    run feeds) become typed inputs, not float64 copies of their initializers (a second copy of
+    the weights beside the widened starting values). Convolutions stay whole until a session is
+    built: gradients are built over them (``to_float64``'s ``defer``)."""
+    from lossgraph.runtime.float64 import to_float64
 
-    return LossGraph(to_float64(graph.model), graph.meta, graph.path)
+    return LossGraph(to_float64(weights_as_inputs(graph.model, fed), defer=True), graph.meta, graph.path)
 
 
 def float64_setup(setup: Any) -> Any:
@@ -64,8 +68,8 @@ def float64_setup(setup: Any) -> Any:
     inputs = widen(setup.inputs)
     return replace(
         setup,
-        ref=float64_graph(setup.ref),
-        cand=float64_graph(setup.cand),
+        ref=float64_graph(setup.ref, setup.ref_params),
+        cand=float64_graph(setup.cand, setup.cand_params),
         inputs=inputs,
         ref_params=widen(setup.ref_params),
         cand_params=widen(setup.cand_params),

@@ -242,16 +242,18 @@ def _match_dropouts(
     return match
 
 
-def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
+def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32", taps: bool = True):
     """The step results (the forward check, or ``options.steps`` training steps) and, for
-    training, both sides' trajectories."""
+    training, both sides' trajectories. ``taps=False``: the module outputs are not compared
+    (the float64 re-run, where none differed in float32)."""
     if options.steps:
         steps, ref_run, cand_run = run_steps(
             setup.ref, setup.cand, setup.param_map, setup.draws or setup.inputs, setup.ref_params,
             setup.cand_params, setup.tol, options.steps, options.device, options.seed, dtype,
-            slim_params=bool(options.native),
+            # the float64 re-run is read for its step results and slim records only
+            slim_params=bool(options.native), whole=dtype == "float32",
         )
-        steps[0].taps = compare_taps(setup, options)
+        steps[0].taps = compare_taps(setup, options) if taps else {}
         return steps, ref_run, cand_run
     ref_losses = _run_losses(setup.ref, setup.ref_params, setup.inputs, options, "reference")
     cand_losses = _run_losses(setup.cand, setup.cand_params, setup.inputs, options, "candidate")
@@ -269,7 +271,7 @@ def compare(setup: Setup, options: VerifyOptions, dtype: str = "float32"):
         )
         for name in setup.ref.meta.losses
     }
-    step = StepResult(step=0, losses=losses, taps=compare_taps(setup, options))
+    step = StepResult(step=0, losses=losses, taps=compare_taps(setup, options) if taps else {})
     if options.grads:
         step.gradients = compare_gradients(
             setup.ref, setup.cand, setup.param_map,
@@ -331,8 +333,12 @@ def run_verify(
             from lossgraph.verify.noise import float64_setup
 
             say("float64 re-run (is a difference rounding noise?)")
+            for run in (ref_run, cand_run):  # the step the localization reads waits on disk
+                if run is not None:
+                    run.spill()
             setups64.append(float64_setup(setup))
-            runs64.extend(compare(setups64[0], options, dtype="float64"))
+            taps = any(not d.passed for d in steps[0].taps.values())
+            runs64.extend(compare(setups64[0], options, dtype="float64", taps=taps))
         return runs64
 
     nudged: list[Any] = []

@@ -24,8 +24,10 @@ the steps before); the raw diff is kept in :class:`~lossgraph.verify.results.Con
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from lossgraph.graph import (
 )
 from lossgraph.inputs import dropout_feeds, mask_index
 from lossgraph.progress import say
+from lossgraph.runtime.float64 import lower_float64
 from lossgraph.runtime.session import OrtRunner
 from lossgraph.spec import EMA
 from lossgraph.verify.align import ParamMap, ParamPair
@@ -162,10 +165,14 @@ class Trainer:
             with on_side(self.side, self.graph.path):
                 if loss not in self._built:  # built once: a schedule alternates its losses
                     result = build_gradients(self.graph.model, loss, self.trainable)
-                    # kept without the weights, which every run feeds (half a float64 graph)
-                    self._built[loss] = (weights_as_inputs(result.model, self.params), result.grads)
+                    # kept without the weights, which every run feeds (half a float64 graph), and
+                    # with the float64 convolutions the gradients were built over decomposed for
+                    # ONNX Runtime (lower_float64), once: a schedule alternates its losses
+                    model = lower_float64(weights_as_inputs(result.model, self.params))
+                    self._built[loss] = (model, result.grads)
                 model, grads = self._built[loss]
                 # float64 graphs (noise floor) are several times larger: one session at a time
+                # (keeping both of DiscoGAN's saved 12 s of 55 and cost 0.4 GB)
                 if self.dtype != "float32":
                     self._runners.clear()
                 runner = OrtRunner(model, fed=self.params, device=self.device, arena=self.dtype == "float32")
@@ -311,15 +318,19 @@ class Trajectory:
     compares step by step). ``before[k]`` and ``outcomes[k]`` of a step not kept are made again
     by ``replay(k)``, which trains the side from the start up to step ``k``; training is
     deterministic, so the replayed values are the ones the run had. Keeping every step's
-    parameters, gradients and optimizer state grew a DiscoGAN verify by about 330 MB a step."""
+    parameters, gradients and optimizer state grew a DiscoGAN verify by about 330 MB a step.
+    ``whole=False`` keeps no step whole (the float64 re-run: its slim records are all that is
+    read), and :meth:`finish` lets the latest step go when the run ends."""
 
     def __init__(
         self,
         replay: Callable[[int], tuple[dict[str, np.ndarray], StepOutcome]] | None = None,
         slim_params: bool = False,
+        whole: bool = True,
     ) -> None:
         self.replay = replay
         self.slim_params = slim_params
+        self.whole_steps = whole
         self._before: dict[int, dict[str, np.ndarray]] = {}
         self._outcomes: dict[int, StepOutcome] = {}
         self._kept: set[int] = set()
@@ -329,7 +340,8 @@ class Trajectory:
 
     def record(self, index: int, before: dict[str, np.ndarray], outcome: StepOutcome) -> None:
         """Step ``index`` (the next one) finished; the step before it is let go unless kept."""
-        self._before[index], self._outcomes[index] = before, outcome
+        if self.whole_steps:
+            self._before[index], self._outcomes[index] = before, outcome
         params = dict(outcome.params) if self.slim_params else {}
         averages = {k: v for k, v in outcome.opt_state.items() if k.endswith(":ema")} if self.slim_params else {}
         self._records.append(StepOutcome(outcome.loss, outcome.optimizer, dict(outcome.losses), {}, params,
@@ -341,6 +353,25 @@ class Trajectory:
     def keep(self, index: int) -> None:
         """Keep step ``index`` whole (it must be the latest step recorded)."""
         self._kept.add(index)
+
+    def finish(self) -> None:
+        """The run ended: let the latest step go unless kept (it is replayed if asked for)."""
+        for index in [i for i in self._outcomes if i not in self._kept]:
+            self._before.pop(index, None)
+            self._outcomes.pop(index, None)
+
+    def spill(self) -> None:
+        """Move the values of the steps kept whole out of memory, into files read back
+        (memory-mapped) where used: the float64 re-run runs while the localization's step waits
+        (330 MB of a DiscoGAN step per side). Each file is unlinked once mapped, so the disk
+        space goes with the arrays, whatever ends the run."""
+        for index in list(self._outcomes):
+            outcome = self._outcomes[index]
+            self._before[index] = _spilled(self._before[index])
+            self._outcomes[index] = replace(
+                outcome, gradients=_spilled(outcome.gradients), params=_spilled(outcome.params),
+                opt_state=_spilled(outcome.opt_state),
+            )
 
     def records(self) -> list[StepOutcome]:
         """Every step's slim record, in order (no gradients; parameters only with ``slim_params``)."""
@@ -356,6 +387,20 @@ class Trajectory:
     def held(self) -> list[int]:
         """The steps kept whole now (for the memory tests)."""
         return sorted(self._outcomes)
+
+
+def _spilled(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each array (of over 64 KiB) in a memory-mapped file of its own, read-only."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="lossgraph-step-") as folder:
+        for index, (name, value) in enumerate(values.items()):
+            if not isinstance(value, np.ndarray) or value.nbytes < 65536:
+                out[name] = value
+                continue
+            path = os.path.join(folder, f"{index}.npy")
+            np.save(path, value)
+            out[name] = np.load(path, mmap_mode="r")  # the mapping outlives the unlinked file
+    return out
 
 
 class _StepLookup:
@@ -384,16 +429,17 @@ def run_steps(
     seed: int,
     dtype: str = "float32",
     slim_params: bool = False,
+    whole: bool = True,
 ) -> tuple[list[StepResult], Trajectory, Trajectory]:
     """Train both graphs ``steps`` steps and compare every step (the candidate's dropout calls
     name the masks they draw: :func:`~lossgraph.verify.dropouts.with_masks_of`). The
     trajectories keep the first failing step whole (``slim_params``: every step's parameters
-    too, for ``--native``)."""
+    too, for ``--native``; ``whole=False``: no step, see :class:`Trajectory`)."""
     sides = ((ref, "reference", ref_params), (cand, "candidate", cand_params))
     trainers = tuple(_trainer(graph, side, start, device, dtype, seed) for graph, side, start in sides)
     check_schedules(*trainers)
     trajectories = tuple(
-        Trajectory(_replayer(graph, side, start, device, dtype, seed, inputs), slim_params)
+        Trajectory(_replayer(graph, side, start, device, dtype, seed, inputs), slim_params, whole)
         for graph, side, start in sides
     )
     results: list[StepResult] = []
@@ -413,6 +459,8 @@ def run_steps(
         if passing and not results[-1].passed:
             for trajectory in trajectories:  # the localization reads the first failing step
                 trajectory.keep(index)
+    for trajectory in trajectories:
+        trajectory.finish()
     return results, *trajectories
 
 

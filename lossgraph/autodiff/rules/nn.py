@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from lossgraph.autodiff.registry import grad_rule
-from lossgraph.autodiff.resize import resize_matrices
+from lossgraph.runtime.resize import resize_matrices
 from lossgraph.errors import UnsupportedOpError
 
 # --- matrix products -----------------------------------------------------------------------

@@ -53,7 +53,15 @@ _FLOAT_BY_DEFAULT = {
 }
 
 
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+#: ops ``to_float64(defer=True)`` retypes but leaves whole, for :func:`lower_float64` to decompose
+#: when a session is built: a gradient built over the op itself (its own rule, in float64)
+#: recomputes the kernel windows it needs, where one built over the decomposition keeps every
+#: im2col window of the forward pass alive for the backward (DiscoGAN, 5 steps: 7.4 GB against
+#: 3 GB)
+DEFERRED = frozenset({"Conv", "ConvTranspose"})
+
+
+def to_float64(model: onnx.ModelProto, defer: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` computing the same function in float64 on ONNX Runtime's CPU provider.
 
     Every float32 tensor type, initializer, constant (``Constant`` values, ``value_float(s)``,
@@ -68,6 +76,9 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     decompositions of convolutions and pooling need static spatial shapes, taken from ONNX
     shape inference with data propagation; ``UnsupportedOpError`` names the node where one is
     unknown. Model metadata, opset imports and value names are kept.
+
+    ``defer``: the ops in :data:`DEFERRED` are retyped, not decomposed (ONNX Runtime cannot run
+    the result until :func:`lower_float64` decomposes them; ``OrtRunner`` does).
     """
     types = _known_types(model)
     out = copy_model(model)
@@ -76,10 +87,51 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     _collect_names(out.graph, names)
     for function in out.functions:
         _collect_names(function, names)
-    converter = _Converter(types, opset, names, _LazyConstants(model))
+    converter = _Converter(types, opset, names, _LazyConstants(model), DEFERRED if defer else frozenset())
     converter.graph(out.graph)
     for function in out.functions:
         converter.function(function)
+    return out
+
+
+def has_deferred(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has float64 nodes ``to_float64(defer=True)`` left whole (a cheap test:
+    an op of :data:`DEFERRED` in a graph with a float64 input or initializer)."""
+    graph = model.graph
+    return any(n.op_type in DEFERRED and n.domain in _DEFAULT_DOMAINS for n in graph.node) and (
+        any(i.type.tensor_type.elem_type == _F64 for i in graph.input)
+        or any(t.data_type == _F64 for t in graph.initializer)
+    )
+
+
+def lower_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its float64 nodes of :data:`DEFERRED` decomposed as :func:`to_float64`
+    does (the rest untouched: no value is retyped); ``model`` itself when it has none."""
+    if not has_deferred(model):
+        return model
+    types = _known_types(model)
+    deferred = [
+        n for n in model.graph.node if n.op_type in DEFERRED and n.domain in _DEFAULT_DOMAINS
+        and n.input and types.get(n.input[0], (0, None))[0] == _F64
+    ]
+    if not deferred:
+        return model
+    out = copy_model(model)
+    opset = next((o.version for o in out.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+    names: set[str] = set()
+    _collect_names(out.graph, names)
+    constants = _LazyConstants(model)
+    chosen = {id(n) for n in deferred}
+    rewritten: list[onnx.NodeProto] = []
+    for original, node in zip(model.graph.node, out.graph.node, strict=True):
+        if id(original) not in chosen:
+            rewritten.append(node)
+            continue
+        rewrite = _Rewrite(node, types, opset, names, constants)
+        results = _DECOMPOSITIONS[node.op_type](rewrite)
+        rewritten.extend(rewrite.finish([results] if isinstance(results, str) else results))
+    del out.graph.node[:]
+    out.graph.node.extend(rewritten)
     return out
 
 
@@ -187,12 +239,13 @@ class _Converter:
 
     def __init__(
         self, types: dict[str, tuple[int, _Dims | None]], opset: int, names: set[str],
-        constants: _LazyConstants,
+        constants: _LazyConstants, deferred: frozenset[str] = frozenset(),
     ):
         self.types = types
         self.opset = opset
         self.names = names
         self.constants = constants
+        self.deferred = deferred
 
     def graph(self, graph: onnx.GraphProto) -> None:
         for info in (*graph.input, *graph.output, *graph.value_info):
@@ -213,7 +266,7 @@ class _Converter:
         for node in nodes:
             self._widen_attributes(node)
             rule = _DECOMPOSITIONS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
-            if rule is None or not self._applies(node):
+            if rule is None or node.op_type in self.deferred or not self._applies(node):
                 rewritten.extend(self._float32_inputs(node))
                 rewritten.append(node)
                 continue
@@ -960,7 +1013,7 @@ def _shrink(r: _Rewrite) -> str:
 @_replaces("Resize")
 def _resize(r: _Rewrite) -> str:
     # ORT has no float64 Resize: the same interpolation as one MatMul per resized axis
-    from lossgraph.autodiff.resize import resize_matrices
+    from lossgraph.runtime.resize import resize_matrices
 
     x = r.input(0)
     in_shape, out_shape = r.shape(x), r.shape(r.node.output[0])
