@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from lossgraph.runtime.float64 import _DECOMPOSITIONS, to_float64
 from lossgraph.errors import UnsupportedOpError
+from lossgraph.runtime.float64 import _DECOMPOSITIONS, to_float64
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
 META = {"pkg.torch.onnx.stack_trace": "loss.py:12", "namespace": "model/conv1"}

@@ -11,8 +11,8 @@ from gradcases import CASES, Case
 from onnx import TensorProto, helper, numpy_helper
 
 from lossgraph.autodiff import build_gradients
-from lossgraph.runtime.float64 import to_float64
 from lossgraph.autodiff.registry import NON_DIFFERENTIABLE, RULES, known_ops, load_rules
+from lossgraph.runtime.float64 import to_float64
 from lossgraph.runtime.session import OrtRunner
 
 FD_STEP = 1e-6

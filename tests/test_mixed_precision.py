@@ -16,9 +16,9 @@ from conftest import one_line_error, variant_exporter
 from onnx import TensorProto, helper
 
 import lossgraph as lg
-from lossgraph.runtime.float64 import to_float64
 from lossgraph.cli import native_runner
 from lossgraph.errors import ExportError
+from lossgraph.runtime.float64 import to_float64
 from lossgraph.runtime.precision import emulate_low_precision
 
 TORCH = '''

@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lossgraph.runtime.session as session
 import lossgraph.runtime.types as shapes
-from lossgraph.runtime.float64 import to_float64
 from lossgraph.runtime import infer_types
+from lossgraph.runtime.float64 import to_float64
 
 
 def _zero_bias_conv(extra_nodes=(), extra_outputs=()) -> onnx.ModelProto:

@@ -15,8 +15,8 @@ import math
 import numpy as np
 
 from lossgraph.autodiff.registry import grad_rule
-from lossgraph.runtime.resize import resize_matrices
 from lossgraph.errors import UnsupportedOpError
+from lossgraph.runtime.resize import resize_matrices
 
 # --- matrix products -----------------------------------------------------------------------
 
