@@ -632,11 +632,12 @@ def test_parameters_no_loss_reaches_are_left_alone_as_the_frameworks_do(cli, tmp
     assert "in the reference pooler.weight, pooler.bias; in the candidate pooler.weight" in warning
 
 
-def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, exported):
+def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, exported, monkeypatch):
     """A run of 8 steps keeps at most the first failing step whole when it ends (during the run,
     the latest too: memory does not grow with --steps); any other step is trained again on
     request and gives exactly the values the run had (ORT training is deterministic). The
     float64 re-run (``whole=False``) keeps none."""
+    from lossgraph.verify import steps as steps_module
     from lossgraph.verify.align import build_param_map
     from lossgraph.verify.compare import Tolerance
     from lossgraph.verify.steps import run_steps
@@ -669,6 +670,15 @@ def test_trajectories_hold_a_bounded_number_of_steps_and_replay_the_rest(specs, 
     first = next(r.step for r in results if not r.passed)
     assert ref_run.held() == cand_run.held() == [first]
     assert not ref_run.records()[0].params  # without --native, records keep no parameters
+    # spilled (during the float64 re-run), the kept step reads back the same values from files
+    kept = {k: np.array(v) for k, v in cand_run.outcomes[first].gradients.items()}
+    monkeypatch.setattr(steps_module, "SPILL_BYTES", 0)
+    cand_run.spill()
+    spilled = cand_run.outcomes[first].gradients
+    assert kept and all(isinstance(v, np.memmap) for v in spilled.values())
+    for name, value in kept.items():
+        np.testing.assert_array_equal(spilled[name], value)
+    assert cand_run.held() == [first]
     results64, ref_run, cand_run = run_steps(graph, graph, build_param_map(graph, graph, None, False), inputs,
                                              start, bumped, tol, 3, "cpu", 0, whole=False)
     assert not all(r.passed for r in results64) and ref_run.held() == cand_run.held() == []

@@ -389,17 +389,25 @@ class Trajectory:
         return sorted(self._outcomes)
 
 
+#: arrays smaller than this stay in memory when a trajectory spills its kept steps
+SPILL_BYTES = 65536
+
+
 def _spilled(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with each array (of over 64 KiB) in a memory-mapped file of its own, read-only."""
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="lossgraph-step-") as folder:
-        for index, (name, value) in enumerate(values.items()):
-            if not isinstance(value, np.ndarray) or value.nbytes < 65536:
-                out[name] = value
-                continue
-            path = os.path.join(folder, f"{index}.npy")
-            np.save(path, value)
-            out[name] = np.load(path, mmap_mode="r")  # the mapping outlives the unlinked file
+    """``values`` with each array (of ``SPILL_BYTES`` or more) in a memory-mapped file of its
+    own, read-only;
+    as they are where the temporary folder cannot take them (a full disk: memory is only a
+    cost, never a wrong answer)."""
+    out: dict[str, Any] = dict(values)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lossgraph-step-") as folder:
+            for index, (name, value) in enumerate(values.items()):
+                if isinstance(value, np.ndarray) and value.nbytes >= SPILL_BYTES:
+                    path = os.path.join(folder, f"{index}.npy")
+                    np.save(path, value)
+                    out[name] = np.load(path, mmap_mode="r")  # the mapping outlives the unlinked file
+    except OSError:
+        return dict(values)
     return out
 
 
