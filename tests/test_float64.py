@@ -553,3 +553,42 @@ def test_decompositions_write_only_differentiable_ops():
     known = known_ops()
     written = {(n.op_type, case.id) for case in CASES for n in to_float64(_node_model(case)).graph.node}
     assert {(op, case) for op, case in written if op not in known} == set()
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_deferred_convolutions_give_torch_float64_gradients_and_are_lowered_by_the_runner(op):
+    """The noise floor's float64 graphs keep their convolutions whole (``defer=True``) so the
+    gradients are built over the op's own rule; ``OrtRunner`` decomposes them (``lower_float64``,
+    forward and backward convolutions alike) and the gradients are torch's float64 autograd's
+    to float64 rounding."""
+    from lossgraph.autodiff import build_gradients
+    from lossgraph.runtime.float64 import lower_float64
+    from lossgraph.runtime.session import OrtRunner
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 3, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (4, 3, 3, 3) if op == "Conv" else (3, 4, 3, 3)).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "w"], ["y"], **attrs),
+         helper.make_node("Mul", ["y", "y"], ["y2"]),
+         helper.make_node("ReduceSum", ["y2"], ["loss"], keepdims=0)],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    deferred = to_float64(model, defer=True)
+    assert [n.op_type for n in deferred.graph.node].count(op) == 1  # kept whole, retyped
+    result = build_gradients(deferred, "loss", ["w"])
+    assert any(n.op_type in ("Conv", "ConvTranspose") for n in result.model.graph.node)
+    lowered = lower_float64(result.model)
+    assert not any(n.op_type in ("Conv", "ConvTranspose") for n in lowered.graph.node)
+    plain = to_float64(model)
+    assert lower_float64(plain) is plain  # nothing left to decompose
+    got = OrtRunner(result.model).run({"x": x.astype(np.float64)}, outputs=[result.grads["w"]])[result.grads["w"]]
+    xt = torch.tensor(x, dtype=torch.float64)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    fn = F.conv2d if op == "Conv" else F.conv_transpose2d
+    (fn(xt, wt, stride=2, padding=1) ** 2).sum().backward()
+    expected = wt.grad.numpy()
+    assert got.dtype == np.float64
+    assert np.abs(got - expected).max() <= 1e-12 * np.abs(expected).max()
