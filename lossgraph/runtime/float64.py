@@ -80,14 +80,8 @@ def to_float64(model: onnx.ModelProto, defer: bool = False) -> onnx.ModelProto:
     ``defer``: the ops in :data:`DEFERRED` are retyped, not decomposed (ONNX Runtime cannot run
     the result until :func:`lower_float64` decomposes them; ``OrtRunner`` does).
     """
-    types = _known_types(model)
     out = copy_model(model)
-    opset = next((o.version for o in out.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
-    names: set[str] = set()
-    _collect_names(out.graph, names)
-    for function in out.functions:
-        _collect_names(function, names)
-    converter = _Converter(types, opset, names, _LazyConstants(model), DEFERRED if defer else frozenset())
+    converter = _converter(model, out, _known_types(model), DEFERRED if defer else frozenset())
     converter.graph(out.graph)
     for function in out.functions:
         converter.function(function)
@@ -117,22 +111,27 @@ def lower_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     if not deferred:
         return model
     out = copy_model(model)
-    opset = next((o.version for o in out.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
-    names: set[str] = set()
-    _collect_names(out.graph, names)
-    constants = _LazyConstants(model)
+    converter = _converter(model, out, types)
     chosen = {id(n) for n in deferred}
     rewritten: list[onnx.NodeProto] = []
     for original, node in zip(model.graph.node, out.graph.node, strict=True):
-        if id(original) not in chosen:
-            rewritten.append(node)
-            continue
-        rewrite = _Rewrite(node, types, opset, names, constants)
-        results = _DECOMPOSITIONS[node.op_type](rewrite)
-        rewritten.extend(rewrite.finish([results] if isinstance(results, str) else results))
+        rewritten.extend(converter.decompose(node) if id(original) in chosen else [node])
     del out.graph.node[:]
     out.graph.node.extend(rewritten)
     return out
+
+
+def _converter(
+    model: onnx.ModelProto, out: onnx.ModelProto, types: dict[str, tuple[int, _Dims | None]],
+    deferred: frozenset[str] = frozenset(),
+) -> _Converter:
+    """A converter of ``out`` (a copy of ``model``) that knows every value name it holds."""
+    opset = next((o.version for o in out.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+    names: set[str] = set()
+    _collect_names(out.graph, names)
+    for function in out.functions:
+        _collect_names(function, names)
+    return _Converter(types, opset, names, _LazyConstants(model), deferred)
 
 
 #: Inputs an op takes only as float32 whatever its data type: op -> input position.
@@ -270,11 +269,15 @@ class _Converter:
                 rewritten.extend(self._float32_inputs(node))
                 rewritten.append(node)
                 continue
-            rewrite = _Rewrite(node, self.types, self.opset, self.names, self.constants)
-            results = rule(rewrite)
-            rewritten.extend(rewrite.finish([results] if isinstance(results, str) else results))
+            rewritten.extend(self.decompose(node))
         del nodes[:]
         nodes.extend(rewritten)
+
+    def decompose(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """The nodes replacing ``node`` (an op with a decomposition), writing its outputs."""
+        rewrite = _Rewrite(node, self.types, self.opset, self.names, self.constants)
+        results = _DECOMPOSITIONS[node.op_type](rewrite)
+        return rewrite.finish([results] if isinstance(results, str) else results)
 
     def _float32_inputs(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         """Casts back to float32 for the inputs an op takes only as float32 (Resize's scales),
