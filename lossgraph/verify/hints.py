@@ -30,7 +30,6 @@ from lossgraph.graph import (
     SCOPE_KEY,
     SOURCE_KEY,
     STOP_GRADIENT_KEY,
-    TAP_KEY,
     LossGraph,
     OptimizerInfo,
     live_nodes,
@@ -1060,8 +1059,8 @@ def one_sided_stop_gradient(ctx: HintContext) -> str | None:
             for graph, key in ((ctx.ref, "ref_tap"), (ctx.cand, "cand_tap"))
         ]
     # a straight-through estimator's stop is its own hint's (straight_through)
-    found = [[n for n in stops if id(n) not in _straight_through_stops(graph)]
-             for stops, graph in zip(found, (ctx.ref, ctx.cand), strict=True)]
+    estimated = [_straight_through_stops(ctx.ref), _straight_through_stops(ctx.cand)]
+    found = [[n for n in stops if id(n) not in e] for stops, e in zip(found, estimated, strict=True)]
     if all(found) or not any(found):
         return None
     stops, other = ("reference", "candidate") if found[0] else ("candidate", "reference")
@@ -1125,8 +1124,9 @@ def straight_through(ctx: HintContext) -> str | None:
 def _tap_readers(graph: LossGraph, value: str) -> list[onnx.NodeProto]:
     """The nodes reading ``value`` or the value it taps (a module output's tap is an Identity
     that the exporter may leave some readers of the output itself beside)."""
-    tapped = {n.output[0]: n.input[0] for n in graph.model.graph.node if node_meta(n, TAP_KEY)}
-    values = {value, tapped.get(value, value)}
+    from lossgraph.verify.localize import tapped_values
+
+    values = {value, tapped_values(graph.model).get(value, value)}
     return [n for n in graph.model.graph.node if values & set(n.input)]
 
 

@@ -938,6 +938,11 @@ def _backward_origin(
     return None
 
 
+def tapped_values(model: onnx.ModelProto) -> dict[str, str]:
+    """Each tap's value -> the module output it taps (a tap is an Identity)."""
+    return {n.output[0]: n.input[0] for n in model.graph.node if node_meta(n, TAP_KEY)}
+
+
 def _tap_gradients(
     side: Side, loss: str, values: list[str], known: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
@@ -946,7 +951,7 @@ def _tap_gradients(
     output's: the exporter may leave consumers reading the output itself rather than the tap
     (Hugging Face's BERT: the tap alone would have a zero gradient)."""
     params = {k: v for k, v in side.feeds.items() if k in side.graph.meta.params}
-    tapped = {n.output[0]: n.input[0] for n in side.model.graph.node if node_meta(n, TAP_KEY)}
+    tapped = tapped_values(side.model)
     wrt = {v: tapped.get(v, v) for v in values}
     result = build_gradients(side.model, loss, list(dict.fromkeys(wrt.values())), feeds=side.feeds)
     outputs = [g for g in result.grads.values() if g]
